@@ -1,0 +1,32 @@
+"""onthefly: multi-view X-ray training data rendered inside the training loop.
+
+Data flow: volume -> geometry -> projector -> correspondence -> sampler -> models.
+"""
+
+from .geometry import CArm, project_points, rotation_matrix
+from .projector import beer_lambert, render, to_display
+from .volume import (
+    MU_WATER_PER_MM,
+    Volume,
+    VolumeBatch,
+    attenuation_to_hu,
+    example_volume,
+    hu_to_attenuation,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CArm",
+    "MU_WATER_PER_MM",
+    "Volume",
+    "VolumeBatch",
+    "attenuation_to_hu",
+    "beer_lambert",
+    "example_volume",
+    "hu_to_attenuation",
+    "project_points",
+    "render",
+    "rotation_matrix",
+    "to_display",
+]
