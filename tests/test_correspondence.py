@@ -1,0 +1,381 @@
+"""Patch correspondence: a brute-force reference and the properties of DESIGN.md."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from onthefly import CArm, Volume, VolumeBatch, project_points, render
+from onthefly.correspondence import (
+    correspondence_map,
+    epipolar_line,
+    patch_correspondence,
+    patch_permutation,
+    permute_views_patches,
+    voxel_weights,
+)
+
+SID, SDD, SPACING, PATCH, DETECTOR = 400.0, 600.0, 2.0, 8, 32
+GRID = (DETECTOR // PATCH, DETECTOR // PATCH)
+
+
+def make_carm(alpha, beta=0.0, gamma=0.0, isocenter=(0.0, 0.0, 0.0), sid=SID, sdd=SDD, detector=DETECTOR):
+    alpha = torch.as_tensor(alpha, dtype=torch.float32)
+    return CArm(
+        alpha=alpha, beta=torch.as_tensor(beta, dtype=torch.float32), gamma=torch.as_tensor(gamma, dtype=torch.float32),
+        sid=sid, sdd=sdd, isocenter=torch.as_tensor(isocenter, dtype=torch.float32),
+        height=detector, pixel_spacing=SPACING,
+    )
+
+
+def blob_volume(size=12, spacing=4.0, seed=0, air_fraction=0.4) -> Volume:
+    """A random volume: smooth tissue with air pockets and a bone-like core."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.rand(1, 1, size // 2, size // 2, size // 2, generator=generator)
+    smooth = torch.nn.functional.interpolate(noise, size=(size,) * 3, mode="trilinear", align_corners=False)[0, 0]
+    hu = (smooth - air_fraction) * 2500.0  # air where smooth < ~air_fraction
+    hu = hu.clamp(-1000.0, 1500.0)
+    return Volume.from_tensor(hu, spacing=spacing)
+
+
+# ---------------------------------------------------------------------------
+# Brute-force reference: a plain loop over coarse voxels, dense footprints.
+
+
+def reference_correspondence(volume: Volume, carm: CArm, *, patch_size, coarse_voxel_size, rays_per_patch,
+                             weighting="soft", air_threshold_hu=-900.0) -> torch.Tensor:
+    assert carm.batch_shape[0] == 1
+    views = carm.batch_shape[1]
+    hu = volume.hu[0].double()
+    weights = voxel_weights(hu, weighting=weighting, air_threshold_hu=air_threshold_hu)
+    factors = [max(1, round(coarse_voxel_size / float(s))) for s in volume.spacing]
+    padded = torch.zeros(*[math.ceil(n / f) * f for n, f in zip(weights.shape, factors)], dtype=torch.float64)
+    padded[: weights.shape[0], : weights.shape[1], : weights.shape[2]] = weights
+    d, h, w = [n // f for n, f in zip(padded.shape, factors)]
+    pooled = padded.reshape(d, factors[0], h, factors[1], w, factors[2]).mean((1, 3, 5))
+    rows, cols = carm.height // patch_size, carm.width // patch_size
+    n_patches = rows * cols
+    # Sub-ray targets for every patch (dense), world mm, float64.
+    u, v = [axis.double() for axis in carm.detector_axes()]
+    sub = (torch.arange(rays_per_patch, dtype=torch.float64) + 0.5) * patch_size / rays_per_patch - 0.5
+    pixel_rows = (torch.arange(rows, dtype=torch.float64)[:, None] * patch_size + sub).reshape(rows, 1, rays_per_patch, 1)
+    pixel_cols = (torch.arange(cols, dtype=torch.float64)[:, None] * patch_size + sub).reshape(1, cols, 1, rays_per_patch)
+    affine = volume.affine.double()
+    footprints = []  # per voxel: (weight, (V, N) footprints)
+    for i in range(d):
+        for j in range(h):
+            for k in range(w):
+                weight = float(pooled[i, j, k])
+                if weight <= 0:
+                    continue
+                lo = torch.tensor([i * factors[0], j * factors[1], k * factors[2]], dtype=torch.float64) - 0.5
+                hi = lo + torch.tensor(factors, dtype=torch.float64)
+                per_view = []
+                for a in range(views):
+                    source = carm.source_positions()[0, a].double()
+                    center = carm.detector_centers()[0, a].double()
+                    spacing = float(carm.pixel_spacing[0, a])
+                    target = (center
+                              + ((pixel_cols - (carm.width - 1) / 2) * spacing)[..., None] * u[0, a]
+                              + ((pixel_rows - (carm.height - 1) / 2) * spacing)[..., None] * v[0, a])
+                    direction = target - source  # (rows, cols, m, m, 3)
+                    inverse = torch.linalg.inv(affine)
+                    o = inverse[:3, :3] @ source + inverse[:3, 3]
+                    dvec = direction @ inverse[:3, :3].T
+                    with torch.no_grad():
+                        t1 = (lo - o) / dvec
+                        t2 = (hi - o) / dvec
+                    enter = torch.minimum(t1, t2).amax(-1).clamp_min(0)
+                    leave = torch.maximum(t1, t2).amin(-1).clamp_max(1)
+                    length = ((leave - enter).clamp_min(0) * direction.norm(dim=-1)).sum((-1, -2)).reshape(-1)
+                    peak = length.max()
+                    per_view.append(length / peak if peak > 0 else length)
+                footprints.append((weight, torch.stack(per_view)))
+    matrix = torch.zeros(views * n_patches, views * n_patches, dtype=torch.float64)
+    for weight, p in footprints:
+        flat = p.reshape(-1)
+        matrix = torch.maximum(matrix, weight * torch.outer(flat, flat))
+    return matrix.float()[None]
+
+
+def test_fast_path_matches_brute_force_reference():
+    volume = blob_volume(size=12, spacing=4.0, seed=1)
+    carm = make_carm([0.3, 1.9, 4.0], beta=[0.0, 0.2, -0.1], gamma=[0.0, 0.1, 0.4])
+    for edge, rays in [(12.0, 2), (8.0, 3)]:
+        fast = patch_correspondence(volume, carm, patch_size=PATCH, coarse_voxel_size=edge, rays_per_patch=rays)
+        slow = reference_correspondence(volume, carm, patch_size=PATCH, coarse_voxel_size=edge, rays_per_patch=rays)
+        assert fast.shape == slow.shape == (1, 3 * 16, 3 * 16)
+        assert slow.max() > 0.5
+        torch.testing.assert_close(fast, slow, atol=2e-5, rtol=1e-4)
+
+
+def test_binary_weighting_matches_reference_and_default_edge():
+    volume = blob_volume(size=12, spacing=4.0, seed=2)
+    carm = make_carm([0.0, math.pi / 2])
+    fast = patch_correspondence(volume, carm, patch_size=PATCH, weighting="binary")
+    edge = PATCH * SPACING * SID / SDD  # default: one patch back-projected to the isocenter
+    slow = reference_correspondence(volume, carm, patch_size=PATCH, coarse_voxel_size=edge, rays_per_patch=2,
+                                    weighting="binary")
+    torch.testing.assert_close(fast, slow, atol=2e-5, rtol=1e-4)
+    assert float(fast.max()) == pytest.approx(1.0, abs=1e-6)  # a fully non-air coarse voxel exists
+
+
+# ---------------------------------------------------------------------------
+# Properties (hypothesis over poses, volumes and sizes)
+
+poses = st.tuples(
+    st.floats(0.0, 2 * math.pi), st.floats(-0.4, 0.4), st.floats(-math.pi, math.pi),
+)
+
+
+@st.composite
+def scenes(draw, max_views=3):
+    views = draw(st.integers(2, max_views))
+    angles = [draw(poses) for _ in range(views)]
+    alpha, beta, gamma = [list(x) for x in zip(*angles)]
+    iso = draw(st.tuples(*[st.floats(-6.0, 6.0)] * 3))
+    seed = draw(st.integers(0, 10_000))
+    size = draw(st.sampled_from([8, 12]))
+    return make_carm(alpha, beta, gamma, isocenter=iso), blob_volume(size=size, seed=seed)
+
+
+@settings(max_examples=15, deadline=None)
+@given(scenes())
+def test_symmetric_and_in_unit_range(scene):
+    carm, volume = scene
+    c = patch_correspondence(volume, carm, patch_size=PATCH)
+    assert torch.isfinite(c).all()
+    assert c.min() >= 0 and c.max() <= 1 + 1e-6
+    torch.testing.assert_close(c, c.transpose(1, 2))
+
+
+@settings(max_examples=8, deadline=None)
+@given(scenes())
+def test_all_air_volume_gives_zeros(scene):
+    carm, volume = scene
+    air = Volume(hu=torch.full_like(volume.hu, -1000.0), affine=volume.affine)
+    assert patch_correspondence(air, carm, patch_size=PATCH).abs().max() == 0
+
+
+@settings(max_examples=10, deadline=None)
+@given(scenes(), st.integers(0, 63))
+def test_single_voxel_gives_rank_one_outer_product(scene, position):
+    carm, volume = scene
+    hu = torch.full((8, 8, 8), -1000.0)
+    hu[2 * (position // 16) : 2 * (position // 16) + 2, 2 * ((position // 4) % 4) : 2 * ((position // 4) % 4) + 2,
+       2 * (position % 4) : 2 * (position % 4) + 2] = 200.0
+    single = Volume.from_tensor(hu, spacing=4.0)
+    c = patch_correspondence(single, carm, patch_size=PATCH, coarse_voxel_size=8.0)[0]
+    weight = float(torch.sigmoid(torch.tensor(0.005 * 350.0)))
+    assert float(c.max()) == pytest.approx(weight, rel=1e-4)  # the voxel is seen by every view
+    # One coarse voxel: C = w * outer(p, p) with p read off the diagonal.
+    p = (torch.diagonal(c) / weight).sqrt()
+    torch.testing.assert_close(c, weight * torch.outer(p, p), atol=1e-5, rtol=1e-4)
+    views = carm.batch_shape[1]
+    assert all(float(p.view(views, -1)[a].max()) == pytest.approx(1.0, abs=1e-5) for a in range(views))
+
+
+@settings(max_examples=10, deadline=None)
+@given(scenes(), st.floats(-math.pi, math.pi), st.tuples(*[st.floats(-50.0, 50.0)] * 3))
+def test_rigid_motion_of_volume_and_cameras_changes_nothing(scene, angle, shift):
+    carm, volume = scene
+    rotation = torch.tensor(
+        [[math.cos(angle), -math.sin(angle), 0.0], [math.sin(angle), math.cos(angle), 0.0], [0.0, 0.0, 1.0]],
+        dtype=torch.float64,
+    )
+    motion = torch.eye(4, dtype=torch.float64)
+    motion[:3, :3] = rotation
+    motion[:3, 3] = torch.tensor(shift, dtype=torch.float64)
+    moved_volume = Volume(hu=volume.hu, affine=motion @ volume.affine)
+    moved_carm = make_carm(
+        carm.alpha[0] + angle, carm.beta[0], carm.gamma[0],
+        isocenter=(carm.isocenter[0].double() @ rotation.T + motion[:3, 3]).float(),
+    )
+    before = patch_correspondence(volume, carm, patch_size=PATCH)
+    after = patch_correspondence(moved_volume, moved_carm, patch_size=PATCH)
+    torch.testing.assert_close(after, before, atol=2e-3, rtol=0)
+
+
+@settings(max_examples=10, deadline=None)
+@given(scenes())
+def test_nonzero_entries_lie_on_a_common_voxel(scene):
+    """Epipolar consistency: C[a,i ; b,j] > 0 only if one coarse voxel projects onto both patches."""
+    carm, volume = scene
+    edge = 12.0
+    c = patch_correspondence(volume, carm, patch_size=PATCH, coarse_voxel_size=edge)[0]
+    views = carm.batch_shape[1]
+    # Independent check: projected bounding boxes of the coarse voxels (a superset of each footprint).
+    factor = round(edge / 4.0)
+    size = volume.shape[0]
+    n = math.ceil(size / factor)
+    index = torch.stack(torch.meshgrid(*[torch.arange(n)] * 3, indexing="ij"), -1).reshape(-1, 3).double()
+    corners = torch.tensor([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], dtype=torch.float64)
+    fine_corners = (index[:, None] + corners) * factor - 0.5  # fine index of the coarse box corners
+    world = fine_corners @ volume.affine[:3, :3].T + volume.affine[:3, 3]
+    pixels = project_points(carm.to(dtype=torch.float64), world.reshape(1, -1, 3))[0].reshape(views, -1, 8, 2)
+    low = torch.floor((pixels.amin(2) + 0.5) / PATCH)
+    high = torch.floor((pixels.amax(2) + 0.5) / PATCH)
+    n_patches = GRID[0] * GRID[1]
+    patch_rc = torch.stack(torch.meshgrid(torch.arange(GRID[0]), torch.arange(GRID[1]), indexing="ij"), -1).reshape(-1, 2)
+    covers = ((patch_rc[None, None] >= low[:, :, None]) & (patch_rc[None, None] <= high[:, :, None])).all(-1)  # (V, vox, N)
+    for a in range(views):
+        for b in range(views):
+            block = c[a * n_patches : (a + 1) * n_patches, b * n_patches : (b + 1) * n_patches]
+            shared = (covers[a].double().T @ covers[b].double()) > 0  # (N, N): some voxel covers both
+            assert not bool(((block > 0) & ~shared).any())
+
+
+def test_patches_whose_rays_miss_the_volume_have_empty_rows():
+    hu = torch.full((6, 6, 6), 100.0)
+    volume = Volume.from_tensor(hu, spacing=3.0)  # an 18 mm tissue cube, coarse grid 2 x 2 x 2 exactly
+    carm = make_carm([0.2, 1.8], beta=[0.1, -0.2], isocenter=(8.0, -4.0, 6.0), detector=64)
+    c = patch_correspondence(volume, carm, patch_size=PATCH, coarse_voxel_size=9.0)[0]
+    drr = render(volume, carm)[0, :, 0]  # (V, H, W)
+    patch_sums = torch.nn.functional.avg_pool2d(drr[:, None], PATCH)[:, 0]  # (V, 8, 8)
+    dilated = torch.nn.functional.max_pool2d(patch_sums[:, None], 3, stride=1, padding=1)[:, 0]
+    empty = (dilated == 0).reshape(-1)
+    assert empty.any() and (~empty).any()
+    assert c[empty].abs().max() == 0
+    assert (c[~empty].amax(1) > 0).all()
+
+
+@settings(max_examples=10, deadline=None)
+@given(scenes(max_views=4), st.randoms(use_true_random=False))
+def test_permuting_views_permutes_blocks(scene, rnd):
+    carm, volume = scene
+    views = carm.batch_shape[1]
+    order = list(range(views))
+    rnd.shuffle(order)
+    c = patch_correspondence(volume, carm, patch_size=PATCH)[0]
+    permuted = patch_correspondence(volume, carm.select_views(order), patch_size=PATCH)[0]
+    n = GRID[0] * GRID[1]
+    tokens = torch.cat([torch.arange(n) + a * n for a in order])
+    torch.testing.assert_close(permuted, c[tokens][:, tokens], atol=1e-6, rtol=0)
+
+
+@settings(max_examples=10, deadline=None)
+@given(scenes(), st.sampled_from([1, 2, 3]))
+def test_in_plane_rotation_of_a_view_equals_rot90_of_its_patches(scene, quarter_turns):
+    """Rolling view 0 by k quarter turns (gamma) rotates its image by rot90(-k): C follows the patch permutation."""
+    carm, volume = scene
+    c = patch_correspondence(volume, carm, patch_size=PATCH)
+    gamma = carm.gamma.clone()  # gamma + k pi/2 rotates view 0's image by rot90(-k) (pinned below)
+    views = carm.batch_shape[1]
+    operation = {1: "rot270", 2: "rot180", 3: "rot90"}[quarter_turns]
+    perms = torch.stack([patch_permutation(GRID, operation if a == 0 else "identity") for a in range(views)])
+    expected = permute_views_patches(c, perms)
+    gamma[:, 0] = gamma[:, 0] + quarter_turns * math.pi / 2
+    rolled = make_carm(carm.alpha[0], carm.beta[0], gamma[0], isocenter=carm.isocenter[0, 0])
+    torch.testing.assert_close(patch_correspondence(volume, rolled, patch_size=PATCH), expected, atol=2e-3, rtol=0)
+
+
+def test_convention_rot90_of_image_matches_gamma_roll():
+    """Pin: adding +pi/2 to gamma rotates the rendered image as torch.rot90(k=-1, dims=(-2, -1)) (clockwise)."""
+    volume = blob_volume(size=12, seed=3)
+    carm = make_carm([0.4])
+    rolled = make_carm([0.4], gamma=[math.pi / 2])
+    image = render(volume, carm)[0, 0, 0]
+    torch.testing.assert_close(render(volume, rolled)[0, 0, 0], torch.rot90(image, -1, dims=(-2, -1)), atol=1e-4, rtol=1e-3)
+
+
+def test_flips_permute_heat_maps_like_images():
+    c = torch.rand(1, 32, 32)
+    c = (c + c.transpose(1, 2)) / 2
+    for operation in ("hflip", "vflip", "rot90", "rot180", "rot270"):
+        perms = torch.stack([patch_permutation(GRID, operation), patch_permutation(GRID, "identity")])
+        moved = permute_views_patches(c, perms)
+        for patch in range(16):
+            # The heat map of view 0 (seen from view 1) transforms like the image.
+            heat = correspondence_map(c, 1, patch, 0, grid_shape=GRID)[0]
+            transformed = {"hflip": heat.flip(-1), "vflip": heat.flip(-2), "rot90": torch.rot90(heat, 1),
+                           "rot180": torch.rot90(heat, 2), "rot270": torch.rot90(heat, 3)}[operation]
+            torch.testing.assert_close(correspondence_map(moved, 1, patch, 0, grid_shape=GRID)[0], transformed)
+
+
+def test_batch_equals_loop():
+    volumes = [blob_volume(size=12, seed=4), blob_volume(size=8, seed=5, spacing=5.0)]
+    carm = CArm(
+        alpha=torch.tensor([[0.0, 1.6, 3.0], [0.7, 2.2, 5.0]]), beta=torch.tensor([[0.0, 0.1, -0.1], [0.2, 0.0, 0.0]]),
+        sid=torch.tensor([[SID], [SID + 50]]), sdd=SDD + 100, height=DETECTOR, pixel_spacing=SPACING,
+    )
+    batched = patch_correspondence(volumes, carm, patch_size=PATCH)
+    for b, volume in enumerate(volumes):
+        single = patch_correspondence(volume, carm.select(b), patch_size=PATCH)
+        torch.testing.assert_close(batched[b : b + 1], single, atol=1e-6, rtol=0)
+    shared = patch_correspondence(volumes[0], carm, patch_size=PATCH)
+    torch.testing.assert_close(shared[0:1], patch_correspondence(volumes[0], carm.select(0), patch_size=PATCH))
+
+
+def test_finer_coarse_grids_converge():
+    """Towards the volume's own voxels (2 mm here), C approaches its finest-grid value."""
+    volume = blob_volume(size=24, spacing=2.0, seed=6, air_fraction=0.3)
+    carm = make_carm([0.3, 1.7])
+    results = [patch_correspondence(volume, carm, patch_size=PATCH, coarse_voxel_size=edge) for edge in (16.0, 8.0, 4.0, 2.0)]
+    distance = [float((result - results[-1]).abs().mean()) for result in results[:-1]]
+    assert distance[0] > 2 * distance[1] and distance[0] > 2 * distance[2]
+    assert max(distance[1:]) < 0.1
+
+
+def test_epipolar_line_passes_through_projections_of_the_ray():
+    carm = make_carm([0.2, 1.5, 2.9], beta=[0.0, 0.3, -0.2])
+    pixel = torch.tensor([[3.0, 20.0], [17.5, 9.25]])
+    line = epipolar_line(carm, 0, pixel, 2)  # (1, 2, 3)
+    from onthefly.correspondence import pixel_ray
+    source, target = pixel_ray(carm, 0, pixel)
+    for t in (0.3, 0.6, 0.9):
+        points = project_points(carm, source + t * (target - source))[:, 2]  # (1, 2, 2)
+        distance = (line[..., 0] * points[..., 0] + line[..., 1] * points[..., 1] + line[..., 2]).abs()
+        assert float(distance.max()) < 1e-3
+    # A point of view 0 lies on its own projection: pixel_ray hits the pixel.
+    torch.testing.assert_close(project_points(carm, target)[:, 0], pixel[None], atol=1e-3, rtol=0)
+
+
+def test_correspondence_map_shape_and_values():
+    volume = blob_volume(size=12, seed=7)
+    carm = make_carm([0.0, 1.6])
+    c = patch_correspondence(volume, carm, patch_size=PATCH)
+    heat = correspondence_map(c, 0, (1, 2), 1, grid_shape=GRID)
+    assert heat.shape == (1, *GRID)
+    torch.testing.assert_close(heat.reshape(-1), c[0, 6, 16:])
+    assert correspondence_map(c[0], 0, 6, 1, grid_shape=GRID).shape == GRID
+
+
+# ---------------------------------------------------------------------------
+# Bad input
+
+
+def test_patch_size_must_divide_detector():
+    with pytest.raises(ValueError, match="patch_size"):
+        patch_correspondence(blob_volume(), make_carm([0.0, 1.0]), patch_size=5)
+
+
+def test_zero_views_rejected():
+    with pytest.raises(ValueError, match="empty"):
+        make_carm(torch.zeros(1, 0))
+
+
+def test_mismatched_batch_rejected():
+    volumes = [blob_volume(seed=1), blob_volume(seed=2), blob_volume(seed=3)]
+    carm = CArm(alpha=torch.zeros(2, 2), sid=SID, sdd=SDD, height=DETECTOR, pixel_spacing=SPACING)
+    with pytest.raises(ValueError, match="mismatched batch"):
+        patch_correspondence(volumes, carm, patch_size=PATCH)
+
+
+def test_bad_options_rejected():
+    volume, carm = blob_volume(), make_carm([0.0, 1.0])
+    with pytest.raises(ValueError, match="weighting"):
+        patch_correspondence(volume, carm, weighting="fuzzy", patch_size=PATCH)
+    with pytest.raises(ValueError, match="coarse_voxel_size"):
+        patch_correspondence(volume, carm, coarse_voxel_size=0.0, patch_size=PATCH)
+    with pytest.raises(ValueError, match="rays_per_patch"):
+        patch_correspondence(volume, carm, rays_per_patch=0, patch_size=PATCH)
+    with pytest.raises(ValueError, match="view_b"):
+        epipolar_line(carm, 0, torch.zeros(1, 2), 0)
+    with pytest.raises(ValueError, match="patch"):
+        correspondence_map(torch.zeros(1, 32, 32), 0, 99, 1, grid_shape=GRID)
+    with pytest.raises(ValueError, match="operation"):
+        patch_permutation(GRID, "shear")
