@@ -238,9 +238,10 @@ def test_patches_whose_rays_miss_the_volume_have_empty_rows():
     patch_sums = torch.nn.functional.avg_pool2d(drr[:, None], PATCH)[:, 0]  # (V, 8, 8)
     dilated = torch.nn.functional.max_pool2d(patch_sums[:, None], 3, stride=1, padding=1)[:, 0]
     empty = (dilated == 0).reshape(-1)
-    assert empty.any() and (~empty).any()
+    covered = (-torch.nn.functional.max_pool2d(-drr[:, None], PATCH)[:, 0] > 0).reshape(-1)  # every pixel sees tissue
+    assert empty.any() and covered.any()
     assert c[empty].abs().max() == 0
-    assert (c[~empty].amax(1) > 0).all()
+    assert (c[covered].amax(1) > 0).all()
 
 
 @settings(max_examples=10, deadline=None)
