@@ -14,21 +14,23 @@ from onthefly import Volume
 
 
 def smooth_phantom_hu(shape: tuple[int, int, int], *, seed: int = 0) -> torch.Tensor:
-    """``shape`` HU: a few overlapping Gaussian blobs (soft tissue to bone) in air.
+    """``shape`` HU: four overlapping Gaussian blobs (soft tissue to bone) fading to air at the border.
 
-    Smooth on the scale of a voxel, so that trilinear and nearest-voxel line
-    integrals agree to about a percent. Deterministic for a given ``seed``.
+    Each blob's width is about a sixth of the box, so the phantom is smooth on
+    the scale of a voxel (trilinear and nearest-voxel line integrals agree to
+    about a percent at oblique views) and is air (-1000 HU, to within a few
+    HU) on the border. Deterministic for a given ``seed``.
     """
     generator = torch.Generator().manual_seed(seed)
     grids = torch.meshgrid(*[torch.linspace(-1.0, 1.0, n, dtype=torch.float64) for n in shape], indexing="ij")
     position = torch.stack(grids, -1)
     density = torch.zeros(shape, dtype=torch.float64)
     for _ in range(4):
-        centre = (torch.rand(3, generator=generator, dtype=torch.float64) - 0.5) * 0.8
-        width = 0.25 + 0.2 * torch.rand(1, generator=generator, dtype=torch.float64)
+        centre = (torch.rand(3, generator=generator, dtype=torch.float64) - 0.5) * 0.5
+        width = 0.2 + 0.1 * torch.rand(1, generator=generator, dtype=torch.float64)
         height = 800.0 + 1200.0 * torch.rand(1, generator=generator, dtype=torch.float64)
         density += height * torch.exp(-((position - centre) ** 2).sum(-1) / (2 * width**2))
-    return (density - 1000.0).float()  # air (-1000 HU) far from the blobs
+    return (density - 1000.0).float()
 
 
 @pytest.fixture(scope="session")
@@ -50,8 +52,8 @@ def make_phantom_hu():
 
 @pytest.fixture(scope="session")
 def phantom() -> Volume:
-    """A 12 x 16 x 20 smooth phantom with anisotropic spacing (2, 1.5, 1.25) mm, centred on the origin."""
-    return Volume.from_tensor(smooth_phantom_hu((12, 16, 20)), spacing=(2.0, 1.5, 1.25))
+    """A 16 x 20 x 24 smooth phantom with anisotropic spacing (1.5, 1.25, 1.0) mm, centred on the origin."""
+    return Volume.from_tensor(smooth_phantom_hu((16, 20, 24)), spacing=(1.5, 1.25, 1.0))
 
 
 @pytest.fixture(scope="session")

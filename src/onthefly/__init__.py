@@ -3,6 +3,15 @@
 Data flow: volume -> geometry -> projector -> correspondence -> sampler -> models.
 """
 
+from .correspondence import (
+    correspondence_map,
+    epipolar_line,
+    patch_correspondence,
+    patch_permutation,
+    permute_views_patches,
+    pixel_ray,
+    voxel_weights,
+)
 from .geometry import CArm, project_points, rotation_matrix
 from .projector import beer_lambert, render, to_display
 from .volume import (
@@ -23,6 +32,13 @@ __all__ = [
     "VolumeBatch",
     "attenuation_to_hu",
     "beer_lambert",
+    "correspondence_map",
+    "epipolar_line",
+    "patch_correspondence",
+    "patch_permutation",
+    "permute_views_patches",
+    "pixel_ray",
+    "voxel_weights",
     "example_volume",
     "hu_to_attenuation",
     "project_points",

@@ -1,0 +1,117 @@
+"""Pictures: rendered views with patch correspondences overlaid, and the matrix itself."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .correspondence import correspondence_map
+from .projector import to_display
+
+__all__ = ["save_correspondence_preview", "save_views"]
+
+_COLOURS = ((0.95, 0.25, 0.2), (0.2, 0.75, 0.95), (0.55, 0.95, 0.3), (0.95, 0.75, 0.15), (0.8, 0.4, 0.95))
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_views(images: Tensor, path: str | Path, *, titles: Sequence[str] | None = None) -> Path:
+    """Write ``(V, 1, H, W)`` (or ``(V, H, W)``) line integrals side by side as a PNG."""
+    plt = _pyplot()
+    images = images.detach().float().reshape(-1, *images.shape[-2:]).cpu()
+    figure, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 3.4), squeeze=False)
+    for index, (axis, image) in enumerate(zip(axes[0], images)):
+        axis.imshow(to_display(image), cmap="gray", vmin=0, vmax=1)
+        axis.set_title(titles[index] if titles else f"view {index}", fontsize=10)
+        axis.axis("off")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def save_correspondence_preview(
+    images: Tensor,
+    correspondence: Tensor,
+    path: str | Path,
+    *,
+    patch_size: int,
+    patches: Sequence[tuple[int, int]] | None = None,
+    titles: Sequence[str] | None = None,
+) -> Path:
+    """Write a PNG: the views, chosen patches of view 0 outlined, their matches in the
+    other views as coloured heat overlays, and the correspondence matrix.
+
+    Args:
+        images: ``(V, 1, H, W)`` line integrals of one sample.
+        correspondence: ``(V*N, V*N)`` of the same sample.
+        path: where to write the PNG.
+        patch_size: ``k``.
+        patches: ``(row, col)`` patches of view 0 (default: three spread over the body).
+        titles: one per view.
+    """
+    plt = _pyplot()
+    images = images.detach().float().reshape(-1, *images.shape[-2:]).cpu()
+    correspondence = correspondence.detach().float().cpu()
+    views, height, width = images.shape
+    grid = (height // patch_size, width // patch_size)
+    if patches is None:
+        patches = _default_patches(correspondence, grid, views)
+    figure, axes = plt.subplots(1, views + 1, figsize=(3.4 * (views + 1), 3.7), squeeze=False)
+    axes = axes[0]
+    for view in range(views):
+        axes[view].imshow(to_display(images[view]), cmap="gray", vmin=0, vmax=1)
+        axes[view].set_title(titles[view] if titles else f"view {view}", fontsize=10)
+        axes[view].axis("off")
+    for number, (row, col) in enumerate(patches):
+        colour = _COLOURS[number % len(_COLOURS)]
+        axes[0].add_patch(
+            plt.Rectangle((col * patch_size - 0.5, row * patch_size - 0.5), patch_size, patch_size,
+                          fill=False, edgecolor=colour, linewidth=2)
+        )
+        for view in range(1, views):
+            heat = correspondence_map(correspondence, 0, (row, col), view, grid_shape=grid)
+            heat = torch.kron(heat, torch.ones(patch_size, patch_size))
+            overlay = torch.zeros(height, width, 4)
+            overlay[..., :3] = torch.tensor(colour)
+            overlay[..., 3] = 0.75 * heat
+            axes[view].imshow(overlay.numpy())
+    axes[-1].imshow(correspondence.numpy(), cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+    axes[-1].set_title(f"C ({views} x {grid[0] * grid[1]} tokens)", fontsize=10)
+    for boundary in range(1, views):
+        for line in (axes[-1].axhline, axes[-1].axvline):
+            line(boundary * grid[0] * grid[1] - 0.5, color="white", linewidth=0.6)
+    axes[-1].set_xticks([])
+    axes[-1].set_yticks([])
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _default_patches(correspondence: Tensor, grid: tuple[int, int], views: int) -> list[tuple[int, int]]:
+    """Three patches of view 0 with strong matches, spread over rows."""
+    n_patches = grid[0] * grid[1]
+    strength = correspondence[:n_patches, n_patches:].amax(1) if views > 1 else correspondence[:n_patches].amax(1)
+    chosen: list[tuple[int, int]] = []
+    for band in range(3):
+        low, high = grid[0] * (band + 1) // 4 - 1, grid[0] * (band + 1) // 4 + 1
+        rows = torch.arange(n_patches) // grid[1]
+        candidates = strength.masked_fill((rows < low) | (rows > high), -1.0)
+        index = int(candidates.argmax())
+        chosen.append((index // grid[1], index % grid[1]))
+    return chosen
