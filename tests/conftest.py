@@ -39,6 +39,19 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@pytest.fixture
+def single_thread():
+    """Run the test on one intra-op thread (restored afterwards).
+
+    For tests made of thousands of tiny operations (gradcheck): on a shared
+    2-core machine, waiting OpenMP threads made them 10-20x slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(params=[torch.float32, torch.float64], ids=["float32", "float64"])
 def dtype(request) -> torch.dtype:
     return request.param

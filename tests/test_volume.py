@@ -8,7 +8,6 @@ import pytest
 import torch
 import torchio as tio
 
-import onthefly
 from onthefly import MU_WATER_PER_MM, Volume, VolumeBatch, attenuation_to_hu, hu_to_attenuation
 
 F64 = torch.float64

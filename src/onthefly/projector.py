@@ -26,8 +26,9 @@ re-computed in the backward pass (activation checkpointing) so memory does not
 grow with the number of slices.
 
 Host reads: grouping rays by dominant axis reads one small ``(B*V, 3)``
-boolean tensor per call, and four numbers per axis (the range of slices where
-rays start and end, so that only the chunks there are masked). These are the
+boolean tensor per call, and two numbers per axis (the latest slice where a
+ray starts and the earliest where one ends, so that only chunks outside that
+range are masked). These are the
 only device-to-host reads; the per-sample work has none.
 """
 
@@ -216,9 +217,8 @@ def _march_axis(
     start = source[:, axis, None]
     end = start + direction[..., axis]
     low, high = torch.minimum(start, end), torch.maximum(start, end)  # slices inside [source, pixel]
-    # Where rays start or end among the slices: only chunks overlapping these ranges need a mask.
-    ends = torch.stack([low.amin(), low.amax(), high.amin(), high.amax()]).to("cpu").tolist()
-    ray_end_ranges = ((ends[0], ends[1]), (ends[2], ends[3]))
+    # A chunk needs no mask only when every ray's segment covers all of its slices.
+    latest_start, earliest_end = torch.stack([low.amax(), high.amin()]).to("cpu").tolist()
     sample = rays.sample[members]
     shared_volume = rays.volume_batch == 1
 
@@ -231,7 +231,7 @@ def _march_axis(
     for first in range(0, n_slices, chunk):
         last = min(n_slices, first + chunk)
         args = (slices, grid_base, grid_step, low, high, sample)
-        masked = any(lo <= last - 1 and hi >= first for lo, hi in ray_end_ranges)
+        masked = not (first >= latest_start and last - 1 <= earliest_end)
         kwargs = dict(first=first, last=last, height=rays.height, width=rays.width, shared_volume=shared_volume, masked=masked)
         if use_checkpoint:
             partial = checkpoint(_march_chunk, *args, use_reentrant=False, **kwargs)

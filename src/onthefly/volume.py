@@ -280,6 +280,12 @@ class Volume:
         index = corners @ inverse[:3, :3].T + inverse[:3, 3]
         start = torch.floor(index.min(0).values + 0.5).long()
         stop = torch.ceil(index.max(0).values + 0.5).long()
+        inside = bool((start >= 0).all()) and all(int(hi) <= size for hi, size in zip(stop, self.shape))
+        if not inside:
+            raise ValueError(
+                f"center, size: the box {center_t.tolist()} +- {(size_t / 2).tolist()} mm leaves the volume "
+                f"(voxels [{start.tolist()}, {stop.tolist()}) of shape {self.shape})"
+            )
         return self.crop(start.tolist(), stop.tolist())
 
     def resample(self, spacing: float | Sequence[float]) -> "Volume":
