@@ -7,7 +7,9 @@
 * :func:`run_worker` / :func:`emit_worker_result`: run one measurement in a fresh
   Python process under an address-space cap, so that each configuration's peak
   memory is its own and a configuration that needs too much memory fails inside
-  its process (``out of memory``) instead of taking the machine down.
+  its process (``out of memory``) instead of taking the machine down. It also
+  reports how many cores other processes kept busy meanwhile (the disturbance
+  of the timings).
 * :func:`time_calls` / :func:`summarize`: warm-up, repeats scaled to a time
   budget, median and spread.
 * :func:`write_markdown_section`: replace one marked section of ``RESULTS.md``
@@ -235,6 +237,22 @@ def emit_worker_result(payload: dict) -> None:
     sys.stdout.flush()
 
 
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes of the machine have spent busy since boot (``/proc/stat``)."""
+    stat = _read_text("/proc/stat")
+    if stat is None:
+        return None
+    fields = [int(value) for value in stat.splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 @dataclass(frozen=True)
 class WorkerOutcome:
     """What came back from one worker process."""
@@ -244,6 +262,7 @@ class WorkerOutcome:
     wall_s: float
     stderr_tail: str
     memory_limit_bytes: int | None
+    other_cpu_cores: float | None = None  # mean cores busy with other processes meanwhile (disturbance)
 
     @property
     def failure(self) -> str | None:
@@ -284,7 +303,7 @@ def run_worker(
         if memory_limit_bytes is not None:
             resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
 
-    start = time.perf_counter()
+    start, busy_start, children_start = time.perf_counter(), _busy_cpu_seconds(), _children_cpu_seconds()
     try:
         completed = subprocess.run(
             [sys.executable, *argv], capture_output=True, text=True, timeout=timeout_s,
@@ -293,11 +312,17 @@ def run_worker(
     except subprocess.TimeoutExpired as expired:
         stderr = expired.stderr.decode(errors="replace") if isinstance(expired.stderr, bytes) else (expired.stderr or "")
         return WorkerOutcome(None, None, time.perf_counter() - start, stderr[-4000:], memory_limit_bytes)
+    wall = time.perf_counter() - start
+    busy_end = _busy_cpu_seconds()
+    others = None
+    if busy_start is not None and busy_end is not None:
+        # All busy CPU time minus the worker's own: what other processes (and this driver) used meanwhile.
+        others = max(0.0, (busy_end - busy_start) - (_children_cpu_seconds() - children_start)) / max(wall, 1e-9)
     payload = None
     for line in completed.stdout.splitlines():
         if line.startswith(_RESULT_PREFIX):
             payload = json.loads(line[len(_RESULT_PREFIX):])
-    return WorkerOutcome(payload, completed.returncode, time.perf_counter() - start, completed.stderr[-4000:], memory_limit_bytes)
+    return WorkerOutcome(payload, completed.returncode, wall, completed.stderr[-4000:], memory_limit_bytes, others)
 
 
 # ---------------------------------------------------------------------------
