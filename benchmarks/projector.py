@@ -298,11 +298,11 @@ def measure(config: Config, settings: Settings, cache_dir: Path) -> dict:
     if payload["status"] == "ok":
         record["times_s"] = payload["times_s"]
         record["drrs_per_s"] = summarize([config.views / t for t in payload["times_s"]])
-        record["images_path"] = str(images_path)
+        record["images_path"] = images_path.name  # relative to the cache folder; no machine paths in results
     return record
 
 
-def add_comparisons(records: list[dict]) -> None:
+def add_comparisons(records: list[dict], cache_dir: Path) -> None:
     """Relative L1 against the reference, speed and memory against the anchor, at the same views."""
     import torch
 
@@ -313,10 +313,10 @@ def add_comparisons(records: list[dict]) -> None:
         reference, anchor = find(REFERENCE, record["views"]), find(ANCHOR, record["views"])
         if record["status"] != "ok":
             continue
-        if (reference is not None and reference["status"] == "ok" and Path(reference["images_path"]).exists()
-                and Path(record["images_path"]).exists()):  # (an earlier run's JSON keeps its errors)
-            ref = torch.load(reference["images_path"]).double()
-            image = torch.load(record["images_path"]).double()
+        if (reference is not None and reference["status"] == "ok" and (cache_dir / reference["images_path"]).exists()
+                and (cache_dir / record["images_path"]).exists()):  # (an earlier run's JSON keeps its errors)
+            ref = torch.load(cache_dir / reference["images_path"]).double()
+            image = torch.load(cache_dir / record["images_path"]).double()
             record["relative_l1"] = float((image - ref).abs().sum() / ref.abs().sum())
         if anchor is not None and anchor["status"] == "ok":
             record["speedup_vs_anchor"] = record["drrs_per_s"]["median"] / anchor["drrs_per_s"]["median"]
@@ -518,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.from_json is not None:
         report = json.loads(args.from_json.read_text())
-        add_comparisons(report["results"])
+        add_comparisons(report["results"], args.from_json.resolve().parent / "cache")
         report["targets"] = _target_lines(report["results"], Settings(**{
             **report["settings"], "views": tuple(report["settings"]["views"])}))
         if args.note:
@@ -552,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
                   + (f", {rate:.3g} DRRs/s" if rate is not None else "")
                   + (f", peak RSS {peak / GB:.2f} GB" if peak is not None else "")
                   + (f" ({record['reason']})" if "reason" in record else ""))
-    add_comparisons(records)
+    add_comparisons(records, cache_dir)
     report = {
         "benchmark": "projector",
         "command": _command(argv),

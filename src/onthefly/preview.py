@@ -25,6 +25,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, figure, path: str | Path) -> Path:
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def save_views(images: Tensor, path: str | Path, *, titles: Sequence[str] | None = None) -> Path:
     """Write ``(V, 1, H, W)`` (or ``(V, H, W)``) line integrals side by side as a PNG."""
     plt = _pyplot()
@@ -34,12 +43,7 @@ def save_views(images: Tensor, path: str | Path, *, titles: Sequence[str] | None
         axis.imshow(to_display(image), cmap="gray", vmin=0, vmax=1)
         axis.set_title(titles[index] if titles else f"view {index}", fontsize=10)
         axis.axis("off")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 def save_correspondence_preview(
@@ -95,12 +99,7 @@ def save_correspondence_preview(
             line(boundary * grid[0] * grid[1] - 0.5, color="white", linewidth=0.6)
     axes[-1].set_xticks([])
     axes[-1].set_yticks([])
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 def _default_patches(correspondence: Tensor, grid: tuple[int, int], views: int) -> list[tuple[int, int]]:
