@@ -380,3 +380,71 @@ def test_bad_options_rejected():
         correspondence_map(torch.zeros(1, 32, 32), 0, 99, 1, grid_shape=GRID)
     with pytest.raises(ValueError, match="operation"):
         patch_permutation(GRID, "shear")
+
+
+# ---------------------------------------------------------------------------
+# Pooled weights: from volumes, and from summed-volume tables of crops.
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    st.integers(0, 10_000),
+    st.tuples(*[st.integers(0, 5)] * 3),
+    st.tuples(*[st.integers(3, 12)] * 3),
+    st.tuples(*[st.integers(1, 5)] * 3),
+)
+def test_weight_integral_pools_crops_like_pool_weights(seed, start, size, factor):
+    from onthefly import WeightIntegral, pool_weights
+
+    volume = blob_volume(size=18, spacing=2.0, seed=seed)
+    table = WeightIntegral(volume)
+    start_t = torch.tensor([start])
+    stop_t = torch.minimum(start_t + torch.tensor([size]), torch.tensor([volume.shape]))
+    pooled = table.pool(torch.tensor([0]), start_t, stop_t, torch.tensor([factor]))
+    crop = volume.crop(start_t[0].tolist(), stop_t[0].tolist())
+    # pool_weights takes an edge in mm: with 2 mm voxels, factor f means 2f mm, isotropic only.
+    if len(set(factor)) == 1:
+        direct = pool_weights(crop, 2.0 * factor[0])
+        assert direct.weight.shape == pooled.weight.shape
+        torch.testing.assert_close(pooled.weight, direct.weight, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(pooled.affine, direct.affine)
+    # Against a direct mean of the voxel weights, any factors.
+    weights = voxel_weights(crop.hu[0].double())
+    d, h, w = pooled.weight.shape[1:]
+    padded = torch.zeros(d * factor[0], h * factor[1], w * factor[2], dtype=torch.float64)
+    padded[: weights.shape[0], : weights.shape[1], : weights.shape[2]] = weights
+    expected = padded.view(d, factor[0], h, factor[1], w, factor[2]).mean((1, 3, 5))
+    torch.testing.assert_close(pooled.weight[0].double(), expected, atol=1e-6, rtol=1e-5)
+    # The coarse voxel centres: coarse (0, 0, 0) is the centre of the crop's first f x f x f block.
+    first_block_centre = crop.affine.double() @ torch.tensor([*(torch.tensor(factor) - 1) / 2, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(pooled.affine[0, :, 3], first_block_centre)
+    mean = table.box_mean(torch.tensor([0]), start_t, stop_t)
+    torch.testing.assert_close(mean, weights.mean()[None], atol=1e-6, rtol=1e-6)
+
+
+def test_correspondence_from_pooled_weights_equals_from_volumes():
+    from onthefly import WeightIntegral
+
+    volumes = [blob_volume(size=20, spacing=2.0, seed=seed) for seed in range(2)]
+    table = WeightIntegral(volumes)
+    starts = torch.tensor([[2, 0, 3], [0, 4, 1]])
+    stops = starts + torch.tensor([[14, 16, 12], [16, 12, 15]])
+    crops = [volumes[b].crop(starts[b].tolist(), stops[b].tolist()) for b in range(2)]
+    carm = make_carm(alpha=[[0.3, 1.9], [-0.7, 2.4]], beta=[[0.1, -0.2], [0.0, 0.3]])
+    edge = 8.0
+    factor = torch.full((2, 3), 4)
+    pooled = table.pool(torch.tensor([0, 1]), starts, stops, factor)
+    fast = patch_correspondence(pooled, carm, patch_size=PATCH, rays_per_patch=3)
+    direct = patch_correspondence(crops, carm, patch_size=PATCH, coarse_voxel_size=edge, rays_per_patch=3)
+    assert direct.abs().sum() > 0
+    torch.testing.assert_close(fast, direct, atol=1e-5, rtol=1e-4)
+
+
+def test_weight_integral_rejects_crops_outside_the_volume():
+    from onthefly import WeightIntegral
+
+    table = WeightIntegral(blob_volume(size=10, spacing=2.0))
+    with pytest.raises(ValueError, match="start, stop"):
+        table.pool(torch.tensor([0]), torch.tensor([[0, 0, 0]]), torch.tensor([[11, 5, 5]]), torch.tensor([[2, 2, 2]]))
+    with pytest.raises(ValueError, match="volumes"):
+        WeightIntegral([])

@@ -1,19 +1,25 @@
 """onthefly: multi-view X-ray training data rendered inside the training loop.
 
-Data flow: volume -> geometry -> projector -> correspondence -> sampler -> models.
+Data flow: volume -> geometry -> projector -> correspondence -> sampler (augment) -> models.
 """
 
+from .augment import Augmentation
 from .correspondence import (
+    CoarseWeights,
+    WeightIntegral,
     correspondence_map,
     epipolar_line,
     patch_correspondence,
     patch_permutation,
     permute_views_patches,
     pixel_ray,
+    pool_weights,
     voxel_weights,
 )
+from .distributions import CardinalAngles, Uniform
 from .geometry import CArm, project_points, rotation_matrix
 from .projector import beer_lambert, render, to_display
+from .sampler import DRRBatch, DRRCorrespondenceSampler
 from .volume import (
     MU_WATER_PER_MM,
     Volume,
@@ -26,7 +32,14 @@ from .volume import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Augmentation",
     "CArm",
+    "CardinalAngles",
+    "DRRBatch",
+    "DRRCorrespondenceSampler",
+    "Uniform",
+    "CoarseWeights",
+    "WeightIntegral",
     "MU_WATER_PER_MM",
     "Volume",
     "VolumeBatch",
@@ -38,6 +51,7 @@ __all__ = [
     "patch_permutation",
     "permute_views_patches",
     "pixel_ray",
+    "pool_weights",
     "voxel_weights",
     "example_volume",
     "hu_to_attenuation",

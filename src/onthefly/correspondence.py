@@ -28,19 +28,24 @@ Host reads: the voxel count after dropping air, and the sizes ``K`` and ``T``
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_choice, check_positive, check_positive_int
+from ._checks import check_choice, check_ndim, check_positive, check_positive_int
 from .geometry import CArm, project_points
 from .volume import MU_WATER_PER_MM, Volume, VolumeBatch, as_volume_batch
 
 __all__ = [
     "patch_correspondence",
+    "pool_weights",
+    "CoarseWeights",
+    "WeightIntegral",
     "voxel_weights",
     "correspondence_map",
     "epipolar_line",
@@ -84,9 +89,266 @@ def _attenuation_weights(attenuation: Tensor, *, mu_water: float, weighting: str
     return weights.masked_fill_(air, 0.0)
 
 
+def _coarse_to_fine(factor: Tensor) -> Tensor:
+    """``(..., 4, 4)`` maps from coarse voxel index to fine voxel index (coarse voxel centres)."""
+    factor = factor.to(torch.float64)
+    matrix = torch.zeros(*factor.shape[:-1], 4, 4, dtype=torch.float64, device=factor.device)
+    matrix[..., [0, 1, 2], [0, 1, 2]] = factor
+    matrix[..., :3, 3] = (factor - 1) / 2
+    matrix[..., 3, 3] = 1.0
+    return matrix
+
+
+@dataclass(frozen=True, eq=False)
+class CoarseWeights:
+    """Correspondence weights pooled onto one coarse voxel grid per sample (steps 1-2).
+
+    Attributes:
+        weight: ``(B, d, h, w)`` mean voxel weight of each coarse voxel; 0 is air
+            (and padding, where samples have grids of different sizes).
+        affine: ``(B, 4, 4)`` coarse-index-to-world matrices (mm), float64.
+        voxel_size: ``(B,)`` smallest coarse voxel edge of each sample (mm), a CPU
+            float64 tensor (it sets the default rays per patch without reading the device).
+
+    Built by :func:`pool_weights` (from volumes) or :meth:`WeightIntegral.pool`
+    (from crops of precomputed volumes, the sampler's fast path); accepted by
+    :func:`patch_correspondence` in place of a volume.
+    """
+
+    weight: Tensor
+    affine: Tensor
+    voxel_size: Tensor
+
+    def __post_init__(self) -> None:
+        check_ndim("weight", self.weight, (4,), "(B, d, h, w)")
+        batch = self.weight.shape[0]
+        if tuple(self.affine.shape) != (batch, 4, 4):
+            raise ValueError(f"affine: expected shape ({batch}, 4, 4) to match weight, got {tuple(self.affine.shape)}")
+        if tuple(self.voxel_size.shape) != (batch,):
+            raise ValueError(f"voxel_size: expected shape ({batch},), got {tuple(self.voxel_size.shape)}")
+
+    @property
+    def batch_size(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.weight.device
+
+    def to(self, device: torch.device | str) -> "CoarseWeights":
+        return CoarseWeights(weight=self.weight.to(device), affine=self.affine.to(device), voxel_size=self.voxel_size)
+
+
+_POOL_SLAB_BYTES = 32 * 2**20
+
+
+def _pool_slabs(attenuation: Tensor, factor: Sequence[int], weigh) -> Tensor:
+    """Mean of ``weigh(attenuation)`` over ``factor`` blocks, zero-padded at the far edges.
+
+    ``attenuation`` is ``(g, D, H, W)``; the weights are computed one slab of
+    whole coarse planes at a time, so no full-size weight volume is made.
+    """
+    groups, depth, height, width = attenuation.shape
+    fd, fh, fw = factor
+    out_shape = (-(-depth // fd), -(-height // fh), -(-width // fw))
+    pooled = torch.empty(groups, *out_shape, dtype=attenuation.dtype, device=attenuation.device)
+    plane_bytes = fd * height * width * attenuation.element_size() * groups
+    planes = max(1, _POOL_SLAB_BYTES // max(plane_bytes, 1))
+    pad_h, pad_w = out_shape[1] * fh - height, out_shape[2] * fw - width
+    for first in range(0, out_shape[0], planes):
+        last = min(out_shape[0], first + planes)
+        weights = weigh(attenuation[:, first * fd : last * fd])
+        pad_d = (last - first) * fd - weights.shape[1]
+        if pad_d or pad_h or pad_w:
+            weights = F.pad(weights, (0, pad_w, 0, pad_h, 0, pad_d))
+        blocks = weights.view(groups, last - first, fd, out_shape[1], fh, out_shape[2], fw)
+        pooled[:, first:last] = blocks.sum((2, 4, 6)) / (fd * fh * fw)
+    return pooled
+
+
+@torch.no_grad()
+def pool_weights(
+    volume: Volume | Sequence[Volume] | VolumeBatch,
+    coarse_voxel_size: float | Sequence[float] | Tensor,
+    *,
+    weighting: str = "soft",
+    air_threshold_hu: float = -900.0,
+    mu_water: float = MU_WATER_PER_MM,
+    batch_size: int | None = None,
+) -> CoarseWeights:
+    """Weigh the voxels of each volume and average-pool them onto a coarse grid.
+
+    Args:
+        volume: one :class:`Volume`, ``B`` volumes, or a :class:`VolumeBatch`.
+        coarse_voxel_size: coarse voxel edge (mm), one number or one per sample.
+            Each coarse voxel spans ``round(edge / spacing)`` fine voxels per axis
+            (at least one); the grid starts at the volume's first voxel and is
+            zero-padded at the far edges.
+        weighting, air_threshold_hu: as :func:`voxel_weights`.
+        mu_water: attenuation of water (1/mm), to read HU back from attenuation.
+        batch_size: number of samples ``B`` (default: the number of volumes, or
+            the number of edges). A single volume is pooled once per distinct
+            edge and shared by the samples.
+
+    Returns:
+        :class:`CoarseWeights` with one grid per sample.
+    """
+    check_choice("weighting", weighting, WEIGHTINGS)
+    batch = as_volume_batch(volume, mu_water=mu_water)
+    edges = torch.as_tensor(coarse_voxel_size, dtype=torch.float64).reshape(-1).cpu()
+    check_positive("coarse_voxel_size", edges)
+    samples = batch_size or max(batch.batch_size, edges.numel())
+    for name, count in (("volume", batch.batch_size), ("coarse_voxel_size", edges.numel())):
+        if count not in (1, samples):
+            raise ValueError(f"{name}: expected 1 or {samples} entries (one per sample), got {count}")
+    edges = edges.expand(samples)
+    volume_batch = batch.batch_size
+    spacing = batch.affine[:, :3, :3].norm(dim=1).to("cpu", torch.float64)  # (Bv, 3) mm
+    sample_volume = torch.arange(samples) if volume_batch > 1 else torch.zeros(samples, dtype=torch.long)
+    factors = torch.clamp(torch.round(edges[:, None] / spacing[sample_volume]), min=1).long()  # (B, 3)
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for sample, factor in enumerate(factors.tolist()):
+        groups.setdefault(tuple(factor), []).append(sample)
+    grid = [-(-batch.shape[axis] // int(factors[:, axis].min())) for axis in range(3)]
+    weight = torch.zeros(samples, *grid, dtype=batch.attenuation.dtype, device=batch.device)
+
+    def weigh(attenuation: Tensor) -> Tensor:
+        return _attenuation_weights(
+            attenuation, mu_water=batch.mu_water, weighting=weighting, air_threshold_hu=air_threshold_hu
+        )
+
+    for factor, members in groups.items():
+        index = torch.tensor(members, device=batch.device)
+        source = batch.attenuation[:1, 0] if volume_batch == 1 else batch.attenuation[index, 0]
+        pooled = _pool_slabs(source, factor, weigh)
+        d, h, w = pooled.shape[1:]
+        weight[index, :d, :h, :w] = pooled.expand(len(members), -1, -1, -1) if volume_batch == 1 else pooled
+    affine = batch.affine.to(torch.float64)[sample_volume.to(batch.device)] @ _coarse_to_fine(factors).to(batch.device)
+    voxel_size = (factors * spacing[sample_volume]).amin(1)
+    return CoarseWeights(weight=weight, affine=affine, voxel_size=voxel_size)
+
+
+class WeightIntegral:
+    """Summed-volume tables of the correspondence weights of one or more volumes.
+
+    Built once per CT, they give the pooled weights of any box-aligned crop at
+    any pooling factor with eight reads per coarse voxel, whatever the crop's
+    size: the sampler's path, where every sample has its own crop. Tables are
+    float64, ``8 (D+1)(H+1)(W+1)`` bytes per volume.
+
+    Args:
+        volumes: one :class:`Volume` or several (of any shapes; tables are
+            zero-padded to a common shape).
+        weighting, air_threshold_hu: as :func:`voxel_weights`.
+        device: where the tables live (default: the first volume's device).
+    """
+
+    def __init__(
+        self,
+        volumes: Volume | Sequence[Volume],
+        *,
+        weighting: str = "soft",
+        air_threshold_hu: float = -900.0,
+        device: torch.device | str | None = None,
+    ) -> None:
+        check_choice("weighting", weighting, WEIGHTINGS)
+        volumes = [volumes] if isinstance(volumes, Volume) else list(volumes)
+        if not volumes:
+            raise ValueError("volumes: expected at least one Volume, got an empty sequence")
+        for index, item in enumerate(volumes):
+            if not isinstance(item, Volume):
+                raise TypeError(f"volumes[{index}]: expected a Volume, got {type(item).__name__}")
+        device = torch.device(device) if device is not None else volumes[0].device
+        shape = [max(v.shape[axis] for v in volumes) + 1 for axis in range(3)]
+        self.tables = torch.zeros(len(volumes), *shape, dtype=torch.float64, device=device)
+        for index, item in enumerate(volumes):
+            weights = voxel_weights(item.hu[0].to(device), weighting=weighting, air_threshold_hu=air_threshold_hu)
+            d, h, w = item.shape
+            table = self.tables[index, 1 : d + 1, 1 : h + 1, 1 : w + 1]
+            torch.cumsum(weights.to(torch.float64), 0, out=table)
+            torch.cumsum(table, 1, out=table)
+            torch.cumsum(table, 2, out=table)
+        self.shapes = torch.tensor([v.shape for v in volumes], dtype=torch.long)  # (n, 3), CPU
+        self.affines = torch.stack([v.affine.to(torch.float64) for v in volumes]).to(device)
+        self.spacings = self.affines[:, :3, :3].norm(dim=1).cpu()  # (n, 3)
+        self.weighting = weighting
+        self.air_threshold_hu = air_threshold_hu
+
+    @property
+    def device(self) -> torch.device:
+        return self.tables.device
+
+    def __len__(self) -> int:
+        return self.tables.shape[0]
+
+    def box_mean(self, volume_index: Tensor, start: Tensor, stop: Tensor) -> Tensor:
+        """Mean weight of the voxel boxes ``[start, stop)`` of volumes ``volume_index``: ``(B,)``."""
+        volume_index, start, stop = (torch.as_tensor(t).long().to(self.device) for t in (volume_index, start, stop))
+        total = self._box_sums(volume_index, start.unbind(-1), stop.unbind(-1))
+        count = (stop - start).clamp_min(0).prod(-1).to(total.dtype)
+        return total / count.clamp_min(1)
+
+    def _box_sums(self, volume: Tensor, lows: Sequence[Tensor], highs: Sequence[Tensor]) -> Tensor:
+        """Sums over boxes ``[low, high)`` per axis; ``lows``/``highs`` broadcast against ``(B, ...)``."""
+        _, size0, size1, size2 = self.tables.shape
+        flat = self.tables.view(-1)
+        base = volume.view(-1, *([1] * (lows[0].dim() - 1))) * (size0 * size1 * size2)
+        total = torch.zeros((), dtype=self.tables.dtype, device=self.device)
+        for corner in itertools.product((0, 1), repeat=3):
+            first, second, third = (lows[a] if c else highs[a] for a, c in enumerate(corner))
+            sign = -1.0 if sum(corner) % 2 else 1.0
+            total = total + sign * flat[base + (first * size1 + second) * size2 + third]
+        return total
+
+    @torch.no_grad()
+    def pool(self, volume_index: Tensor, start: Tensor, stop: Tensor, factor: Tensor) -> CoarseWeights:
+        """Pooled weights of crops, as :func:`pool_weights` would give for the cropped volumes.
+
+        Args:
+            volume_index: ``(B,)`` which volume each sample crops.
+            start, stop: ``(B, 3)`` crop boxes in voxel indices of that volume
+                (``0 <= start < stop <= shape``).
+            factor: ``(B, 3)`` fine voxels per coarse voxel edge.
+
+        The grid shape is read from ``stop - start`` and ``factor``: pass CPU
+        tensors (as the sampler does) to keep the device free of host reads.
+        """
+        volume_index, start, stop, factor = (torch.as_tensor(t).long() for t in (volume_index, start, stop, factor))
+        batch = volume_index.shape[0]
+        for name, tensor in (("start", start), ("stop", stop), ("factor", factor)):
+            if tuple(tensor.shape) != (batch, 3):
+                raise ValueError(f"{name}: expected shape ({batch}, 3), got {tuple(tensor.shape)}")
+        if start.device.type == "cpu" and stop.device.type == "cpu":
+            shapes = self.shapes[volume_index.cpu()]
+            if bool((start < 0).any() or (stop > shapes).any() or (stop <= start).any()):
+                raise ValueError("start, stop: expected 0 <= start < stop <= the volume's shape for every crop")
+        if bool((factor < 1).any()):
+            raise ValueError("factor: expected positive pooling factors")
+        grid = (-(-(stop - start) // factor)).amax(0).tolist()
+        device = self.device
+        volume_index, start, stop, factor = (t.to(device) for t in (volume_index, start, stop, factor))
+        lows, highs = [], []
+        for axis, count in enumerate(grid):
+            shape = [batch, 1, 1, 1]
+            shape[axis + 1] = count
+            low = start[:, axis, None] + torch.arange(count, device=device) * factor[:, axis, None]  # (B, n)
+            high = torch.minimum(low + factor[:, axis, None], stop[:, axis, None])
+            lows.append(torch.minimum(low, stop[:, axis, None]).view(shape))
+            highs.append(high.view(shape))
+        sums = self._box_sums(volume_index, lows, highs)  # (B, d, h, w)
+        # Any non-air voxel weighs more than 0.01; smaller sums are rounding error of the tables.
+        sums = torch.where(sums > 1e-3, sums, torch.zeros_like(sums))
+        weight = (sums / factor.prod(-1).to(torch.float64).view(-1, 1, 1, 1)).to(torch.float32)
+        to_crop = torch.eye(4, dtype=torch.float64, device=device).repeat(batch, 1, 1)
+        to_crop[:, :3, 3] = start.to(torch.float64)
+        affine = self.affines[volume_index] @ to_crop @ _coarse_to_fine(factor)
+        voxel_size = (factor.cpu().to(torch.float64) * self.spacings[volume_index.cpu()]).amin(1)
+        return CoarseWeights(weight=weight, affine=affine, voxel_size=voxel_size)
+
+
 @torch.no_grad()
 def patch_correspondence(
-    volume: Volume | Sequence[Volume] | VolumeBatch,
+    volume: Volume | Sequence[Volume] | VolumeBatch | CoarseWeights,
     carm: CArm,
     *,
     patch_size: int = 16,
@@ -100,7 +362,10 @@ def patch_correspondence(
     """Patch correspondence matrices between all views of each sample.
 
     Args:
-        volume: one :class:`Volume` (shared), ``B`` volumes, or a :class:`VolumeBatch`.
+        volume: one :class:`Volume` (shared), ``B`` volumes, a :class:`VolumeBatch`,
+            or weights already pooled (:class:`CoarseWeights`, from :func:`pool_weights`
+            or :meth:`WeightIntegral.pool`; then ``weighting``, ``air_threshold_hu``
+            and ``coarse_voxel_size`` are those it was pooled with).
         carm: the cameras that render the views, batch ``(B, V)``.
         patch_size: patch edge ``k`` in pixels; must divide the detector height and width.
         weighting: ``"soft"`` or ``"binary"`` voxel weights.
@@ -134,15 +399,17 @@ def patch_correspondence(
         check_positive("coarse_voxel_size", torch.as_tensor(float(coarse_voxel_size)))
     if rays_per_patch is not None:
         check_positive_int("rays_per_patch", rays_per_patch)
-    batch = as_volume_batch(volume, mu_water=mu_water)
+    coarse = volume if isinstance(volume, CoarseWeights) else None
+    batch = None if coarse is not None else as_volume_batch(volume, mu_water=mu_water)
+    volume_batch = coarse.batch_size if coarse is not None else batch.batch_size
     carm_batch, views = carm.batch_shape
-    if batch.batch_size not in (1, carm_batch) and carm_batch != 1:
+    if volume_batch not in (1, carm_batch) and carm_batch != 1:
         raise ValueError(
-            f"volume, carm: mismatched batch sizes, {batch.batch_size} volumes for {carm_batch} C-arm samples "
+            f"volume, carm: mismatched batch sizes, {volume_batch} volumes for {carm_batch} C-arm samples "
             "(expected equal sizes, or one of them 1)"
         )
-    out_batch = max(batch.batch_size, carm_batch)
-    device = batch.device
+    out_batch = max(volume_batch, carm_batch)
+    device = coarse.device if coarse is not None else batch.device
     carm = carm.to(device=device, dtype=torch.float32)
     rows, cols = carm.height // patch_size, carm.width // patch_size
     n_patches = rows * cols
@@ -151,16 +418,24 @@ def patch_correspondence(
     # Coarse voxel edge and rays per patch, per sample (host-side numbers).
     backprojected = (patch_size * carm.pixel_spacing * carm.sid / carm.sdd).expand(out_batch, views)
     backprojected_min = backprojected.amin(1).to("cpu", torch.float64)
-    edge = backprojected_min if coarse_voxel_size is None else torch.full_like(backprojected_min, float(coarse_voxel_size))
+    if coarse is None:
+        edge = backprojected_min if coarse_voxel_size is None else torch.full_like(backprojected_min, float(coarse_voxel_size))
+        coarse = pool_weights(
+            batch, edge, weighting=weighting, air_threshold_hu=air_threshold_hu, mu_water=mu_water, batch_size=out_batch
+        )
+    elif coarse.batch_size != out_batch:
+        coarse = CoarseWeights(
+            weight=coarse.weight.expand(out_batch, -1, -1, -1),
+            affine=coarse.affine.expand(out_batch, -1, -1),
+            voxel_size=coarse.voxel_size.expand(out_batch),
+        )
     if rays_per_patch is None:
-        rays = int(min(patch_size, max(2, math.ceil(float((2 * backprojected_min / edge).amax())))))
+        ratio = float((2 * backprojected_min / coarse.voxel_size).amax())
+        rays = int(min(patch_size, max(2, math.ceil(ratio))))
     else:
         rays = rays_per_patch
 
-    weights = _attenuation_weights(
-        batch.attenuation[:, 0], mu_water=batch.mu_water, weighting=weighting, air_threshold_hu=air_threshold_hu
-    )
-    voxels = _coarse_voxels(weights, batch.affine.to(torch.float64), edge, out_batch)
+    voxels = _coarse_voxels(coarse)
     result = torch.zeros(out_batch * tokens * tokens, device=device)
     if voxels["weight"].numel() == 0:
         return result.view(out_batch, tokens, tokens)
@@ -175,58 +450,21 @@ def patch_correspondence(
     return result.view(out_batch, tokens, tokens)
 
 
-def _coarse_voxels(weights: Tensor, affine: Tensor, edge: Tensor, out_batch: int) -> dict[str, Tensor]:
-    """Pool weights onto coarse grids and list the non-air coarse voxels of every sample.
+def _coarse_voxels(coarse: "CoarseWeights") -> dict[str, Tensor]:
+    """The non-air coarse voxels of every sample, as flat tensors.
 
-    Returns flat tensors over voxels: ``sample`` (sample index), ``weight`` (pooled
-    weight), ``index`` (coarse voxel index, 3), and per sample (indexed by
-    ``sample``) the coarse-index-to-world ``affine`` ``(n, 4, 4)``.
+    Returns ``sample`` (sample index), ``weight`` (pooled weight), ``index``
+    (coarse voxel index, 3, float64) and ``affine`` (coarse index to world of the
+    voxel's sample, ``(n, 4, 4)``).
     """
-    volume_batch = weights.shape[0]
-    spacing = affine[:, :3, :3].norm(dim=1).to("cpu")  # (Bv, 3) mm
-    sample_volume = torch.arange(out_batch) if volume_batch > 1 else torch.zeros(out_batch, dtype=torch.long)
-    factors = torch.clamp(torch.round(edge[:, None] / spacing[sample_volume]), min=1).long()  # (B, 3) fine voxels per coarse
-    groups: dict[tuple[int, int, int], list[int]] = {}
-    for sample, factor in enumerate(factors.tolist()):
-        groups.setdefault(tuple(factor), []).append(sample)
-    pieces = []
-    for factor, samples in groups.items():
-        # A volume shared by all samples is pooled once; its voxel list is repeated per sample.
-        pooled_volumes = [0] if volume_batch == 1 else samples
-        source = weights[:1] if volume_batch == 1 else weights[torch.tensor(samples, device=weights.device)]
-        pad = [(-size) % f for size, f in zip(source.shape[1:], factor)]
-        if any(pad):
-            source = F.pad(source, (0, pad[2], 0, pad[1], 0, pad[0]))
-        pooled = F.avg_pool3d(source[:, None], kernel_size=factor, stride=factor)[:, 0]  # (g, d, h, w)
-        occupied = torch.nonzero(pooled > 0)  # (n, 4): pooled volume row, i, j, k
-        weight = pooled[occupied[:, 0], occupied[:, 1], occupied[:, 2], occupied[:, 3]]
-        scale = torch.tensor(factor, dtype=torch.float64)
-        coarse_to_fine = torch.eye(4, dtype=torch.float64)
-        coarse_to_fine[:3, :3] = torch.diag(scale)
-        coarse_to_fine[:3, 3] = (scale - 1) / 2
-        coarse_affine = affine[torch.tensor(pooled_volumes, device=affine.device)] @ coarse_to_fine.to(affine.device)
-        sample_index = torch.tensor(samples, device=weights.device)
-        if volume_batch == 1:
-            repeats = len(samples)
-            count = occupied.shape[0]
-            pieces.append(
-                dict(
-                    sample=sample_index.repeat_interleave(count),
-                    weight=weight.repeat(repeats),
-                    index=occupied[:, 1:].to(torch.float64).repeat(repeats, 1),
-                    affine=coarse_affine[0].expand(repeats * count, 4, 4),
-                )
-            )
-        else:
-            pieces.append(
-                dict(
-                    sample=sample_index[occupied[:, 0]],
-                    weight=weight,
-                    index=occupied[:, 1:].to(torch.float64),
-                    affine=coarse_affine[occupied[:, 0]],
-                )
-            )
-    return {key: torch.cat([piece[key] for piece in pieces]) for key in pieces[0]}
+    occupied = torch.nonzero(coarse.weight > 0)  # (n, 4): sample, i, j, k (host read: n)
+    sample = occupied[:, 0]
+    return dict(
+        sample=sample,
+        weight=coarse.weight[sample, occupied[:, 1], occupied[:, 2], occupied[:, 3]],
+        index=occupied[:, 1:].to(torch.float64),
+        affine=coarse.affine[sample],
+    )
 
 
 def _footprints(voxels: dict[str, Tensor], *, carm: CArm, patch_size: int, rays: int) -> tuple[Tensor, Tensor]:

@@ -170,11 +170,13 @@ class CArm:
         )
 
     def to(self, device=None, dtype=None) -> "CArm":
-        move = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
-        return self._replace(
-            alpha=move(self.alpha), beta=move(self.beta), gamma=move(self.gamma), sid=move(self.sid),
-            sdd=move(self.sdd), isocenter=move(self.isocenter), pixel_spacing=move(self.pixel_spacing),
-        )
+        """The same C-arm on another device or dtype (validated at construction, not re-checked)."""
+        moved = object.__new__(CArm)
+        moved.height, moved.width = self.height, self.width
+        non_blocking = device is not None and torch.device(device).type != "cpu"  # host copies must complete
+        for name in ("alpha", "beta", "gamma", "sid", "sdd", "isocenter", "pixel_spacing"):
+            setattr(moved, name, getattr(self, name).to(device=device, dtype=dtype, non_blocking=non_blocking))
+        return moved
 
     # --------------------------------------------------------------- geometry
     def rotation(self) -> Tensor:
