@@ -263,6 +263,7 @@ def test_projected_points_follow_the_augmented_image(operation):
         augmentation=Augmentation(brightness=0.0, contrast=0.0, invert=0.0, gamma=0.0, noise=0.0, blur=0.0,
                                   geometric=1.0, operations=(IMAGE_OPERATIONS[operation],) if operation else ("hflip",)),
         min_tissue_fraction=0.0, min_projection_fraction=0.0, beta=(-0.3, 0.3), isocenter_jitter=5.0,
+        rays_per_patch=8,  # one ray per pixel: the pixel that sees the voxel has a ray through its coarse box
     )
     batch = sampler.sample(0)
     point = (volume.affine @ torch.tensor([19.0, 12.0, 16.0, 1.0], dtype=torch.float64))[:3]

@@ -18,6 +18,7 @@ from .correspondence import (
 )
 from .distributions import CardinalAngles, Uniform
 from .geometry import CArm, project_points, rotation_matrix
+from .preview import save_batch_preview, save_correspondence_preview, save_views
 from .projector import beer_lambert, render, to_display
 from .sampler import DRRBatch, DRRCorrespondenceSampler
 from .volume import (
@@ -57,6 +58,9 @@ __all__ = [
     "hu_to_attenuation",
     "project_points",
     "render",
+    "save_batch_preview",
+    "save_correspondence_preview",
+    "save_views",
     "rotation_matrix",
     "to_display",
 ]

@@ -12,7 +12,8 @@ import torch
 
 from .correspondence import patch_correspondence
 from .geometry import CArm
-from .preview import save_correspondence_preview, save_views
+from .augment import Augmentation
+from .preview import save_batch_preview, save_correspondence_preview, save_views
 from .projector import render
 from .volume import Volume, VolumeBatch, example_volume
 
@@ -63,6 +64,22 @@ def _preview(args: argparse.Namespace) -> dict:
     ), images, titles
 
 
+def _sampled_preview(args: argparse.Namespace) -> dict:
+    from .sampler import DRRCorrespondenceSampler
+
+    volumes = [_load_volume(args.volume)]
+    sampler = DRRCorrespondenceSampler(
+        volumes=volumes, views=args.views, image_size=args.size, patch_size=args.patch_size,
+        batch_size=args.samples, seed=args.seed, augmentation=Augmentation(geometric=args.geometric),
+    )
+    start = time.perf_counter()
+    batch = sampler.sample(0)
+    seconds = time.perf_counter() - start
+    output = save_batch_preview(batch, args.output, samples=args.samples)
+    return dict(preview=str(output), batch_seconds=round(seconds, 3), images=list(batch.images.shape),
+                correspondence=list(batch.correspondence.shape))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="onthefly", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -71,9 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     _add_view_options(demo, alpha=[0.0, 90.0, 45.0])
     preview = commands.add_parser("preview", help="write a PNG of views with patch correspondences")
     preview.add_argument("--output", default="outputs/preview.png", help="PNG path")
+    preview.add_argument("--sampled", action="store_true",
+                         help="show a batch drawn by DRRCorrespondenceSampler (random poses and crops) instead")
+    preview.add_argument("--views", type=int, default=2, help="with --sampled: views per sample")
+    preview.add_argument("--samples", type=int, default=4, help="with --sampled: samples shown")
+    preview.add_argument("--seed", type=int, default=0, help="with --sampled: stream seed")
+    preview.add_argument("--geometric", type=float, default=0.0,
+                         help="with --sampled: probability of a flip or quarter turn per view")
     _add_view_options(preview, alpha=[0.0, 90.0])
     args = parser.parse_args(argv)
 
+    if args.command == "preview" and args.sampled:
+        print(json.dumps(_sampled_preview(args), indent=2))
+        return 0
     if args.command == "preview":
         summary, _, _ = _preview(args)
         print(json.dumps(summary, indent=2))

@@ -58,7 +58,7 @@ __all__ = [
 
 WEIGHTINGS = ("soft", "binary")
 IMAGE_OPERATIONS = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270")
-DEFAULT_MEMORY_BUDGET = 256 * 2**20
+DEFAULT_MEMORY_BUDGET = 64 * 2**20  # measured fastest on a 2-core CPU (larger chunks leave the cache)
 
 
 def voxel_weights(hu: Tensor, *, weighting: str = "soft", air_threshold_hu: float = -900.0) -> Tensor:
@@ -85,8 +85,8 @@ def _attenuation_weights(attenuation: Tensor, *, mu_water: float, weighting: str
         air = torch.zeros_like(air)
     if weighting == "binary":
         return (~air).to(attenuation.dtype)
-    weights = torch.sigmoid_(attenuation * (5.0 / mu_water) - 4.25)
-    return weights.masked_fill_(air, 0.0)
+    weights = attenuation * (5.0 / mu_water)  # in-place from here: one new tensor in all
+    return weights.sub_(4.25).sigmoid_().masked_fill_(air, 0.0)
 
 
 def _coarse_to_fine(factor: Tensor) -> Tensor:
@@ -139,7 +139,7 @@ class CoarseWeights:
         return CoarseWeights(weight=self.weight.to(device), affine=self.affine.to(device), voxel_size=self.voxel_size)
 
 
-_POOL_SLAB_BYTES = 32 * 2**20
+_POOL_SLAB_BYTES = 64 * 2**20
 
 
 def _pool_slabs(attenuation: Tensor, factor: Sequence[int], weigh) -> Tensor:
@@ -150,20 +150,17 @@ def _pool_slabs(attenuation: Tensor, factor: Sequence[int], weigh) -> Tensor:
     """
     groups, depth, height, width = attenuation.shape
     fd, fh, fw = factor
-    out_shape = (-(-depth // fd), -(-height // fh), -(-width // fw))
-    pooled = torch.empty(groups, *out_shape, dtype=attenuation.dtype, device=attenuation.device)
     plane_bytes = fd * height * width * attenuation.element_size() * groups
     planes = max(1, _POOL_SLAB_BYTES // max(plane_bytes, 1))
-    pad_h, pad_w = out_shape[1] * fh - height, out_shape[2] * fw - width
-    for first in range(0, out_shape[0], planes):
-        last = min(out_shape[0], first + planes)
-        weights = weigh(attenuation[:, first * fd : last * fd])
-        pad_d = (last - first) * fd - weights.shape[1]
-        if pad_d or pad_h or pad_w:
-            weights = F.pad(weights, (0, pad_w, 0, pad_h, 0, pad_d))
-        blocks = weights.view(groups, last - first, fd, out_shape[1], fh, out_shape[2], fw)
-        pooled[:, first:last] = blocks.sum((2, 4, 6)) / (fd * fh * fw)
-    return pooled
+    pieces = []
+    for first in range(0, -(-depth // fd), planes):
+        weights = weigh(attenuation[:, first * fd : (first + planes) * fd])[:, None]
+        short = [max(0, f - n) for f, n in zip(factor, weights.shape[2:])]  # a slab thinner than one block
+        if any(short):
+            weights = F.pad(weights, (0, short[2], 0, short[1], 0, short[0]))
+        # Windows past the far edges count the missing voxels as air (zero weight).
+        pieces.append(F.avg_pool3d(weights, tuple(factor), ceil_mode=True, divisor_override=fd * fh * fw)[:, 0])
+    return torch.cat(pieces, 1)
 
 
 @torch.no_grad()
@@ -372,8 +369,8 @@ def patch_correspondence(
         air_threshold_hu: voxels at or below this HU are air (weight 0).
         coarse_voxel_size: coarse voxel edge in mm (default: ``k dx sid / sdd``,
             the smallest over each sample's views).
-        rays_per_patch: rays per patch side ``m`` (default: enough for two rays
-            per coarse voxel edge at the isocenter, at least 2).
+        rays_per_patch: rays per patch side ``m`` (default: about two rays per
+            coarse voxel edge at the isocenter, ``round(2 k dx sid / (sdd edge))``, at least 2).
         mu_water: attenuation of water (1/mm) to recover HU from a :class:`VolumeBatch`.
         memory_budget: bytes of intermediate tensors per voxel chunk.
 
@@ -431,7 +428,7 @@ def patch_correspondence(
         )
     if rays_per_patch is None:
         ratio = float((2 * backprojected_min / coarse.voxel_size).amax())
-        rays = int(min(patch_size, max(2, math.ceil(ratio))))
+        rays = int(min(patch_size, max(2, round(ratio))))
     else:
         rays = rays_per_patch
 
@@ -441,8 +438,10 @@ def patch_correspondence(
         return result.view(out_batch, tokens, tokens)
 
     footprint_args = dict(carm=carm, patch_size=patch_size, rays=rays)
-    per_voxel = views * (16 * rays * rays * 3 * 4 + views * 64 * 12)  # generous bytes per voxel
-    chunk = max(1, memory_budget // (per_voxel * 16))
+    # Bytes per voxel: about 12 live float32 temporaries over a 4 x 4 patch window of m x m rays
+    # per view, then the (V T)^2 outer products with their int64 indices (T <= 16).
+    per_voxel = 4 * 12 * views * 16 * rays * rays + 12 * (16 * views) ** 2
+    chunk = max(1, memory_budget // per_voxel)
     for first in range(0, voxels["weight"].shape[0], chunk):
         part = {key: value[first : first + chunk] for key, value in voxels.items()}
         values, patches = _footprints(part, **footprint_args)  # (n, V, T) each
@@ -513,26 +512,43 @@ def _footprints(voxels: dict[str, Tensor], *, carm: CArm, patch_size: int, rays:
     du, dv = (u * spacing)[carm_sample], (v * spacing)[carm_sample]
     col_offset = pixel_cols - (carm.width - 1) / 2
     row_offset = pixel_rows - (carm.height - 1) / 2
-    # direction (n, V, Kr, Kc, mr, mc, 3) = center - source + col*du + row*dv
-    direction = (
-        (center - source)[:, :, None, None, None, None, :]
-        + col_offset[:, :, None, :, None, :, None] * du[:, :, None, None, None, None, :]
-        + row_offset[:, :, :, None, :, None, None] * dv[:, :, None, None, None, None, :]
-    )
-    world_length = direction.norm(dim=-1)
+    # A ray is source + t * direction, t in [0, 1] from source to pixel, with
+    # direction = (center - source) + col * du + row * dv: affine in the pixel offsets, in world
+    # and in coarse-index space alike. Everything below is broadcast over (V, Kr, Kc, mr, mc, n),
+    # voxels last so the elementwise loops run over long contiguous rows, one axis at a time.
     inverse = torch.linalg.inv(affine).to(dtype)  # (n, 4, 4) world -> coarse index
-    linear = inverse[:, None, :3, :3]
-    source_index = (linear @ source.unsqueeze(-1)).squeeze(-1) + inverse[:, None, :3, 3]  # (n, V, 3)
-    direction_index = torch.einsum("nij,nv...j->nv...i", inverse[:, :3, :3], direction)
-    box = voxels["index"].to(dtype)[:, None, None, None, None, None, :]
-    origin = source_index[:, :, None, None, None, None, :]
-    safe = torch.where(direction_index.abs() < 1e-9, torch.full_like(direction_index, 1e-9), direction_index)
-    t_a = (box - 0.5 - origin) / safe
-    t_b = (box + 0.5 - origin) / safe
-    t_enter = torch.minimum(t_a, t_b).amax(-1).clamp_min(0.0)
-    t_exit = torch.maximum(t_a, t_b).amin(-1).clamp_max(1.0)
-    length = (t_exit - t_enter).clamp_min(0.0) * world_length  # (n, V, K, K, m, m) mm
-    length = length.sum((-1, -2)) * valid  # (n, V, K, K)
+    linear = inverse[:, None, :3, :3]  # (n, 1, 3, 3)
+    base = center - source
+    base_index = (linear @ base[..., None])[..., 0]  # (n, V, 3)
+    du_index = (linear @ du[..., None])[..., 0]
+    dv_index = (linear @ dv[..., None])[..., 0]
+    # Source relative to the voxel's low corner (box [0, 1]^3 in these units).
+    origin = (linear @ source[..., None])[..., 0] + inverse[:, None, :3, 3] - (voxels["index"].to(dtype)[:, None] - 0.5)
+    cols6 = col_offset.permute(1, 2, 3, 0).contiguous()[:, None, :, None, :, :]  # (V, 1, Kc, 1, mc, n)
+    rows6 = row_offset.permute(1, 2, 3, 0).contiguous()[:, :, None, :, None, :]  # (V, Kr, 1, mr, 1, n)
+
+    def scalar(values: Tensor) -> Tensor:  # (n, V) -> (V, 1, 1, 1, 1, n)
+        return values.transpose(0, 1).contiguous()[:, None, None, None, None, :]
+
+    # |direction| in world mm (du and dv are orthogonal detector axes).
+    world_length = (
+        scalar((base * base).sum(-1))
+        + cols6 * (2 * scalar((base * du).sum(-1)) + cols6 * scalar((du * du).sum(-1)))
+        + rows6 * (2 * scalar((base * dv).sum(-1)) + rows6 * scalar((dv * dv).sum(-1)))
+    ).sqrt_()
+    t_enter = t_exit = None
+    for axis in range(3):
+        component = scalar(base_index[..., axis]) + cols6 * scalar(du_index[..., axis]) + rows6 * scalar(dv_index[..., axis])
+        component = torch.where(component.abs() < 1e-9, torch.full_like(component, 1e-9), component)
+        step = component.reciprocal_()  # t per unit index along this axis
+        low = step * scalar(-origin[..., axis])  # t where the ray crosses the box's low face on this axis
+        high = low + step
+        near, far = torch.minimum(low, high), torch.maximum(low, high)
+        t_enter = near if t_enter is None else torch.maximum(t_enter, near)
+        t_exit = far if t_exit is None else torch.minimum(t_exit, far)
+    length = (t_exit.clamp_max_(1.0) - t_enter.clamp_min_(0.0)).clamp_min_(0.0).mul_(world_length)
+    length = length.sum((3, 4)).permute(3, 0, 1, 2)  # (n, V, Kr, Kc) mm
+    length = length * valid  # (n, V, K, K)
     length = length.reshape(count, views, window * window)
     peak = length.amax(-1, keepdim=True)
     values = torch.where(peak > 0, length / peak.clamp_min(1e-12), torch.zeros_like(length))

@@ -11,7 +11,7 @@ from torch import Tensor
 from .correspondence import correspondence_map
 from .projector import to_display
 
-__all__ = ["save_correspondence_preview", "save_views"]
+__all__ = ["save_batch_preview", "save_correspondence_preview", "save_views"]
 
 _COLOURS = ((0.95, 0.25, 0.2), (0.2, 0.75, 0.95), (0.55, 0.95, 0.3), (0.95, 0.75, 0.15), (0.8, 0.4, 0.95))
 
@@ -67,17 +67,40 @@ def save_correspondence_preview(
         titles: one per view.
     """
     plt = _pyplot()
+    views = images.reshape(-1, *images.shape[-2:]).shape[0]
+    figure, axes = plt.subplots(1, views + 1, figsize=(3.4 * (views + 1), 3.7), squeeze=False)
+    _draw_sample(plt, axes[0], images, correspondence, patch_size=patch_size, patches=patches, titles=titles)
+    return _save(plt, figure, path)
+
+
+def save_batch_preview(batch, path: str | Path, *, samples: int = 4) -> Path:
+    """Write a PNG grid of a sampled :class:`~onthefly.sampler.DRRBatch`: one row per sample
+    (its views with correspondence overlays, then its matrix), titled with the drawn angles."""
+    plt = _pyplot()
+    count = min(samples, batch.batch_size)
+    views = batch.views
+    figure, axes = plt.subplots(count, views + 1, figsize=(3.0 * (views + 1), 3.2 * count), squeeze=False)
+    for row in range(count):
+        titles = [
+            f"#{row} view {v}: {torch.rad2deg(batch.params['alpha'][row, v]).item():.0f}/"
+            f"{torch.rad2deg(batch.params['beta'][row, v]).item():.0f} deg" for v in range(views)
+        ]
+        _draw_sample(plt, axes[row], batch.images[row], batch.correspondence[row], patch_size=batch.patch_size,
+                     titles=titles)
+    return _save(plt, figure, path)
+
+
+def _draw_sample(plt, axes, images: Tensor, correspondence: Tensor, *, patch_size: int, patches=None, titles=None) -> None:
+    """Draw one sample's views (with overlays) and its matrix into ``V + 1`` axes."""
     images = images.detach().float().reshape(-1, *images.shape[-2:]).cpu()
     correspondence = correspondence.detach().float().cpu()
     views, height, width = images.shape
     grid = (height // patch_size, width // patch_size)
     if patches is None:
         patches = _default_patches(correspondence, grid, views)
-    figure, axes = plt.subplots(1, views + 1, figsize=(3.4 * (views + 1), 3.7), squeeze=False)
-    axes = axes[0]
     for view in range(views):
         axes[view].imshow(to_display(images[view]), cmap="gray", vmin=0, vmax=1)
-        axes[view].set_title(titles[view] if titles else f"view {view}", fontsize=10)
+        axes[view].set_title(titles[view] if titles else f"view {view}", fontsize=9)
         axes[view].axis("off")
     for number, (row, col) in enumerate(patches):
         colour = _COLOURS[number % len(_COLOURS)]
@@ -93,13 +116,12 @@ def save_correspondence_preview(
             overlay[..., 3] = 0.75 * heat
             axes[view].imshow(overlay.numpy())
     axes[-1].imshow(correspondence.numpy(), cmap="magma", vmin=0, vmax=1, interpolation="nearest")
-    axes[-1].set_title(f"C ({views} x {grid[0] * grid[1]} tokens)", fontsize=10)
+    axes[-1].set_title(f"C ({views} x {grid[0] * grid[1]} tokens)", fontsize=9)
     for boundary in range(1, views):
         for line in (axes[-1].axhline, axes[-1].axvline):
             line(boundary * grid[0] * grid[1] - 0.5, color="white", linewidth=0.6)
     axes[-1].set_xticks([])
     axes[-1].set_yticks([])
-    return _save(plt, figure, path)
 
 
 def _default_patches(correspondence: Tensor, grid: tuple[int, int], views: int) -> list[tuple[int, int]]:
