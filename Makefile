@@ -26,6 +26,8 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/projector.py
+	$(PY) benchmarks/correspondence.py
+	$(PY) benchmarks/sampler.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .hypothesis

@@ -34,7 +34,7 @@ def main() -> None:
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        return float(loss)
+        return float(loss.detach())
 
     stream = iter(sampler)
     for _ in range(3):

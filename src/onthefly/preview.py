@@ -11,7 +11,7 @@ from torch import Tensor
 from .correspondence import correspondence_map
 from .projector import to_display
 
-__all__ = ["save_batch_preview", "save_correspondence_preview", "save_views"]
+__all__ = ["save_batch_preview", "save_correspondence_preview", "save_prediction_preview", "save_views"]
 
 _COLOURS = ((0.95, 0.25, 0.2), (0.2, 0.75, 0.95), (0.55, 0.95, 0.3), (0.95, 0.75, 0.15), (0.8, 0.4, 0.95))
 
@@ -40,7 +40,7 @@ def save_views(images: Tensor, path: str | Path, *, titles: Sequence[str] | None
     images = images.detach().float().reshape(-1, *images.shape[-2:]).cpu()
     figure, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 3.4), squeeze=False)
     for index, (axis, image) in enumerate(zip(axes[0], images)):
-        axis.imshow(to_display(image), cmap="gray", vmin=0, vmax=1)
+        axis.imshow(to_display(image).numpy(), cmap="gray", vmin=0, vmax=1)
         axis.set_title(titles[index] if titles else f"view {index}", fontsize=10)
         axis.axis("off")
     return _save(plt, figure, path)
@@ -90,6 +90,28 @@ def save_batch_preview(batch, path: str | Path, *, samples: int = 4) -> Path:
     return _save(plt, figure, path)
 
 
+def save_prediction_preview(
+    images: Tensor, predicted: Tensor, target: Tensor, path: str | Path, *, patch_size: int, title: str | None = None
+) -> Path:
+    """Write a PNG comparing a predicted correspondence matrix with the true one for one sample.
+
+    Top row: the true matches of a few patches of view 0 (chosen from the truth)
+    and the true matrix; bottom row: the predicted ones for the same patches.
+    ``images`` is ``(V, 1, H, W)``, ``predicted`` and ``target`` ``(V*N, V*N)``.
+    """
+    plt = _pyplot()
+    views = images.reshape(-1, *images.shape[-2:]).shape[0]
+    grid = (images.shape[-2] // patch_size, images.shape[-1] // patch_size)
+    patches = _default_patches(target.detach().float().cpu(), grid, views)
+    figure, axes = plt.subplots(2, views + 1, figsize=(3.0 * (views + 1), 7.0), squeeze=False)
+    for row, (matrix, name) in enumerate(((target, "true"), (predicted, "predicted"))):
+        titles = [f"{name}: view {v}" for v in range(views)]
+        _draw_sample(plt, axes[row], images, matrix, patch_size=patch_size, patches=patches, titles=titles)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return _save(plt, figure, path)
+
+
 def _draw_sample(plt, axes, images: Tensor, correspondence: Tensor, *, patch_size: int, patches=None, titles=None) -> None:
     """Draw one sample's views (with overlays) and its matrix into ``V + 1`` axes."""
     images = images.detach().float().reshape(-1, *images.shape[-2:]).cpu()
@@ -99,7 +121,7 @@ def _draw_sample(plt, axes, images: Tensor, correspondence: Tensor, *, patch_siz
     if patches is None:
         patches = _default_patches(correspondence, grid, views)
     for view in range(views):
-        axes[view].imshow(to_display(images[view]), cmap="gray", vmin=0, vmax=1)
+        axes[view].imshow(to_display(images[view]).numpy(), cmap="gray", vmin=0, vmax=1)
         axes[view].set_title(titles[view] if titles else f"view {view}", fontsize=9)
         axes[view].axis("off")
     for number, (row, col) in enumerate(patches):

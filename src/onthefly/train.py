@@ -1,0 +1,385 @@
+"""Training and evaluation of the correspondence model on the sampler's stream.
+
+:func:`train_correspondence` trains a :class:`~onthefly.models.CorrespondenceModel`
+on batches drawn by a :class:`~onthefly.sampler.DRRCorrespondenceSampler`
+(nothing stored), with Adam and a cosine schedule, and:
+
+* checkpoints (model, optimiser, schedule, stream position) written
+  atomically every ``checkpoint_every`` steps; ``resume=True`` continues from
+  the last one on exactly the same stream (batch ``s`` is a pure function of
+  the sampler's seed, rank and ``s``), so a killed run loses nothing;
+* a CSV metrics log, evaluation on a fixed seeded stream of held-out volumes
+  (MSE, precision, recall, average precision; :mod:`onthefly.metrics`), and
+  PNGs of predicted versus true correspondences;
+* DistributedDataParallel when launched by ``torchrun`` (gloo on CPU, nccl on
+  GPU); each rank draws its own stream; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+from .metrics import correspondence_metrics
+from .models import CorrespondenceConfig, CorrespondenceModel
+from .preview import save_prediction_preview
+from .sampler import DRRCorrespondenceSampler
+from .volume import Volume
+
+__all__ = ["TrainConfig", "train_correspondence", "evaluate_correspondence", "split_volume"]
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.csv"
+SUMMARY = "summary.json"
+_COLUMNS = ["step", "loss", "lr", "samples_per_s", "sampler_fraction", "eval_mse", "eval_precision", "eval_recall",
+            "eval_ap"]
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a training run (the model and the data are configured apart).
+
+    Attributes:
+        output: folder for the checkpoint, ``metrics.csv``, ``summary.json`` and ``pictures/``.
+        steps: optimisation steps in all (the cosine schedule spans them).
+        lr: Adam learning rate (the seed method: 1e-4), decayed by a cosine to 0.
+        warmup_steps: linear warm-up steps.
+        device: ``"cpu"``, ``"cuda"`` ... (under torchrun on GPUs, each rank takes ``cuda:LOCAL_RANK``).
+        amp: bfloat16 autocast on CUDA (ignored on the CPU).
+        compile: wrap the model in ``torch.compile``.
+        checkpoint_every, eval_every, log_every: periods in steps (0 disables evaluation).
+        eval_batches: batches of the evaluation stream per evaluation (the same ones every time).
+        resume: continue from ``output/checkpoint.pt`` if it exists.
+        stop_at: stop after this step as if the run were killed (the checkpoint lets it resume).
+        seed: model initialisation seed.
+        progress: show a progress bar (rank 0).
+    """
+
+    output: str = "outputs/train"
+    steps: int = 1000
+    lr: float = 1e-4
+    warmup_steps: int = 0
+    device: str = "cpu"
+    amp: bool = True
+    compile: bool = False
+    checkpoint_every: int = 100
+    eval_every: int = 100
+    eval_batches: int = 4
+    log_every: int = 10
+    resume: bool = False
+    stop_at: int | None = None
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "checkpoint_every", "log_every", "eval_batches"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        for name in ("warmup_steps", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr: expected a positive learning rate, got {self.lr!r}")
+        if self.stop_at is not None and (not isinstance(self.stop_at, int) or self.stop_at < 1):
+            raise ValueError(f"stop_at: expected a positive int or None, got {self.stop_at!r}")
+
+
+def split_volume(volume: Volume, *, fraction: float = 0.6, axis: int | None = None) -> tuple[Volume, Volume]:
+    """Cut a CT into two disjoint parts along the patient's long axis, for held-out evaluation.
+
+    Args:
+        volume: the CT.
+        fraction: share of the slices in the first (inferior) part.
+        axis: voxel axis to cut (default: the one most aligned with world z, superior).
+
+    Returns:
+        ``(inferior, superior)`` volumes, each with its own correct affine.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction: expected a number in (0, 1), got {fraction!r}")
+    if axis is None:
+        axis = int(volume.affine[2, :3].abs().argmax())
+    size = volume.shape[axis]
+    cut = int(round(size * fraction))
+    if not 0 < cut < size:
+        raise ValueError(f"fraction: the cut at {cut} of {size} slices leaves an empty part")
+    stop_a, start_b = list(volume.shape), [0, 0, 0]
+    stop_a[axis], start_b[axis] = cut, cut
+    first, second = volume.crop([0, 0, 0], stop_a), volume.crop(start_b, list(volume.shape))
+    if float(volume.affine[2, axis]) < 0:  # voxel index grows towards inferior: swap
+        first, second = second, first
+    return first, second
+
+
+# ---------------------------------------------------------------------------
+# Distributed set-up
+
+
+@dataclass
+class _Cluster:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _cluster(device: str) -> _Cluster:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1), else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    chosen = torch.device(device)
+    if world <= 1:
+        return _Cluster(device=chosen)
+    owns = False
+    if not dist.is_initialized():
+        backend = "nccl" if chosen.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+        owns = True
+    if chosen.type == "cuda":
+        chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(chosen)
+    return _Cluster(rank=dist.get_rank(), world=dist.get_world_size(), device=chosen, owns_group=owns)
+
+
+# ---------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def evaluate_correspondence(model: torch.nn.Module, sampler: DRRCorrespondenceSampler, *, batches: int = 4,
+                            device: torch.device | str = "cpu") -> tuple[dict[str, float], object, Tensor]:
+    """Metrics of ``model`` on batches ``0 .. batches-1`` of ``sampler`` (a fixed, seeded stream).
+
+    Returns the metrics (over all entries of all batches), the first batch and its prediction.
+    """
+    was_training = model.training
+    model.eval()
+    predictions, targets = [], []
+    first = first_prediction = None
+    for step in range(batches):
+        batch = sampler.sample(step).to(device)
+        predicted = model(batch.images).float()
+        predictions.append(predicted.cpu())
+        targets.append(batch.correspondence.cpu())
+        if first is None:
+            first, first_prediction = batch, predicted
+    model.train(was_training)
+    return correspondence_metrics(torch.cat(predictions), torch.cat(targets)), first, first_prediction
+
+
+# ---------------------------------------------------------------------------
+# Training
+
+
+def _schedule(config: TrainConfig):
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _atomic_save(payload: dict, path: Path) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+
+
+def _parameter_checksum(model: torch.nn.Module) -> list[float]:
+    flat = torch.cat([p.detach().double().flatten().cpu() for p in model.parameters()])
+    weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64) % 997
+    return [float(flat.sum()), float((flat * flat).sum()), float((flat * weights).sum())]
+
+
+def train_correspondence(
+    model_config: CorrespondenceConfig,
+    sampler: DRRCorrespondenceSampler,
+    config: TrainConfig,
+    *,
+    eval_sampler: DRRCorrespondenceSampler | None = None,
+) -> dict:
+    """Train the correspondence model on ``sampler``'s stream; evaluate on ``eval_sampler``.
+
+    Args:
+        model_config: the architecture.
+        sampler: the training stream (its ``batch_size`` is the per-rank batch).
+        config: the run's settings.
+        eval_sampler: a stream of held-out volumes (and, if wished, poses); its
+            first ``eval_batches`` batches are the evaluation set.
+
+    Returns:
+        the summary also written to ``output/summary.json`` (rank 0): losses,
+        throughput, the sampler's share of each step, evaluation metrics before
+        and after training, and (under torchrun) whether the ranks' parameters agree.
+    """
+    if not isinstance(model_config, CorrespondenceConfig):
+        raise TypeError(f"model_config: expected a CorrespondenceConfig, got {type(model_config).__name__}")
+    if not isinstance(sampler, DRRCorrespondenceSampler):
+        raise TypeError(f"sampler: expected a DRRCorrespondenceSampler, got {type(sampler).__name__}")
+    if sampler.patch_size != model_config.patch_size:
+        raise ValueError(
+            f"model_config: patch_size {model_config.patch_size} differs from the sampler's {sampler.patch_size}"
+        )
+    cluster = _cluster(config.device)
+    device = cluster.device
+    output = Path(config.output)
+    if cluster.main:
+        (output / "pictures").mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(config.seed)
+    model = CorrespondenceModel(model_config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    start = 0
+    checkpoint_path = output / CHECKPOINT
+    history: dict = {"losses": [], "initial_eval": None}
+    if config.resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+        history = state.get("history", history)
+        if state.get("world", 1) != cluster.world:
+            raise ValueError(f"resume: the checkpoint was written by {state.get('world')} ranks, this run has {cluster.world}")
+    trained = model
+    if cluster.world > 1:
+        trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if config.compile:
+        trained = torch.compile(trained)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if config.amp and device.type == "cuda" else contextlib.nullcontext()
+    )
+
+    def evaluate(step: int) -> dict[str, float] | None:
+        if eval_sampler is None or not cluster.main:
+            return None
+        with autocast:
+            metrics, batch, predicted = evaluate_correspondence(model, eval_sampler, batches=config.eval_batches,
+                                                                device=device)
+        save_prediction_preview(batch.images[0], predicted[0], batch.correspondence[0],
+                                output / "pictures" / f"step_{step:06d}.png", patch_size=batch.patch_size,
+                                title=f"held-out sample, step {step}: AP {metrics['ap']:.3f}")
+        return metrics
+
+    if cluster.main and start == 0:
+        history["initial_eval"] = evaluate(0)
+        with open(output / METRICS, "w", newline="") as handle:
+            csv.writer(handle).writerow(_COLUMNS)
+    if cluster.main and history["initial_eval"] is not None and start == 0:
+        _write_row(output, {"step": 0, **{f"eval_{k}": v for k, v in history["initial_eval"].items()}})
+
+    progress = None
+    if config.progress and cluster.main:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=config.steps, initial=start, desc="train correspondence", unit="step", mininterval=1.0,
+                        disable=None)  # None: no bar when the output is not a terminal
+    last_eval = history.get("last_eval")
+    window_seconds, window_samples, sampler_seconds = 0.0, 0, 0.0  # step time only (not evaluation or saving)
+    step = start
+    end = min(config.steps, config.stop_at) if config.stop_at is not None else config.steps
+    for step in range(start, end):
+        began = time.perf_counter()
+        batch = sampler.sample(step).to(device)
+        drawn = time.perf_counter()
+        with autocast:
+            predicted = trained(batch.images)
+        loss = F.mse_loss(predicted.float(), batch.correspondence)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        finished = time.perf_counter()
+        sampler_seconds += drawn - began
+        window_seconds += finished - began
+        window_samples += batch.batch_size * cluster.world
+        value = float(loss.detach())
+        history["losses"].append(value)
+        done = step + 1
+        row = None
+        if done % config.log_every == 0 or done == end:
+            row = {"step": done, "loss": value, "lr": scheduler.get_last_lr()[0],
+                   "samples_per_s": window_samples / window_seconds, "sampler_fraction": sampler_seconds / window_seconds}
+            history.setdefault("throughput", []).append(row["samples_per_s"])
+            history.setdefault("sampler_fraction", []).append(row["sampler_fraction"])
+            window_seconds, window_samples, sampler_seconds = 0.0, 0, 0.0
+        if config.eval_every and (done % config.eval_every == 0 or done == config.steps):
+            last_eval = evaluate(done)
+            history["last_eval"] = last_eval
+            if last_eval is not None:
+                row = (row or {"step": done}) | {f"eval_{k}": v for k, v in last_eval.items()}
+        if row is not None and cluster.main:
+            _write_row(output, row)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{value:.4f}", **({"AP": f"{last_eval['ap']:.3f}"} if last_eval else {}))
+        if cluster.main and (done % config.checkpoint_every == 0 or done == end):
+            _atomic_save({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "step": done, "sampler": sampler.state_dict() | {"step": done}, "world": cluster.world,
+                "model_config": asdict(model_config), "train_config": asdict(config), "history": history,
+            }, checkpoint_path)
+    if progress is not None:
+        progress.close()
+
+    summary = _summary(history, model, model_config, config, cluster, sampler, finished_steps=step + 1 if end > start else start)
+    if cluster.world > 1:
+        checksums = [None] * cluster.world
+        dist.all_gather_object(checksums, _parameter_checksum(model))
+        summary["rank_checksums"] = checksums
+        summary["ranks_in_sync"] = all(c == checksums[0] for c in checksums)
+    if cluster.main:
+        (output / SUMMARY).write_text(json.dumps(summary, indent=2))
+    if cluster.owns_group:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+def _write_row(output: Path, row: dict) -> None:
+    with open(output / METRICS, "a", newline="") as handle:
+        csv.writer(handle).writerow(["" if row.get(c) is None else f"{row[c]:.6g}" for c in _COLUMNS])
+
+
+def _summary(history, model, model_config, config, cluster, sampler, *, finished_steps: int) -> dict:
+    losses = history["losses"]
+    tenth = max(1, len(losses) // 10)
+    throughput = history.get("throughput", [])
+    fractions = history.get("sampler_fraction", [])
+    return {
+        "steps_done": finished_steps,
+        "steps": config.steps,
+        "world_size": cluster.world,
+        "batch_size_per_rank": sampler.batch_size,
+        "image_size": [sampler.height, sampler.width],
+        "views": sampler.views,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "model_config": asdict(model_config),
+        "loss_first": sum(losses[:tenth]) / tenth if losses else None,
+        "loss_last": sum(losses[-tenth:]) / tenth if losses else None,
+        "samples_per_s": sum(throughput[1:] or throughput) / max(1, len(throughput[1:] or throughput)) if throughput else None,
+        "sampler_fraction": sum(fractions[1:] or fractions) / max(1, len(fractions[1:] or fractions)) if fractions else None,
+        "initial_eval": history.get("initial_eval"),
+        "final_eval": history.get("last_eval"),
+    }

@@ -1,0 +1,137 @@
+"""Training the correspondence model: files, exact resume after a kill, held-out split, torchrun."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from onthefly import DRRCorrespondenceSampler, Volume
+from onthefly.models import CorrespondenceConfig
+from onthefly.train import TrainConfig, evaluate_correspondence, split_volume, train_correspondence
+
+TINY_DATA = dict(views=2, image_size=32, patch_size=16, crop_size=100.0, spacing=5.0, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def samplers(ct_small):
+    train_part, eval_part = split_volume(ct_small, fraction=0.6)
+    return (
+        DRRCorrespondenceSampler(volumes=[train_part], seed=1, **TINY_DATA),
+        DRRCorrespondenceSampler(volumes=[eval_part], seed=2, augmentation=None, **TINY_DATA),
+    )
+
+
+def tiny_model() -> CorrespondenceConfig:
+    return CorrespondenceConfig.small(d_model=16, heads=2, layers=1, mlp=32, patch_size=16)
+
+
+def run(samplers, output: Path, **changes) -> dict:
+    config = TrainConfig(output=str(output), steps=4, lr=1e-3, checkpoint_every=2, eval_every=2, eval_batches=1,
+                         log_every=1, progress=False)
+    for key, value in changes.items():
+        setattr(config, key, value)
+    return train_correspondence(tiny_model(), samplers[0], config, eval_sampler=samplers[1])
+
+
+def test_training_writes_checkpoint_metrics_pictures(samplers, tmp_path):
+    summary = run(samplers, tmp_path)
+    assert summary["steps_done"] == 4
+    assert all(torch.isfinite(torch.tensor([summary["loss_first"], summary["loss_last"]])))
+    assert 0 <= summary["sampler_fraction"] <= 1 and summary["samples_per_s"] > 0
+    for key in ("mse", "precision", "recall", "ap"):
+        assert key in summary["initial_eval"] and key in summary["final_eval"]
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [int(r["step"]) for r in rows if r["loss"]] == [1, 2, 3, 4]
+    assert [int(r["step"]) for r in rows if r["eval_ap"]] == [0, 2, 4]
+    assert sorted(p.name for p in (tmp_path / "pictures").iterdir()) == [
+        "step_000000.png", "step_000002.png", "step_000004.png"]
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 4 and state["sampler"]["step"] == 4
+    assert json.loads((tmp_path / "summary.json").read_text())["steps_done"] == 4
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(samplers, tmp_path):
+    run(samplers, tmp_path / "whole")
+    run(samplers, tmp_path / "killed", stop_at=2)
+    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)["step"] == 2
+    run(samplers, tmp_path / "killed", resume=True)
+    whole = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)
+    resumed = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)
+    assert resumed["step"] == 4
+    for key, value in whole["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0)
+    assert resumed["history"]["losses"] == whole["history"]["losses"]
+
+
+def test_evaluation_uses_a_fixed_stream(samplers):
+    from onthefly.models import CorrespondenceModel
+
+    torch.manual_seed(0)
+    model = CorrespondenceModel(tiny_model())
+    first, _, _ = evaluate_correspondence(model, samplers[1], batches=2)
+    second, _, _ = evaluate_correspondence(model, samplers[1], batches=2)
+    assert first == second
+    assert 0 <= first["ap"] <= 1
+
+
+def test_split_volume_gives_disjoint_parts_with_correct_affines(ct_small):
+    lower, upper = split_volume(ct_small, fraction=0.6)
+    axis = int(ct_small.affine[2, :3].abs().argmax())
+    assert lower.shape[axis] + upper.shape[axis] == ct_small.shape[axis]
+
+    def z_range(volume: Volume) -> tuple[float, float]:
+        corners = torch.tensor([[i, j, k, 1.0] for i in (0, volume.shape[0] - 1) for j in (0, volume.shape[1] - 1)
+                                for k in (0, volume.shape[2] - 1)], dtype=torch.float64)
+        z = (volume.affine @ corners.T)[2]
+        return float(z.min()), float(z.max())
+
+    assert z_range(lower)[1] < z_range(upper)[0]  # inferior part below the superior one, no overlap
+    # The parts' voxels are the original's at the same world positions.
+    index = torch.tensor([3.0, 4.0, 2.0, 1.0], dtype=torch.float64)
+    world = upper.affine @ index
+    original = torch.linalg.solve(ct_small.affine, world)
+    i, j, k = [int(round(float(x))) for x in original[:3]]
+    assert upper.hu[0, 3, 4, 2] == ct_small.hu[0, i, j, k]
+    with pytest.raises(ValueError, match="fraction"):
+        split_volume(ct_small, fraction=1.5)
+
+
+def test_bad_train_settings(samplers, tmp_path):
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="lr"):
+        TrainConfig(lr=-1.0)
+    with pytest.raises(ValueError, match="patch_size"):
+        train_correspondence(CorrespondenceConfig.small(patch_size=8), samplers[0], TrainConfig(output=str(tmp_path)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_ranks_stay_in_sync(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}", "-m", "onthefly", "train", "correspondence", "--model", "small",
+        "--d-model", "16", "--heads", "2", "--layers", "1", "--image-size", "32", "--patch-size", "16",
+        "--crop-size", "100", "--spacing", "5", "--batch-size", "2", "--steps", "3", "--eval-every", "3",
+        "--eval-batches", "1", "--checkpoint-every", "3", "--lr", "1e-3", "--device", "cpu", "--output", str(tmp_path),
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["ranks_in_sync"] is True
+    assert len(summary["rank_checksums"]) == 2
