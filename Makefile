@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/projector.py
 	$(PY) benchmarks/correspondence.py
 	$(PY) benchmarks/sampler.py
+	$(PY) benchmarks/training.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .hypothesis

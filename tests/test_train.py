@@ -135,3 +135,5 @@ def test_torchrun_two_cpu_ranks_stay_in_sync(tmp_path):
     assert summary["world_size"] == 2
     assert summary["ranks_in_sync"] is True
     assert len(summary["rank_checksums"]) == 2
+    first, second = summary["rank_first_batch_sums"]
+    assert first != second  # each rank drew its own stream

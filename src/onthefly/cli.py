@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="render views of the bundled CT and their correspondences")
     demo.add_argument("--output", default="outputs/demo", help="folder for the pictures and a summary JSON")
-    demo.add_argument("--steps", type=int, default=300,
+    demo.add_argument("--steps", type=int, default=600,
                       help="training steps of the small correspondence model (about 0.5 s each on a 2-core CPU)")
     demo.add_argument("--no-train", action="store_true", help="only render the pictures")
     _add_view_options(demo, alpha=[0.0, 90.0, 45.0])

@@ -295,6 +295,7 @@ def train_correspondence(
                         disable=None)  # None: no bar when the output is not a terminal
     last_eval = history.get("last_eval")
     window_seconds, window_samples, sampler_seconds = 0.0, 0, 0.0  # step time only (not evaluation or saving)
+    first_batch_sum = None
     step = start
     end = min(config.steps, config.stop_at) if config.stop_at is not None else config.steps
     for step in range(start, end):
@@ -311,6 +312,8 @@ def train_correspondence(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         finished = time.perf_counter()
+        if step == start:
+            first_batch_sum = float(batch.images.double().sum())  # tells the ranks' streams apart
         sampler_seconds += drawn - began
         window_seconds += finished - began
         window_samples += batch.batch_size * cluster.world
@@ -333,7 +336,12 @@ def train_correspondence(
             _write_row(output, row)
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(loss=f"{value:.4f}", **({"AP": f"{last_eval['ap']:.3f}"} if last_eval else {}))
+            shown = {"loss": f"{value:.4f}"}
+            if history.get("throughput"):
+                shown["samples/s"] = f"{history['throughput'][-1]:.1f}"
+            if last_eval:
+                shown["AP"] = f"{last_eval['ap']:.3f}"
+            progress.set_postfix(shown)
         if cluster.main and (done % config.checkpoint_every == 0 or done == end):
             _atomic_save({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -349,6 +357,9 @@ def train_correspondence(
         dist.all_gather_object(checksums, _parameter_checksum(model))
         summary["rank_checksums"] = checksums
         summary["ranks_in_sync"] = all(c == checksums[0] for c in checksums)
+        first_batches = [None] * cluster.world
+        dist.all_gather_object(first_batches, first_batch_sum if end > start else None)
+        summary["rank_first_batch_sums"] = first_batches
     if cluster.main:
         (output / SUMMARY).write_text(json.dumps(summary, indent=2))
     if cluster.owns_group:
