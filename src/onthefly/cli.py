@@ -85,7 +85,7 @@ def _sampled_preview(args: argparse.Namespace) -> dict:
                 correspondence=list(batch.correspondence.shape))
 
 
-def _add_train_options(parser: argparse.ArgumentParser) -> None:
+def _add_train_options(parser: argparse.ArgumentParser, task: str = "correspondence") -> None:
     data = parser.add_argument_group("data (DRRCorrespondenceSampler)")
     data.add_argument("--volumes", nargs="+",
                       help="training CT paths (default: the bundled chest CT's inferior 60 %%)")
@@ -100,11 +100,25 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--eval-angles", choices=["same", "held-out"], default="held-out",
                       help="held-out: train on primary angles in [0, 180) deg, evaluate on [180, 360)")
     data.add_argument("--seed", type=int, default=0, help="stream and initialisation seed")
-    model = parser.add_argument_group("model (CorrespondenceConfig)")
-    model.add_argument("--model", choices=["small", "paper"], default="paper",
-                       help="small: CNN backbone, d 64, 2 layers; paper: ResNet-50 to stride 16, d 512, 8 heads, 8 layers")
-    model.add_argument("--attention", default=None,
-                       help="none | superglue | loftr | standard | standard_mp (default: standard)")
+    if task == "correspondence":
+        model = parser.add_argument_group("model (CorrespondenceConfig)")
+        model.add_argument("--model", choices=["small", "paper"], default="paper",
+                           help="small: CNN backbone, d 64, 2 layers; paper: ResNet-50 to stride 16, d 512, 8 heads, 8 layers")
+        model.add_argument("--attention", default=None,
+                           help="none | superglue | loftr | standard | standard_mp (default: standard)")
+    else:
+        model = parser.add_argument_group("model (ClassifierConfig)")
+        model.add_argument("--model", choices=["small", "vit-s"], default="vit-s",
+                           help="small: d 64, 4 heads, 2 layers; vit-s: d 384, 6 heads, 12 layers (patch embedding)")
+        model.add_argument("--backbone", default="patch", help="patch (ViT-style) | small | resnet50")
+        model.add_argument("--fusion", choices=["single", "late", "early"], default="early")
+        model.add_argument("--attention-guidance", action="store_true",
+                           help="add alpha_l * C to every layer's attention logits (learnable alpha_l; early fusion)")
+        model.add_argument("--init-from", help="correspondence checkpoint whose trunk starts the classifier")
+        model.add_argument("--guidance-from",
+                           help="correspondence checkpoint whose predicted C guides attention at evaluation "
+                                "(default: the true C)")
+        model.add_argument("--fracture-probability", type=float, default=0.5, help="share of samples with a fracture")
     model.add_argument("--d-model", type=int, help="token width")
     model.add_argument("--layers", type=int, help="attention layers")
     model.add_argument("--heads", type=int, help="attention heads")
@@ -124,11 +138,10 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--stop-at", type=int, help="stop after this step (resumable), e.g. to fit a time budget")
 
 
-def train_from_args(args: argparse.Namespace) -> dict:
-    """Build the samplers and the model from command-line arguments and train (also used by the demo)."""
-    from .models import CorrespondenceConfig
+def _samplers_from_args(args: argparse.Namespace, **extra):
+    """The training and held-out samplers the data options describe (``extra``: more sampler settings)."""
     from .sampler import DRRCorrespondenceSampler
-    from .train import TrainConfig, split_volume, train_correspondence
+    from .train import split_volume
 
     if args.volumes:
         train_volumes = [Volume.from_file(p) for p in args.volumes]
@@ -136,17 +149,62 @@ def train_from_args(args: argparse.Namespace) -> dict:
             raise SystemExit("--eval-volumes: give held-out CTs with --volumes (evaluation never reuses training CTs)")
         eval_volumes = [Volume.from_file(p) for p in args.eval_volumes]
     else:
-        train_part, eval_part = split_volume(example_volume(labels=False), fraction=0.6)
+        train_part, eval_part = split_volume(example_volume(labels=True), fraction=0.6)
         train_volumes, eval_volumes = [train_part], [eval_part]
     held_out = args.eval_angles == "held-out"
     common = dict(views=args.views, image_size=args.image_size, patch_size=args.patch_size,
                   crop_size=args.crop_size, spacing=args.spacing, batch_size=args.batch_size,
-                  device=args.device if "cuda" not in args.device or torch.cuda.is_available() else "cpu")
+                  device=args.device if "cuda" not in args.device or torch.cuda.is_available() else "cpu", **extra)
     train_sampler = DRRCorrespondenceSampler(
         volumes=train_volumes, seed=args.seed, **common, **({"alpha": (0.0, math.pi)} if held_out else {}))
     eval_sampler = DRRCorrespondenceSampler(
         volumes=eval_volumes, seed=args.seed + 10_000, augmentation=None, **common,
         **({"alpha": (math.pi, 2 * math.pi)} if held_out else {}))
+    return train_sampler, eval_sampler
+
+
+def _train_config(args: argparse.Namespace):
+    from .train import TrainConfig
+
+    return TrainConfig(
+        output=args.output, steps=args.steps, lr=args.lr, device=args.device, amp=not args.no_amp,
+        compile=args.compile, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
+        eval_batches=args.eval_batches, log_every=args.log_every, resume=args.resume, stop_at=args.stop_at,
+        seed=args.seed,
+    )
+
+
+def train_classifier_from_args(args: argparse.Namespace) -> dict:
+    """Build fracture samplers and the classifier from command-line arguments and train."""
+    from .fractures import FractureConfig
+    from .models import ClassifierConfig, CorrespondenceModel
+    from .train import train_classifier
+
+    train_sampler, eval_sampler = _samplers_from_args(
+        args, fractures=FractureConfig(probability=args.fracture_probability))
+    overrides = {key: value for key, value in dict(
+        d_model=args.d_model, layers=args.layers, heads=args.heads, backbone_weights=args.backbone_weights).items()
+        if value is not None}
+    settings = dict(backbone=args.backbone, patch_size=args.patch_size, fusion=args.fusion,
+                    attention_guidance=args.attention_guidance) | overrides
+    model_config = ClassifierConfig.small(**settings) if args.model == "small" else ClassifierConfig(**settings)
+    guidance_model = None
+    if args.guidance_from:
+        from .models import CorrespondenceConfig
+
+        state = torch.load(args.guidance_from, map_location="cpu", weights_only=False)
+        guidance_model = CorrespondenceModel(CorrespondenceConfig(**state["model_config"]))
+        guidance_model.load_state_dict(state["model"])
+    return train_classifier(model_config, train_sampler, _train_config(args), eval_sampler=eval_sampler,
+                            init_from=args.init_from, guidance_model=guidance_model)
+
+
+def train_from_args(args: argparse.Namespace) -> dict:
+    """Build the samplers and the model from command-line arguments and train (also used by the demo)."""
+    from .models import CorrespondenceConfig
+    from .train import train_correspondence
+
+    train_sampler, eval_sampler = _samplers_from_args(args)
     overrides = {key: value for key, value in dict(
         attention=args.attention, d_model=args.d_model, layers=args.layers, heads=args.heads,
         backbone_weights=args.backbone_weights, patch_size=args.patch_size).items() if value is not None}
@@ -154,13 +212,7 @@ def train_from_args(args: argparse.Namespace) -> dict:
         model_config = CorrespondenceConfig.small(**overrides)
     else:
         model_config = CorrespondenceConfig(**overrides)
-    config = TrainConfig(
-        output=args.output, steps=args.steps, lr=args.lr, device=args.device, amp=not args.no_amp,
-        compile=args.compile, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
-        eval_batches=args.eval_batches, log_every=args.log_every, resume=args.resume, stop_at=args.stop_at,
-        seed=args.seed,
-    )
-    return train_correspondence(model_config, train_sampler, config, eval_sampler=eval_sampler)
+    return train_correspondence(model_config, train_sampler, _train_config(args), eval_sampler=eval_sampler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,10 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     train = commands.add_parser("train", help="train a model on the sampler's stream (no stored dataset)")
     tasks = train.add_subparsers(dest="task", required=True)
     _add_train_options(tasks.add_parser("correspondence", help="the patch correspondence transformer"))
+    _add_train_options(tasks.add_parser("classifier", help="the multi-view fracture classifier (simulated fractures)"),
+                       task="classifier")
     args = parser.parse_args(argv)
 
     if args.command == "train":
-        summary = train_from_args(args)
+        summary = train_from_args(args) if args.task == "correspondence" else train_classifier_from_args(args)
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps({k: v for k, v in summary.items() if k != "model_config"}, indent=2))
         return 0

@@ -1,4 +1,4 @@
-"""Training and evaluation of the correspondence model on the sampler's stream.
+"""Training and evaluation on the sampler's stream: the correspondence model and the fracture classifier.
 
 :func:`train_correspondence` trains a :class:`~onthefly.models.CorrespondenceModel`
 on batches drawn by a :class:`~onthefly.sampler.DRRCorrespondenceSampler`
@@ -13,6 +13,10 @@ on batches drawn by a :class:`~onthefly.sampler.DRRCorrespondenceSampler`
   PNGs of predicted versus true correspondences;
 * DistributedDataParallel when launched by ``torchrun`` (gloo on CPU, nccl on
   GPU); each rank draws its own stream; only rank 0 writes files.
+
+:func:`train_classifier` does the same for the
+:class:`~onthefly.models.FractureClassifier` on simulated fractures, with
+optional correspondence pre-training (``init_from``) and attention guidance.
 """
 
 from __future__ import annotations
@@ -31,19 +35,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from .metrics import correspondence_metrics
-from .models import CorrespondenceConfig, CorrespondenceModel
+from .metrics import classification_metrics, correspondence_metrics
+from .models import ClassifierConfig, CorrespondenceConfig, CorrespondenceModel, FractureClassifier
 from .preview import save_prediction_preview
 from .sampler import DRRCorrespondenceSampler
 from .volume import Volume
 
-__all__ = ["TrainConfig", "train_correspondence", "evaluate_correspondence", "split_volume"]
+__all__ = ["TrainConfig", "train_correspondence", "train_classifier", "evaluate_correspondence", "split_volume"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
 SUMMARY = "summary.json"
-_COLUMNS = ["step", "loss", "lr", "samples_per_s", "sampler_fraction", "eval_mse", "eval_precision", "eval_recall",
-            "eval_ap"]
 
 
 @dataclass
@@ -209,6 +211,31 @@ def _parameter_checksum(model: torch.nn.Module) -> list[float]:
     return [float(flat.sum()), float((flat * flat).sum()), float((flat * weights).sum())]
 
 
+class _CorrespondenceTask:
+    """The correspondence model: MSE against the true matrix; MSE/precision/recall/AP on held-out data."""
+
+    name = "correspondence"
+    eval_keys = ("mse", "precision", "recall", "ap")
+    score = "ap"
+
+    def __init__(self, model_config: CorrespondenceConfig) -> None:
+        if not isinstance(model_config, CorrespondenceConfig):
+            raise TypeError(f"model_config: expected a CorrespondenceConfig, got {type(model_config).__name__}")
+        self.model_config = model_config
+
+    def build(self) -> torch.nn.Module:
+        return CorrespondenceModel(self.model_config)
+
+    def loss(self, model: torch.nn.Module, batch) -> Tensor:
+        return F.mse_loss(model(batch.images).float(), batch.correspondence)
+
+    def evaluate(self, model, sampler, batches: int, device, picture: Path) -> dict[str, float]:
+        metrics, batch, predicted = evaluate_correspondence(model, sampler, batches=batches, device=device)
+        save_prediction_preview(batch.images[0], predicted[0], batch.correspondence[0], picture,
+                                patch_size=batch.patch_size, title=f"held-out sample: AP {metrics['ap']:.3f}")
+        return metrics
+
+
 def train_correspondence(
     model_config: CorrespondenceConfig,
     sampler: DRRCorrespondenceSampler,
@@ -230,14 +257,102 @@ def train_correspondence(
         throughput, the sampler's share of each step, evaluation metrics before
         and after training, and (under torchrun) whether the ranks' parameters agree.
     """
-    if not isinstance(model_config, CorrespondenceConfig):
-        raise TypeError(f"model_config: expected a CorrespondenceConfig, got {type(model_config).__name__}")
-    if not isinstance(sampler, DRRCorrespondenceSampler):
-        raise TypeError(f"sampler: expected a DRRCorrespondenceSampler, got {type(sampler).__name__}")
-    if sampler.patch_size != model_config.patch_size:
+    task = _CorrespondenceTask(model_config)
+    if isinstance(sampler, DRRCorrespondenceSampler) and sampler.patch_size != model_config.patch_size:
         raise ValueError(
             f"model_config: patch_size {model_config.patch_size} differs from the sampler's {sampler.patch_size}"
         )
+    return _train(task, sampler, config, eval_sampler)
+
+
+class _ClassifierTask:
+    """The fracture classifier: binary cross-entropy on the simulated label; accuracy/precision/recall/kappa."""
+
+    name = "classifier"
+    eval_keys = ("loss", "accuracy", "precision", "recall", "kappa", "positives")
+    score = "accuracy"
+
+    def __init__(self, model_config: ClassifierConfig, init_from=None, guidance_model=None) -> None:
+        if not isinstance(model_config, ClassifierConfig):
+            raise TypeError(f"model_config: expected a ClassifierConfig, got {type(model_config).__name__}")
+        self.model_config = model_config
+        self.init_from = init_from
+        self.guidance_model = guidance_model
+
+    def build(self) -> torch.nn.Module:
+        model = FractureClassifier(self.model_config)
+        if self.init_from is not None:
+            model.load_trunk(self.init_from)
+        return model
+
+    def _correspondence(self, batch) -> Tensor | None:
+        if not self.model_config.attention_guidance:
+            return None
+        if self.guidance_model is None:
+            return batch.correspondence
+        with torch.no_grad():
+            return self.guidance_model.to(batch.images.device).eval()(batch.images).float()
+
+    def loss(self, model: torch.nn.Module, batch) -> Tensor:
+        logits = model(batch.images, batch.correspondence if self.model_config.attention_guidance else None)
+        return F.binary_cross_entropy_with_logits(logits.float(), batch.fracture.float())
+
+    @torch.no_grad()
+    def evaluate(self, model, sampler, batches: int, device, picture: Path) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        logits, labels = [], []
+        for step in range(batches):
+            batch = sampler.sample(step).to(device)
+            logits.append(model(batch.images, self._correspondence(batch)).float().cpu())
+            labels.append(batch.fracture.cpu())
+        model.train(was_training)
+        logits, labels = torch.cat(logits), torch.cat(labels)
+        metrics = classification_metrics(logits > 0, labels)
+        metrics["loss"] = float(F.binary_cross_entropy_with_logits(logits, labels.float()))
+        metrics["positives"] = float(labels.float().mean())
+        return metrics
+
+
+def train_classifier(
+    model_config: ClassifierConfig,
+    sampler: DRRCorrespondenceSampler,
+    config: TrainConfig,
+    *,
+    eval_sampler: DRRCorrespondenceSampler | None = None,
+    init_from: str | os.PathLike | dict | None = None,
+    guidance_model: torch.nn.Module | None = None,
+) -> dict:
+    """Train the multi-view fracture classifier on simulated fractures drawn on the fly.
+
+    Args:
+        model_config: the architecture (fusion, attention guidance).
+        sampler: a stream with ``fractures=FractureConfig(...)`` (labels per sample).
+        config: the run's settings (as for :func:`train_correspondence`).
+        eval_sampler: held-out stream with fractures; its first ``eval_batches``
+            batches are the evaluation set (accuracy, precision, recall, Cohen's kappa).
+        init_from: a :func:`train_correspondence` checkpoint whose trunk starts
+            the classifier (correspondence pre-training); its configuration must
+            match ``model_config.trunk_config()``.
+        guidance_model: with attention guidance, evaluate with this
+            correspondence model's predicted ``C`` instead of the true one (training
+            always uses the true ``C``).
+    """
+    for name, item in (("sampler", sampler), ("eval_sampler", eval_sampler)):
+        if isinstance(item, DRRCorrespondenceSampler) and getattr(item, "fractures", None) is None:
+            raise ValueError(f"{name}: the classifier needs fracture labels: build it with fractures=FractureConfig(...)")
+    if isinstance(sampler, DRRCorrespondenceSampler) and sampler.patch_size != model_config.patch_size:
+        raise ValueError(
+            f"model_config: patch_size {model_config.patch_size} differs from the sampler's {sampler.patch_size}"
+        )
+    return _train(_ClassifierTask(model_config, init_from, guidance_model), sampler, config, eval_sampler)
+
+
+def _train(task, sampler: DRRCorrespondenceSampler, config: TrainConfig, eval_sampler) -> dict:
+    """The training loop shared by the tasks (see :func:`train_correspondence`)."""
+    if not isinstance(sampler, DRRCorrespondenceSampler):
+        raise TypeError(f"sampler: expected a DRRCorrespondenceSampler, got {type(sampler).__name__}")
+    columns = ["step", "loss", "lr", "samples_per_s", "sampler_fraction"] + [f"eval_{k}" for k in task.eval_keys]
     cluster = _cluster(config.device)
     device = cluster.device
     output = Path(config.output)
@@ -245,7 +360,7 @@ def train_correspondence(
         (output / "pictures").mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(config.seed)
-    model = CorrespondenceModel(model_config).to(device)
+    model = task.build().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
     start = 0
@@ -273,25 +388,21 @@ def train_correspondence(
         if eval_sampler is None or not cluster.main:
             return None
         with autocast:
-            metrics, batch, predicted = evaluate_correspondence(model, eval_sampler, batches=config.eval_batches,
-                                                                device=device)
-        save_prediction_preview(batch.images[0], predicted[0], batch.correspondence[0],
-                                output / "pictures" / f"step_{step:06d}.png", patch_size=batch.patch_size,
-                                title=f"held-out sample, step {step}: AP {metrics['ap']:.3f}")
-        return metrics
+            return task.evaluate(model, eval_sampler, config.eval_batches, device,
+                                 output / "pictures" / f"step_{step:06d}.png")
 
     if cluster.main and start == 0:
         history["initial_eval"] = evaluate(0)
         with open(output / METRICS, "w", newline="") as handle:
-            csv.writer(handle).writerow(_COLUMNS)
+            csv.writer(handle).writerow(columns)
     if cluster.main and history["initial_eval"] is not None and start == 0:
-        _write_row(output, {"step": 0, **{f"eval_{k}": v for k, v in history["initial_eval"].items()}})
+        _write_row(output, columns, {"step": 0, **{f"eval_{k}": v for k, v in history["initial_eval"].items()}})
 
     progress = None
     if config.progress and cluster.main:
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=config.steps, initial=start, desc="train correspondence", unit="step", mininterval=1.0,
+        progress = tqdm(total=config.steps, initial=start, desc=f"train {task.name}", unit="step", mininterval=1.0,
                         disable=None)  # None: no bar when the output is not a terminal
     last_eval = history.get("last_eval")
     window_seconds, window_samples, sampler_seconds = 0.0, 0, 0.0  # step time only (not evaluation or saving)
@@ -303,8 +414,7 @@ def train_correspondence(
         batch = sampler.sample(step).to(device)
         drawn = time.perf_counter()
         with autocast:
-            predicted = trained(batch.images)
-        loss = F.mse_loss(predicted.float(), batch.correspondence)
+            loss = task.loss(trained, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -333,25 +443,27 @@ def train_correspondence(
             if last_eval is not None:
                 row = (row or {"step": done}) | {f"eval_{k}": v for k, v in last_eval.items()}
         if row is not None and cluster.main:
-            _write_row(output, row)
+            _write_row(output, columns, row)
         if progress is not None:
             progress.update(1)
             shown = {"loss": f"{value:.4f}"}
             if history.get("throughput"):
                 shown["samples/s"] = f"{history['throughput'][-1]:.1f}"
             if last_eval:
-                shown["AP"] = f"{last_eval['ap']:.3f}"
+                shown[task.score] = f"{last_eval[task.score]:.3f}"
             progress.set_postfix(shown)
         if cluster.main and (done % config.checkpoint_every == 0 or done == end):
             _atomic_save({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "step": done, "sampler": sampler.state_dict() | {"step": done}, "world": cluster.world,
-                "model_config": asdict(model_config), "train_config": asdict(config), "history": history,
+                "model_config": task.model_config.to_dict(), "task": task.name, "train_config": asdict(config),
+                "history": history,
             }, checkpoint_path)
     if progress is not None:
         progress.close()
 
-    summary = _summary(history, model, model_config, config, cluster, sampler, finished_steps=step + 1 if end > start else start)
+    summary = _summary(history, model, task.model_config, config, cluster, sampler,
+                       finished_steps=step + 1 if end > start else start)
     if cluster.world > 1:
         checksums = [None] * cluster.world
         dist.all_gather_object(checksums, _parameter_checksum(model))
@@ -368,9 +480,9 @@ def train_correspondence(
     return summary
 
 
-def _write_row(output: Path, row: dict) -> None:
+def _write_row(output: Path, columns: list[str], row: dict) -> None:
     with open(output / METRICS, "a", newline="") as handle:
-        csv.writer(handle).writerow(["" if row.get(c) is None else f"{row[c]:.6g}" for c in _COLUMNS])
+        csv.writer(handle).writerow(["" if row.get(c) is None else f"{row[c]:.6g}" for c in columns])
 
 
 def _summary(history, model, model_config, config, cluster, sampler, *, finished_steps: int) -> dict:
@@ -386,7 +498,7 @@ def _summary(history, model, model_config, config, cluster, sampler, *, finished
         "image_size": [sampler.height, sampler.width],
         "views": sampler.views,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "model_config": asdict(model_config),
+        "model_config": model_config.to_dict(),
         "loss_first": sum(losses[:tenth]) / tenth if losses else None,
         "loss_last": sum(losses[-tenth:]) / tenth if losses else None,
         "samples_per_s": sum(throughput[1:] or throughput) / max(1, len(throughput[1:] or throughput)) if throughput else None,

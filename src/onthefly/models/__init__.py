@@ -15,12 +15,16 @@ from .attention import (
     sine_position_encoding,
 )
 from .backbone import BACKBONES, load_backbone_weights, make_backbone
+from .classifier import FUSIONS, ClassifierConfig, FractureClassifier
 from .correspondence import ATTENTION_VARIANTS, CorrespondenceConfig, CorrespondenceModel, squared_cosine_similarity
 
 __all__ = [
     "ATTENTION_SCOPES",
     "ATTENTION_VARIANTS",
     "BACKBONES",
+    "ClassifierConfig",
+    "FUSIONS",
+    "FractureClassifier",
     "CorrespondenceConfig",
     "CorrespondenceModel",
     "LoFTRLayer",

@@ -39,9 +39,10 @@ from torch import Tensor, nn
 
 from .._checks import check_choice, check_positive_int
 
-__all__ = ["BACKBONES", "make_backbone", "load_backbone_weights", "SmallCNN", "ResNet50Stride16"]
+__all__ = ["BACKBONES", "make_backbone", "load_backbone_weights", "SmallCNN", "ResNet50Stride16", "PatchEmbedding"]
 
-BACKBONES = ("resnet50", "resnet50_torchvision", "small")
+BACKBONES = ("resnet50", "resnet50_torchvision", "small", "patch")
+PATCH_CHANNELS = 384
 SMALL_PATCH_SIZES = (8, 16, 32)
 SMALL_CHANNELS = (32, 64, 128, 256, 256)
 
@@ -54,6 +55,8 @@ def backbone_channels(name: str, patch_size: int) -> int:
     check_backbone(name, patch_size)
     if name == "small":
         return SMALL_CHANNELS[int(math.log2(patch_size)) - 1]
+    if name == "patch":
+        return PATCH_CHANNELS
     return 1024
 
 
@@ -63,8 +66,30 @@ def check_backbone(name: str, patch_size: int) -> None:
     check_positive_int("patch_size", patch_size)
     if name == "small" and patch_size not in SMALL_PATCH_SIZES:
         raise ValueError(f"patch_size: backbone 'small' supports {list(SMALL_PATCH_SIZES)}, got {patch_size}")
-    if name != "small" and patch_size != 16:
+    if name.startswith("resnet50") and patch_size != 16:
         raise ValueError(f"patch_size: backbone {name!r} has stride 16 only, got {patch_size}")
+
+
+class PatchEmbedding(nn.Module):
+    """ViT-style patch embedding: one linear map per ``k x k`` patch, ``(B', 1, H, W)`` -> ``(B', 384, H/k, W/k)``.
+
+    The trunk of the ViT-S-like classifier (a stride-``k`` convolution with a
+    ``k x k`` kernel; inputs are centred on 0.5 first).
+
+    Example:
+        >>> PatchEmbedding(16)(torch.rand(2, 1, 64, 64)).shape
+        torch.Size([2, 384, 4, 4])
+    """
+
+    skipped_prefixes: tuple[str, ...] = ()
+
+    def __init__(self, patch_size: int, channels: int = PATCH_CHANNELS) -> None:
+        super().__init__()
+        self.out_channels = channels
+        self.embed = nn.Conv2d(1, channels, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.embed(images - 0.5)
 
 
 class GrayscaleToImageNet(nn.Module):
@@ -217,7 +242,8 @@ def make_backbone(name: str, patch_size: int, weights: str | os.PathLike | None 
 
     Args:
         name: one of :data:`BACKBONES`.
-        patch_size: stride ``k`` of the output (16 for the ResNets; 8, 16 or 32 for ``"small"``).
+        patch_size: stride ``k`` of the output (16 for the ResNets; 8, 16 or 32 for ``"small"``;
+            any for ``"patch"``, the ViT-style linear patch embedding).
         weights: optional path of a state dict file (see :func:`load_backbone_weights`).
 
     Returns:
@@ -234,6 +260,8 @@ def make_backbone(name: str, patch_size: int, weights: str | os.PathLike | None 
         module: nn.Module = ResNet50Stride16()
     elif name == "resnet50_torchvision":
         module = TorchvisionResNet50Stride16()
+    elif name == "patch":
+        module = PatchEmbedding(patch_size)
     else:
         module = SmallCNN(patch_size=patch_size)
     if weights is not None:

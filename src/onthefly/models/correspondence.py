@@ -206,7 +206,8 @@ class CorrespondenceModel(nn.Module):
         Args:
             images: ``(B, V, 1, H, W)`` in ``[0, 1]``, ``H, W`` multiples of ``patch_size``.
             bias: optional float tensor broadcastable to ``(B, heads, V*N, V*N)``,
-                added to the attention logits of every layer (ignored by
+                added to the attention logits of every layer, or a list of
+                such tensors (or ``None``), one per layer (ignored by
                 ``"none"``; ``ValueError`` for ``"loftr"``).
 
         Returns:
@@ -216,8 +217,15 @@ class CorrespondenceModel(nn.Module):
         k = self.config.patch_size
         rows, cols = height // k, width // k
         length = views * rows * cols
-        check_attention_bias(bias, batch, self.config.heads, length)
-        if bias is not None and self.config.attention == "loftr":
+        if isinstance(bias, (list, tuple)):
+            if len(bias) != len(self.layers):
+                raise ValueError(f"bias: expected one bias per attention layer ({len(self.layers)}), got {len(bias)}")
+            biases = list(bias)
+        else:
+            biases = [bias] * len(self.layers)
+        for item in biases:
+            check_attention_bias(item, batch, self.config.heads, length)
+        if any(item is not None for item in biases) and self.config.attention == "loftr":
             raise ValueError("bias: attention 'loftr' uses linear attention, which has no logits to add a bias to")
         features = self.projection(self.backbone(images.reshape(batch * views, 1, height, width)))
         if features.shape[-2:] != (rows, cols):
@@ -227,8 +235,8 @@ class CorrespondenceModel(nn.Module):
             layout = TokenLayout.grid(views, rows, cols, device=images.device)
             if self.config.attention == "loftr":
                 tokens = tokens + sine_position_encoding(layout.rows, layout.cols, self.config.d_model).to(tokens.dtype)
-            for layer in self.layers:
-                tokens = layer(tokens, layout, bias=bias)
+            for layer, layer_bias in zip(self.layers, biases):
+                tokens = layer(tokens, layout, bias=layer_bias)
         return self.norm(tokens)
 
     def forward(self, images: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -1,0 +1,161 @@
+"""Multi-view fracture classifier: a ViT-S-like trunk over patch tokens, three fusion modes, attention guidance.
+
+The trunk is the correspondence model's token trunk (:class:`CorrespondenceModel`
+with ``attention="standard"``: patch embedding or CNN backbone, 1x1
+projection, joint-attention transformer with 2-D RoPE, final LayerNorm), so a
+trunk pre-trained on the correspondence task loads as it is
+(:meth:`FractureClassifier.load_trunk`). On top: mean-pooled tokens and a
+linear head giving one logit per sample (fracture vs none).
+
+Fusion of ``V`` views:
+
+* ``"single"``: view 0 only;
+* ``"late"``: each view through the trunk alone, per-view logits averaged;
+* ``"early"``: the tokens of all views in one sequence (joint attention).
+
+Attention guidance (early fusion): every layer ``l`` adds ``alpha_l * C`` to
+its attention logits, ``A' = QK^T / sqrt(d) + alpha_l C``, with ``C`` the
+``(B, V*N, V*N)`` patch correspondence (the truth during simulated training,
+a correspondence model's prediction at inference) and ``alpha_l`` learnable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .._checks import check_choice, check_positive_int
+from .correspondence import CorrespondenceConfig, CorrespondenceModel
+
+__all__ = ["FUSIONS", "ClassifierConfig", "FractureClassifier"]
+
+FUSIONS = ("single", "late", "early")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Architecture of :class:`FractureClassifier`.
+
+    Attributes:
+        backbone: token embedding: ``"patch"`` (ViT-style linear patch embedding,
+            the default), ``"small"`` (small CNN) or ``"resnet50"``.
+        backbone_weights: optional local state-dict file for the backbone.
+        patch_size: patch edge ``k`` in pixels.
+        d_model, heads, layers, mlp, dropout: the transformer (ViT-S: 384, 6, 12, 1536).
+        fusion: ``"single"``, ``"late"`` or ``"early"``.
+        attention_guidance: add ``alpha_l * C`` to every layer's attention logits
+            (needs ``fusion="early"``; the forward pass then needs ``C``).
+        alpha_init: initial ``alpha_l``.
+    """
+
+    backbone: str = "patch"
+    backbone_weights: str | os.PathLike | None = None
+    patch_size: int = 16
+    d_model: int = 384
+    heads: int = 6
+    layers: int = 12
+    mlp: int = 1536
+    dropout: float = 0.0
+    fusion: str = "early"
+    attention_guidance: bool = False
+    alpha_init: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_choice("fusion", self.fusion, FUSIONS)
+        check_positive_int("layers", self.layers)
+        if self.attention_guidance and self.fusion != "early":
+            raise ValueError(f"attention_guidance: needs fusion='early' (tokens of all views attend together), "
+                             f"got fusion={self.fusion!r}")
+        self.trunk_config()  # validates the shared fields, naming them
+
+    @classmethod
+    def small(cls, **overrides) -> "ClassifierConfig":
+        """A CPU-sized configuration: d 64, 4 heads, 2 layers, MLP 128 (then ``overrides``)."""
+        return cls(**(dict(d_model=64, heads=4, layers=2, mlp=128) | overrides))
+
+    def trunk_config(self) -> CorrespondenceConfig:
+        """The correspondence-model configuration whose token trunk this classifier uses."""
+        return CorrespondenceConfig(
+            backbone=self.backbone, backbone_weights=self.backbone_weights, patch_size=self.patch_size,
+            d_model=self.d_model, heads=self.heads, layers=self.layers, mlp=self.mlp, dropout=self.dropout,
+            attention="standard",
+        )
+
+    def to_dict(self) -> dict:
+        settings = asdict(self)
+        if settings["backbone_weights"] is not None:
+            settings["backbone_weights"] = os.fspath(settings["backbone_weights"])
+        return settings
+
+
+class FractureClassifier(nn.Module):
+    """One fracture logit per multi-view sample.
+
+    Example:
+        >>> model = FractureClassifier(ClassifierConfig.small(fusion="late"))
+        >>> model(torch.rand(2, 3, 1, 64, 64)).shape  # (B, V, 1, H, W) -> (B,)
+        torch.Size([2])
+    """
+
+    def __init__(self, config: ClassifierConfig | None = None) -> None:
+        super().__init__()
+        config = ClassifierConfig() if config is None else config
+        if not isinstance(config, ClassifierConfig):
+            raise TypeError(f"config: expected a ClassifierConfig, got {type(config).__name__}")
+        self.config = config
+        self.trunk = CorrespondenceModel(config.trunk_config())
+        self.head = nn.Linear(config.d_model, 1)
+        self.alpha = nn.Parameter(torch.full((config.layers,), float(config.alpha_init))) if config.attention_guidance else None
+
+    def load_trunk(self, source: str | os.PathLike | dict) -> None:
+        """Load a correspondence-trained trunk: a checkpoint path of
+        :func:`onthefly.train.train_correspondence`, or a CorrespondenceModel state dict.
+
+        The checkpoint's model configuration must match :meth:`ClassifierConfig.trunk_config`.
+        """
+        state = source
+        if not isinstance(source, dict):
+            if not os.path.exists(source):
+                raise FileNotFoundError(f"source: no such checkpoint: {source}")
+            state = torch.load(source, map_location="cpu", weights_only=False)
+        if "model" in state and isinstance(state["model"], dict):
+            saved = state.get("model_config")
+            if saved is not None:
+                expected = self.config.trunk_config().to_dict()
+                different = {key: (saved.get(key), value) for key, value in expected.items()
+                             if key != "backbone_weights" and saved.get(key) != value}
+                if different:
+                    raise ValueError(f"source: the checkpoint's model differs from this trunk (saved, expected): {different}")
+            state = state["model"]
+        missing, unexpected = self.trunk.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"source: state dict does not fit the trunk; missing {list(missing)[:5]}, "
+                             f"unexpected {list(unexpected)[:5]}")
+
+    def forward(self, images: Tensor, correspondence: Tensor | None = None) -> Tensor:
+        """Logits ``(B,)`` of ``images (B, V, 1, H, W)`` in ``[0, 1]``.
+
+        ``correspondence (B, V*N, V*N)`` is needed with attention guidance (and ignored otherwise).
+        """
+        if images.dim() != 5:
+            raise ValueError(f"images: expected shape (B, V, 1, H, W), got {tuple(images.shape)}")
+        batch, views = images.shape[:2]
+        fusion = self.config.fusion
+        if fusion == "single":
+            return self.head(self.trunk.tokens(images[:, :1]).mean(1))[:, 0]
+        if fusion == "late":
+            tokens = self.trunk.tokens(images.reshape(batch * views, 1, *images.shape[2:]))
+            return self.head(tokens.mean(1))[:, 0].view(batch, views).mean(1)
+        bias = None
+        if self.alpha is not None:
+            if correspondence is None:
+                raise ValueError("correspondence: attention guidance needs C (B, V*N, V*N), got None")
+            if correspondence.dim() != 3 or correspondence.shape[0] != batch:
+                raise ValueError(f"correspondence: expected (B, V*N, V*N) with B = {batch}, got {tuple(correspondence.shape)}")
+            c = correspondence.to(images.dtype)[:, None]  # (B, 1, L, L): the same bias for every head
+            bias = [alpha * c for alpha in self.alpha]
+        return self.head(self.trunk.tokens(images, bias=bias).mean(1))[:, 0]
