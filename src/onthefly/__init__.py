@@ -17,6 +17,7 @@ from .correspondence import (
     voxel_weights,
 )
 from .distributions import CardinalAngles, Uniform
+from .fractures import FractureConfig, FractureResult, apply_fractures, bone_label_lookup, bone_mask, draw_fractures
 from .geometry import CArm, project_points, rotation_matrix
 from .preview import save_batch_preview, save_correspondence_preview, save_views
 from .projector import beer_lambert, render, to_display
@@ -38,6 +39,8 @@ __all__ = [
     "CardinalAngles",
     "DRRBatch",
     "DRRCorrespondenceSampler",
+    "FractureConfig",
+    "FractureResult",
     "Uniform",
     "CoarseWeights",
     "WeightIntegral",
@@ -45,6 +48,10 @@ __all__ = [
     "Volume",
     "VolumeBatch",
     "attenuation_to_hu",
+    "apply_fractures",
+    "bone_label_lookup",
+    "bone_mask",
+    "draw_fractures",
     "beer_lambert",
     "correspondence_map",
     "epipolar_line",

@@ -35,6 +35,7 @@ from ._checks import check_choice, check_positive_int
 from .augment import Augmentation, apply_geometric, apply_intensity, image_operation_maps
 from .correspondence import WEIGHTINGS, WeightIntegral, patch_correspondence
 from .distributions import CardinalAngles, Distribution, as_distribution
+from .fractures import FractureConfig, apply_fractures, bone_label_lookup, draw_fractures, fracture_window
 from .geometry import CArm, project_points
 from .projector import METHODS, render, to_display
 from .volume import MU_WATER_PER_MM, Volume, VolumeBatch, hu_to_attenuation
@@ -65,7 +66,17 @@ class DRRBatch:
         labels: optional ``(B, V, S, H, W)`` path length (mm) through each of the
             ``structures``, geometrically augmented like the images.
         structures: names of the ``S`` label channels.
-        volume: optional crops as a :class:`VolumeBatch` (attenuation, 1/mm).
+        volume: optional crops as a :class:`VolumeBatch` (attenuation, 1/mm;
+            fractured where ``fracture``).
+        fracture: with ``fractures``: ``(B,)`` bool, whether the sample's crop
+            was fractured before rendering (the classification label).
+        fracture_center: ``(B, 3)`` world mm of each fracture's centre (NaN
+            where ``fracture`` is False).
+        fracture_pixel: ``(B, V, 2)`` (row, column) of the centre in each
+            augmented view (NaN where ``fracture`` is False).
+        fracture_patch: ``(B, V)`` long, the patch (row-major over the
+            ``H/k x W/k`` grid of the augmented view) holding ``fracture_pixel``;
+            -1 where there is no fracture or it projects outside the view.
     """
 
     images: Tensor
@@ -84,6 +95,10 @@ class DRRBatch:
     labels: Tensor | None = None
     structures: tuple[str, ...] = ()
     volume: VolumeBatch | None = field(default=None, repr=False)
+    fracture: Tensor | None = None
+    fracture_center: Tensor | None = None
+    fracture_pixel: Tensor | None = None
+    fracture_patch: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -119,6 +134,16 @@ class DRRBatch:
         new_col = torch.stack([col, width - 1 - col, col, row, width - 1 - col, height - 1 - row])
         pick = op[None]
         return torch.stack([new_row.gather(0, pick)[0], new_col.gather(0, pick)[0]], -1)
+
+
+def _patch_index(pixel: Tensor, height: int, width: int, patch_size: int) -> Tensor:
+    """``(..., 2)`` (row, column) pixels to ``(...)`` row-major patch indices; -1 outside the view or NaN."""
+    row = torch.floor((pixel[..., 0] + 0.5) / patch_size)
+    col = torch.floor((pixel[..., 1] + 0.5) / patch_size)
+    rows, cols = height // patch_size, width // patch_size
+    inside = (row >= 0) & (row < rows) & (col >= 0) & (col < cols)  # False for NaN
+    index = torch.where(inside, row * cols + col, torch.full_like(row, -1.0))
+    return index.long()
 
 
 def _stream_seed(*parts: int) -> int:
@@ -188,6 +213,12 @@ class DRRCorrespondenceSampler(IterableDataset):
         structures: label names (or ids) to project into ``batch.labels``
             (needs CTs with label maps); ``None`` for none.
         return_volume: also return the crops (``batch.volume``).
+        fractures: a :class:`~onthefly.fractures.FractureConfig` to cut simulated
+            fractures into the crops before rendering (``batch.fracture`` and
+            the ``batch.fracture_*`` targets); ``None`` for none. Bone comes from
+            a CT's label map where its label names match the config's
+            structures, else from the HU threshold. The correspondence is that
+            of the intact crops.
         steps: number of batches an iteration yields (default: endless).
         method: projector method, ``"trilinear"`` or ``"siddon"``.
         mu_water: attenuation of water (1/mm).
@@ -228,6 +259,7 @@ class DRRCorrespondenceSampler(IterableDataset):
         max_redraws: int = 8,
         structures: Sequence[str | int] | None = None,
         return_volume: bool = False,
+        fractures: FractureConfig | None = None,
         steps: int | None = None,
         method: str = "trilinear",
         mu_water: float = MU_WATER_PER_MM,
@@ -275,6 +307,9 @@ class DRRCorrespondenceSampler(IterableDataset):
                 f"augmentation: quarter turns need square views, got image_size {self.height} x {self.width}"
             )
         self.return_volume = bool(return_volume)
+        if fractures is not None and not isinstance(fractures, FractureConfig):
+            raise TypeError(f"fractures: expected a FractureConfig or None, got {type(fractures).__name__}")
+        self.fractures = fractures
 
         # ---- distributions
         self.alpha = as_distribution("alpha", alpha)
@@ -327,6 +362,7 @@ class DRRCorrespondenceSampler(IterableDataset):
         self.affines = torch.stack([v.affine.to(torch.float64) for v in loaded])  # (n, 4, 4), CPU
         self._structures(loaded, structures)
         self._stack_volumes(loaded)
+        self._bone_maps(loaded)
 
         # ---- detector
         if pixel_spacing is None:
@@ -390,6 +426,35 @@ class DRRCorrespondenceSampler(IterableDataset):
             pooled = F.avg_pool3d(tissue[None, None], tuple(block.tolist()), ceil_mode=True)[0, 0]
             d, h, w = pooled.shape
             self._tissue[index, :d, :h, :w] = pooled
+
+    def _bone_maps(self, loaded: list[Volume]) -> None:
+        """Per-volume bone masks for fractures: label map where its names match, else the HU threshold."""
+        self._bone = None
+        self.fracture_bone_source: tuple[str, ...] = ()
+        if self.fractures is None:
+            return
+        config = self.fractures
+        grid = self.shapes.amax(0).tolist()
+        self._bone = torch.zeros(len(loaded), *grid, dtype=torch.bool, device=self.device)
+        sources = []
+        for index, v in enumerate(loaded):
+            d, h, w = v.shape
+            lookup = None
+            if v.labels is not None:
+                lookup = bone_label_lookup(v.label_names, config.bone_structures, size=int(v.labels.max()) + 1)
+            if lookup is not None and bool(lookup.any()):
+                mask = lookup.to(self.device)[v.labels[0].to(self.device).long().clamp_min(0)]
+                sources.append("labels")
+            else:
+                mask = v.hu[0].to(self.device) > config.bone_hu
+                sources.append("threshold")
+            self._bone[index, :d, :h, :w] = mask
+        if config.structures is not None and "labels" not in sources:
+            raise ValueError(
+                f"fractures: none of the structures {list(config.structures)} is in any volume's label map"
+            )
+        self.fracture_bone_source = tuple(sources)
+        self._fracture_window = fracture_window(config, self.spacing)
 
     # ------------------------------------------------------------------ streams
     @property
@@ -464,6 +529,10 @@ class DRRCorrespondenceSampler(IterableDataset):
         aug_generator = torch.Generator().manual_seed(_stream_seed(self.seed, self.rank, step, 1))
         for key, value in self.augmentation.draw(self.batch_size, self.views, aug_generator).items():
             params[f"aug_{key}"] = value
+        if self.fractures is not None:
+            fracture_generator = torch.Generator().manual_seed(_stream_seed(self.seed, self.rank, step, 3))
+            for key, value in draw_fractures(self.fractures, self.batch_size, fracture_generator).items():
+                params[f"fracture_{key}"] = value
         return params
 
     def _draw_once(self, generator: torch.Generator) -> dict[str, Tensor]:
@@ -534,8 +603,8 @@ class DRRCorrespondenceSampler(IterableDataset):
         """Batch ``step`` of this sampler's stream (the same batch every time).
 
         ``timings``, if given, receives the seconds spent drawing, rendering,
-        computing correspondence and augmenting (with device synchronisation,
-        so only pass it when measuring).
+        cutting fractures (with ``fractures``), computing correspondence and
+        augmenting (with device synchronisation, so only pass it when measuring).
         """
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step: expected an int >= 0, got {step!r}")
@@ -570,6 +639,16 @@ class DRRCorrespondenceSampler(IterableDataset):
             with timed("render"):
                 index = self._crop_index(volume, start)
                 crops = self._attenuation[index]  # (B, d, h, w)
+            fractures = None
+            if self.fractures is not None:
+                with timed("fractures"):
+                    drawn = {key[9:]: value for key, value in params.items() if key.startswith("fracture_")}
+                    fractures = apply_fractures(
+                        crops, crop_affine.to(device), drawn, config=self.fractures, bone=self._bone[index],
+                        mu_water=self.mu_water, window=self._fracture_window,
+                    )
+                    crops = fractures.attenuation
+            with timed("render"):
                 batch_volume = VolumeBatch(
                     attenuation=crops[:, None], affine=crop_affine.to(device), mu_water=self.mu_water
                 )
@@ -593,7 +672,7 @@ class DRRCorrespondenceSampler(IterableDataset):
                     if labels is not None:
                         labels, _ = apply_geometric(labels, operations, maps=self._pixel_maps)
 
-        return DRRBatch(
+        batch = DRRBatch(
             images=images,
             correspondence=correspondence,
             carm=carm,
@@ -611,6 +690,13 @@ class DRRCorrespondenceSampler(IterableDataset):
             structures=self.structures,
             volume=batch_volume if self.return_volume else None,
         )
+        if fractures is not None:
+            pixel = batch.project_points(fractures.center[:, None, :])[:, :, 0]  # (B, V, 2)
+            batch.fracture = fractures.fractured
+            batch.fracture_center = fractures.center
+            batch.fracture_pixel = pixel
+            batch.fracture_patch = _patch_index(pixel, self.height, self.width, self.patch_size)
+        return batch
 
     def _crop_index(self, volume: Tensor, start: Tensor) -> tuple[Tensor, ...]:
         """Advanced-indexing tuple that gathers every sample's crop from the stacked volumes."""
