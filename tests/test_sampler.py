@@ -373,3 +373,15 @@ def test_bad_augmentation_settings():
         Augmentation(operations=("shear",))
     with pytest.raises(ValueError, match="inverted"):
         Uniform(2.0, 1.0)
+
+
+def test_per_view_distributions_and_no_correspondence(small_ct):
+    from onthefly import PerView
+
+    sampler = make(small_ct, views=3, alpha=PerView([0.0, (1.5, 1.6), 3.0]), correspondence=False, augmentation=None)
+    batch = sampler.sample(0)
+    alpha = batch.params["alpha"]
+    assert (alpha[:, 0] == 0).all() and ((alpha[:, 1] >= 1.5) & (alpha[:, 1] <= 1.6)).all() and (alpha[:, 2] == 3).all()
+    assert batch.correspondence is None and batch.images.shape[1] == 3
+    with pytest.raises(ValueError, match="alpha"):
+        make(small_ct, views=2, alpha=PerView([0.0, 1.0, 2.0]))

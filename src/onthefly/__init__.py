@@ -16,7 +16,7 @@ from .correspondence import (
     pool_weights,
     voxel_weights,
 )
-from .distributions import CardinalAngles, Uniform
+from .distributions import CardinalAngles, PerView, Uniform
 from .fractures import FractureConfig, FractureResult, apply_fractures, bone_label_lookup, bone_mask, draw_fractures
 from .geometry import CArm, project_points, rotation_matrix
 from .preview import save_batch_preview, save_correspondence_preview, save_views
@@ -39,6 +39,7 @@ __all__ = [
     "CardinalAngles",
     "DRRBatch",
     "DRRCorrespondenceSampler",
+    "PerView",
     "FractureConfig",
     "FractureResult",
     "Uniform",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Distribution", "Uniform", "CardinalAngles", "as_distribution"]
+__all__ = ["Distribution", "Uniform", "CardinalAngles", "PerView", "as_distribution"]
 
 
 class Distribution:
@@ -88,6 +88,38 @@ class CardinalAngles(Distribution):
             used = [c for c, w in zip(self.centers, self.weights) if w > 0]
             return (min(used), max(used))
         return (-math.inf, math.inf)
+
+
+class PerView(Distribution):
+    """One distribution per view: column ``v`` of a ``(B, V)`` draw comes from ``distributions[v]``.
+
+    Each entry is anything :func:`as_distribution` accepts (a number, a
+    ``(low, high)`` range or a distribution). Example: two orthogonal views
+    with 3 degrees of jitter, ``PerView([(-0.05, 0.05), (1.52, 1.62)])``.
+    """
+
+    def __init__(self, distributions) -> None:
+        items = list(distributions)
+        if not items:
+            raise ValueError("PerView: expected one distribution per view, got none")
+        self.distributions = tuple(as_distribution(f"PerView[{index}]", item) for index, item in enumerate(items))
+
+    def __repr__(self) -> str:
+        return f"PerView({list(self.distributions)!r})"
+
+    def __len__(self) -> int:
+        return len(self.distributions)
+
+    def sample(self, shape: Sequence[int], generator: torch.Generator) -> Tensor:
+        shape = tuple(shape)
+        if not shape or shape[-1] != len(self.distributions):
+            raise ValueError(f"PerView: {len(self.distributions)} distributions cannot fill a draw of shape {shape} "
+                             "(the last axis is the views)")
+        return torch.stack([d.sample(shape[:-1], generator) for d in self.distributions], -1)
+
+    def bounds(self) -> tuple[float, float]:
+        lows, highs = zip(*(d.bounds() for d in self.distributions))
+        return (min(lows), max(highs))
 
 
 def as_distribution(name: str, value) -> Distribution:

@@ -34,7 +34,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ._checks import check_choice, check_positive_int
 from .augment import Augmentation, apply_geometric, apply_intensity, image_operation_maps
 from .correspondence import WEIGHTINGS, WeightIntegral, patch_correspondence
-from .distributions import CardinalAngles, Distribution, as_distribution
+from .distributions import CardinalAngles, Distribution, PerView, as_distribution
 from .fractures import FractureConfig, apply_fractures, bone_label_lookup, draw_fractures, fracture_window
 from .geometry import CArm, project_points
 from .projector import METHODS, render, to_display
@@ -51,7 +51,8 @@ class DRRBatch:
 
     Attributes:
         images: ``(B, V, 1, H, W)`` in ``[0, 1]`` (dense is bright), augmented.
-        correspondence: ``(B, V*N, V*N)`` for the augmented images (``N = (H/k)(W/k)``).
+        correspondence: ``(B, V*N, V*N)`` for the augmented images (``N = (H/k)(W/k)``);
+            ``None`` when the sampler was built with ``correspondence=False``.
         carm: the C-arm that rendered the views, batch ``(B, V)``.
         operations: ``(B, V)`` geometric operation applied to each rendered view
             (index into ``onthefly.correspondence.IMAGE_OPERATIONS``; 0 = none).
@@ -80,7 +81,7 @@ class DRRBatch:
     """
 
     images: Tensor
-    correspondence: Tensor
+    correspondence: Tensor | None
     carm: CArm
     operations: Tensor
     volume_index: Tensor
@@ -186,8 +187,9 @@ class DRRCorrespondenceSampler(IterableDataset):
         spacing: isotropic (or 3-value) voxel spacing all CTs are resampled to
             once, at construction (mm); CTs already within 1 % of it are kept as they are.
         alpha, beta, gamma: primary, secondary and in-plane angle distributions
-            per view: a number (constant), a ``(low, high)`` uniform range, or a
-            :class:`~onthefly.distributions.Distribution`. Default ``alpha``: the
+            per view: a number (constant), a ``(low, high)`` uniform range, a
+            :class:`~onthefly.distributions.Distribution`, or
+            :class:`~onthefly.distributions.PerView` (one per view). Default ``alpha``: the
             seed method's scheme (:class:`~onthefly.distributions.CardinalAngles`).
         sid, sdd: source-to-isocenter and source-to-detector distance per view:
             number, range or distribution; every ``sdd`` must exceed every ``sid``.
@@ -213,6 +215,8 @@ class DRRCorrespondenceSampler(IterableDataset):
         structures: label names (or ids) to project into ``batch.labels``
             (needs CTs with label maps); ``None`` for none.
         return_volume: also return the crops (``batch.volume``).
+        correspondence: compute the correspondence matrix (``False``: ``batch.correspondence``
+            is ``None``, for tasks that do not use it).
         fractures: a :class:`~onthefly.fractures.FractureConfig` to cut simulated
             fractures into the crops before rendering (``batch.fracture`` and
             the ``batch.fracture_*`` targets); ``None`` for none. Bone comes from
@@ -259,6 +263,7 @@ class DRRCorrespondenceSampler(IterableDataset):
         max_redraws: int = 8,
         structures: Sequence[str | int] | None = None,
         return_volume: bool = False,
+        correspondence: bool = True,
         fractures: FractureConfig | None = None,
         steps: int | None = None,
         method: str = "trilinear",
@@ -307,6 +312,7 @@ class DRRCorrespondenceSampler(IterableDataset):
                 f"augmentation: quarter turns need square views, got image_size {self.height} x {self.width}"
             )
         self.return_volume = bool(return_volume)
+        self.correspondence = bool(correspondence)
         if fractures is not None and not isinstance(fractures, FractureConfig):
             raise TypeError(f"fractures: expected a FractureConfig or None, got {type(fractures).__name__}")
         self.fractures = fractures
@@ -317,6 +323,10 @@ class DRRCorrespondenceSampler(IterableDataset):
         self.gamma = as_distribution("gamma", gamma)
         self.sid = as_distribution("sid", sid)
         self.sdd = as_distribution("sdd", sdd)
+        for name in ("alpha", "beta", "gamma", "sid", "sdd"):
+            distribution = getattr(self, name)
+            if isinstance(distribution, PerView) and len(distribution) != views:
+                raise ValueError(f"{name}: expected one distribution per view ({views}), got {len(distribution)}")
         sid_low, sid_high = self.sid.bounds()
         sdd_low, sdd_high = self.sdd.bounds()
         if sid_low <= 0:
@@ -542,11 +552,8 @@ class DRRCorrespondenceSampler(IterableDataset):
         room = self.shapes[volume] - self.crop_voxels + 1  # (B, 3) start choices
         start = (torch.rand(b, 3, generator=generator, dtype=torch.float64) * room).long().clamp_max(room - 1)
         stop = start + self.crop_voxels
-        alpha = self.alpha.sample((b, v), generator)
-        beta = self.beta.sample((b, v), generator)
-        gamma = self.gamma.sample((b, v), generator)
-        sid = self.sid.sample((b, v), generator)
-        sdd = self.sdd.sample((b, v), generator)
+        poses = self._draw_poses(generator)
+        alpha, beta, gamma, sid, sdd = (poses[key] for key in ("alpha", "beta", "gamma", "sid", "sdd"))
         jitter = (torch.rand(b, v, 3, generator=generator, dtype=torch.float64) * 2 - 1) * self.isocenter_jitter
         affine = self.affines[volume]
         centre_index = torch.cat([(start + stop - 1).double() / 2, torch.ones(b, 1, dtype=torch.float64)], -1)
@@ -561,6 +568,16 @@ class DRRCorrespondenceSampler(IterableDataset):
         params["projection_fraction"] = coverage
         params["valid"] = (tissue >= self.min_tissue_fraction) & (coverage.amin(1) >= self.min_projection_fraction)
         return params
+
+    def _draw_poses(self, generator: torch.Generator) -> dict[str, Tensor]:
+        """``alpha, beta, gamma`` (rad) and ``sid, sdd`` (mm), ``(B, V)`` float64 each, from the host generator.
+
+        Task samplers override this to impose their own view layouts (for
+        example two orthogonal views, or evenly spaced angles around an axis);
+        crops, isocenter jitter, degenerate-draw checks and redraws stay as they are.
+        """
+        shape = (self.batch_size, self.views)
+        return {name: getattr(self, name).sample(shape, generator) for name in ("alpha", "beta", "gamma", "sid", "sdd")}
 
     def _tissue_checks(self, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Host estimates: the crop's non-air fraction ``(B,)`` and, per view, the fraction of patches tissue covers ``(B, V)``."""
@@ -655,10 +672,12 @@ class DRRCorrespondenceSampler(IterableDataset):
                 images = to_display(render(batch_volume, carm, method=self.method))
                 labels = self._render_labels(index, crop_affine, carm_host) if self.structures else None
             with timed("correspondence"):
-                coarse = self._integral.pool(volume, start, stop, factor)
-                correspondence = patch_correspondence(
-                    coarse, carm, patch_size=self.patch_size, rays_per_patch=self.rays_per_patch
-                )
+                correspondence = None
+                if self.correspondence:
+                    coarse = self._integral.pool(volume, start, stop, factor)
+                    correspondence = patch_correspondence(
+                        coarse, carm, patch_size=self.patch_size, rays_per_patch=self.rays_per_patch
+                    )
             with timed("augmentation"):
                 aug = {key[4:]: value for key, value in params.items() if key.startswith("aug_")}
                 noise = torch.Generator(device=device).manual_seed(_stream_seed(self.seed, self.rank, step, 2))
