@@ -137,3 +137,27 @@ def test_torchrun_two_cpu_ranks_stay_in_sync(tmp_path):
     assert len(summary["rank_checksums"]) == 2
     first, second = summary["rank_first_batch_sums"]
     assert first != second  # each rank drew its own stream
+
+
+@pytest.mark.slow
+def test_train_classifier_cli_with_pretrained_trunk(tmp_path, capsys):
+    from onthefly.cli import main
+
+    common = ["--model", "small", "--d-model", "16", "--heads", "2", "--layers", "2", "--image-size", "32",
+              "--patch-size", "16", "--crop-size", "100", "--spacing", "5", "--batch-size", "2", "--steps", "2",
+              "--eval-every", "2", "--eval-batches", "1", "--checkpoint-every", "2", "--lr", "1e-3", "--device", "cpu"]
+    pre = tmp_path / "pre"
+    # the classifier's trunk: patch embedding + standard attention, trained on correspondence first
+    assert main(["train", "correspondence", *common, "--output", str(pre)]) == 0
+    capsys.readouterr()
+    state = torch.load(pre / "checkpoint.pt", weights_only=False)
+    assert state["model_config"]["backbone"] == "small"
+    out = tmp_path / "cls"
+    assert main(["train", "classifier", *common, "--backbone", "small", "--init-from", str(pre / "checkpoint.pt"),
+                 "--attention-guidance", "--fracture-probability", "0.5", "--output", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["final_eval"]) >= {"accuracy", "precision", "recall", "kappa"}
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert "eval_kappa" in rows[0]
+    classifier_state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert classifier_state["task"] == "classifier" and "alpha" in classifier_state["model"]
