@@ -18,8 +18,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import describe_machine, machine_info, markdown_table, write_markdown_section  # noqa: E402
 
@@ -73,7 +71,7 @@ def main() -> None:
     body = "\n".join([
         "## Training throughput (`benchmarks/training.py`)",
         "",
-        f"Machine: {describe_machine(info)}; {torch.get_num_threads()} torch threads.",
+        f"Machine: {describe_machine(info)}.",
         "",
         "Command: `.venv/bin/python benchmarks/training.py`. Correspondence model trained on the sampler's stream "
         "(bundled CT, V = 2, patch 16, sampler defaults otherwise), Adam, float32 on the CPU. Samples per second "

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onthefly import CArm, Volume, VolumeBatch, project_points, render
+from onthefly import CArm, Volume, project_points, render
 from onthefly.correspondence import (
     correspondence_map,
     epipolar_line,

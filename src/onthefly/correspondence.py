@@ -29,7 +29,6 @@ Host reads: the voxel count after dropping air, and the sizes ``K`` and ``T``
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 

@@ -34,7 +34,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ._checks import check_choice, check_positive_int
 from .augment import Augmentation, apply_geometric, apply_intensity, image_operation_maps
 from .correspondence import WEIGHTINGS, WeightIntegral, patch_correspondence
-from .distributions import CardinalAngles, Distribution, PerView, as_distribution
+from .distributions import CardinalAngles, PerView, as_distribution
 from .fractures import FractureConfig, apply_fractures, bone_label_lookup, draw_fractures, fracture_window
 from .geometry import CArm, project_points
 from .projector import METHODS, render, to_display
