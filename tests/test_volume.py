@@ -380,3 +380,28 @@ def test_non_positive_mu_water_raises(mu_water):
     with pytest.raises(ValueError, match="mu_water"):
         hu_to_attenuation(torch.zeros(3), mu_water=mu_water)
 
+
+
+def test_lean_nifti_reader_matches_torchio(tmp_path):
+    import nibabel as nib
+    import numpy as np
+    import torchio as tio
+
+    from onthefly.volume import _example_paths
+
+    path, _, _ = _example_paths()
+    lean = Volume.from_file(path)
+    reference = tio.ScalarImage(path)
+    assert lean.hu.dtype == torch.float32
+    torch.testing.assert_close(lean.hu, reference.data.float(), rtol=0, atol=0)
+    torch.testing.assert_close(lean.affine, torch.as_tensor(reference.affine, dtype=torch.float64))
+    # Scaled float storage and an unusual affine round-trip too.
+    data = (np.arange(24, dtype=np.int16).reshape(2, 3, 4) - 5)
+    affine = np.array([[0.0, -2.0, 0.0, 10.0], [1.5, 0.0, 0.0, -3.0], [0.0, 0.0, 3.0, 7.0], [0.0, 0.0, 0.0, 1.0]])
+    image = nib.Nifti1Image(data, affine)
+    image.header.set_slope_inter(2.0, -100.0)
+    nib.save(image, tmp_path / "small.nii.gz")
+    small = Volume.from_file(tmp_path / "small.nii.gz")
+    expected = tio.ScalarImage(tmp_path / "small.nii.gz")
+    torch.testing.assert_close(small.hu, expected.data.float())
+    torch.testing.assert_close(small.affine, torch.as_tensor(expected.affine, dtype=torch.float64))

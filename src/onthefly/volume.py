@@ -201,6 +201,13 @@ class Volume:
             if not Path(labels).exists():
                 raise FileNotFoundError(f"labels: no such file: {labels}")
             label_map = tio.LabelMap(labels)
+        if path.is_file() and path.name.lower().endswith((".nii", ".nii.gz")):
+            hu, affine = _read_nifti(path)
+            label_tensor = None
+            if label_map is not None:
+                label_tensor = label_map.data
+                label_tensor = label_tensor.to(torch.int16 if label_tensor.max() > 255 else torch.uint8)
+            return cls(hu=hu, affine=affine, labels=label_tensor)
         return cls.from_torchio(tio.ScalarImage(path), labels=label_map)
 
     # ---------------------------------------------------------------- properties
@@ -370,7 +377,8 @@ class VolumeBatch:
         labels = torch.zeros(len(volumes), 1, *shape, dtype=torch.int16, device=device) if with_labels else None
         for index, volume in enumerate(volumes):
             d, h, w = volume.shape
-            attenuation[index, :, :d, :h, :w] = volume.attenuation(mu_water=mu_water).to(device)
+            target = attenuation[index, 0, :d, :h, :w]  # converted in place: no full-size temporary
+            target.copy_(volume.hu[0]).div_(1000.0).add_(1.0).mul_(mu_water).clamp_(min=0.0)
             if labels is not None:
                 labels[index, :, :d, :h, :w] = volume.labels.to(device=device, dtype=torch.int16)
         affine = torch.stack([v.affine for v in volumes]).to(device)
@@ -420,6 +428,32 @@ def as_volume_batch(volume: Volume | VolumeBatch | Sequence[Volume], *, mu_water
     if isinstance(volume, (list, tuple)):
         return VolumeBatch.from_volumes(volume, mu_water=mu_water)
     raise TypeError(f"volume: expected a Volume, a sequence of Volumes or a VolumeBatch, got {type(volume).__name__}")
+
+
+def _read_nifti(path: Path) -> tuple[Tensor, Tensor]:
+    """``(1, D, H, W)`` float32 values and the ``(4, 4)`` affine of a 3-D NIfTI file, read lean.
+
+    The stored integers are converted to float32 in place (then scaled), so
+    the peak is the stored array plus one float32 copy (reading through a
+    float64 array would double that). Same values and affine as torchio's reader.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    image = nib.load(str(path), mmap=False)
+    if len(image.shape) != 3:
+        raise ValueError(f"path: expected a 3-D volume, got shape {tuple(image.shape)} in {path}")
+    proxy = image.dataobj
+    stored = np.asanyarray(proxy.get_unscaled()) if hasattr(proxy, "get_unscaled") else np.asanyarray(proxy)
+    values = torch.from_numpy(np.ascontiguousarray(stored, dtype=np.float32))
+    del stored
+    slope = getattr(proxy, "slope", 1.0)
+    intercept = getattr(proxy, "inter", 0.0)
+    if slope is not None and float(slope) not in (0.0, 1.0):
+        values.mul_(float(slope))
+    if intercept is not None and float(intercept) != 0.0:
+        values.add_(float(intercept))
+    return values[None], torch.as_tensor(image.affine, dtype=torch.float64)
 
 
 def _example_paths() -> tuple[Path, Path, Path]:
