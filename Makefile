@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/correspondence.py
 	$(PY) benchmarks/sampler.py
 	$(PY) benchmarks/training.py
+	$(PY) benchmarks/tasks.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .hypothesis

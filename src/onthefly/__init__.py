@@ -22,6 +22,7 @@ from .geometry import CArm, project_points, rotation_matrix
 from .preview import save_batch_preview, save_correspondence_preview, save_views
 from .projector import beer_lambert, render, to_display
 from .sampler import DRRBatch, DRRCorrespondenceSampler
+from .tasks import AngularSequenceSampler, BiplanarSampler, NovelViewSampler, ProjectionLoss
 from .volume import (
     MU_WATER_PER_MM,
     Volume,
@@ -39,6 +40,10 @@ __all__ = [
     "CardinalAngles",
     "DRRBatch",
     "DRRCorrespondenceSampler",
+    "AngularSequenceSampler",
+    "BiplanarSampler",
+    "NovelViewSampler",
+    "ProjectionLoss",
     "PerView",
     "FractureConfig",
     "FractureResult",

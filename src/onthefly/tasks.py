@@ -596,9 +596,10 @@ class AngularSequenceSampler(_ExtraParams, _SharedIsocenter, DRRCorrespondenceSa
         axis: ``"z"`` (``alpha``) or ``"x"`` (``beta``).
         chest: standing chest-radiograph geometry (above).
         **sampler_settings: any other :class:`~onthefly.sampler.DRRCorrespondenceSampler`
-            setting. The distribution of the swept angle is unused; the other
-            angles use the sampler's ``alpha``/``beta``/``gamma`` (view 0's
-            column if per view). Defaults that differ: ``correspondence=False``,
+            setting. The swept angle (``alpha`` for ``axis="z"``, ``beta`` for
+            ``"x"``) is set here and rejected; the other angles use the
+            sampler's distributions (view 0's if per view). ``views`` is ``T``
+            (named as in the parent). Defaults that differ: ``correspondence=False``,
             ``augmentation=None``; geometric augmentation is rejected.
 
     Example:
@@ -631,6 +632,8 @@ class AngularSequenceSampler(_ExtraParams, _SharedIsocenter, DRRCorrespondenceSa
         if start is None:
             start = math.pi if chest else (0.0, 2 * math.pi)
         self.start = as_distribution("start", start)
+        swept = "alpha" if axis == "z" else "beta"
+        _reject_settings("AngularSequenceSampler", sampler_settings, {swept: f"axis={axis!r} sweeps it; use start and arc"})
         _check_augmentation(sampler_settings)
         if chest:
             sampler_settings.setdefault("sid", CHEST_SID_MM)
