@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(table)
     if args.markdown:
         command = "python examples/attention_variants.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        machine = (f"{platform.processor() or platform.machine()}, torch threads: {torch.get_num_threads()}, "
                    f"{platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}")
         text = "\n".join([
             "# Attention variants (the seed paper's Table 1) on the on-the-fly stream",

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     minutes = (time.perf_counter() - started) / 60
     if args.markdown:
         command = "python examples/fracture_table3.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        machine = (f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.system()} "
+        machine = (f"{platform.machine()}, torch threads: {torch.get_num_threads()}, {platform.system()} "
                    f"{platform.release()}, Python {platform.python_version()}, torch {torch.__version__}")
         text = "\n".join([
             "# Fracture classification on simulated data (the seed paper's Table 3 rows)",
