@@ -127,7 +127,7 @@ def report(results: list[dict], info: dict) -> tuple[str, str]:
         "",
         f"Machine: {describe_machine(info)}.",
         "",
-        f"Command: `nice -n 19 .venv/bin/python benchmarks/tasks.py`. The bundled CT with the sampler's defaults "
+        f"Command: `.venv/bin/python benchmarks/tasks.py`. The bundled CT with the sampler's defaults "
         f"(resampled once to 1 mm, 200 mm crops, no augmentation), B = {BATCH}, {SIZE} x {SIZE}, "
         f"patch_size = {PATCH}, seed {SEED}; median (min-max) of {len(ok[0]['batch_s']) if ok else 0} batches after "
         "one warm-up, each mode in its own process. \"ms / view\": the batch time over the B x V views it "
@@ -140,13 +140,17 @@ def report(results: list[dict], info: dict) -> tuple[str, str]:
         f"Target (issue): well under a second per view at B = 16, 128 x 128: the slowest mode takes "
         f"**{1000 * worst:.0f} ms per view** at its median ({'met' if worst < 1 else 'not met'}).",
         "",
-        "**Disturbed run.** Two model trainings were running on the same 2 cores throughout, and this benchmark "
-        f"ran at the lowest priority (`nice -n 19`): other processes kept {busy} cores busy on average (last "
-        "column), and the batch times varied 2-6x from one batch to the next. Read these times as upper "
-        "bounds; the fastest batch of each mode is closer to an undisturbed figure (for comparison, the "
-        "`sampler` section above renders 256 x 256 views at about 60 ms per view on the quiet machine).",
+        disturbance_note(others, busy),
     ])
     return table, body
+
+
+def disturbance_note(others: list[float], busy: str) -> str:
+    """A warning when other processes kept the cores busy (the timings are then upper bounds)."""
+    if others and max(others) < 0.3:
+        return f"Other processes kept {busy} cores busy on average (last column): a quiet machine."
+    return (f"**Disturbed run**: other processes kept {busy} cores busy on average (last column); read these "
+            "times as upper bounds and re-run on a quiet machine.")
 
 
 def main() -> None:
