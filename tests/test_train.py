@@ -161,3 +161,32 @@ def test_train_classifier_cli_with_pretrained_trunk(tmp_path, capsys):
     assert "eval_kappa" in rows[0]
     classifier_state = torch.load(out / "checkpoint.pt", weights_only=False)
     assert classifier_state["task"] == "classifier" and "alpha" in classifier_state["model"]
+
+
+def test_classifier_resume_after_a_kill_equals_an_uninterrupted_run(ct_small, tmp_path):
+    from onthefly import FractureConfig
+    from onthefly.models import ClassifierConfig
+    from onthefly.train import train_classifier
+
+    train_part, eval_part = split_volume(ct_small, fraction=0.6)
+    fractures = FractureConfig(probability=0.5, bone_hu=150.0)
+    train_sampler = DRRCorrespondenceSampler(volumes=[train_part], seed=1, fractures=fractures, **TINY_DATA)
+    eval_sampler = DRRCorrespondenceSampler(volumes=[eval_part], seed=2, fractures=fractures, augmentation=None,
+                                            **TINY_DATA)
+    model = ClassifierConfig.small(d_model=16, heads=2, layers=2, mlp=32, attention_guidance=True)
+
+    def run_classifier(output, **changes):
+        config = TrainConfig(output=str(output), steps=4, lr=1e-3, checkpoint_every=2, eval_every=2,
+                             eval_batches=1, log_every=1, progress=False, **changes)
+        return train_classifier(model, train_sampler, config, eval_sampler=eval_sampler)
+
+    whole = run_classifier(tmp_path / "whole")
+    assert set(whole["final_eval"]) >= {"accuracy", "precision", "recall", "kappa"}
+    run_classifier(tmp_path / "killed", stop_at=2)
+    run_classifier(tmp_path / "killed", resume=True)
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="fractures"):
+        train_classifier(model, DRRCorrespondenceSampler(volumes=[train_part], **TINY_DATA), TrainConfig(output=str(tmp_path)))
