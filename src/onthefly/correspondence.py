@@ -411,9 +411,12 @@ def patch_correspondence(
     n_patches = rows * cols
     tokens = views * n_patches
 
-    # Coarse voxel edge and rays per patch, per sample (host-side numbers).
-    backprojected = (patch_size * carm.pixel_spacing * carm.sid / carm.sdd).expand(out_batch, views)
-    backprojected_min = backprojected.amin(1).to("cpu", torch.float64)
+    # Coarse voxel edge and rays per patch, per sample (host-side numbers; the camera is
+    # read back from the device only when one of them is left to its default).
+    backprojected_min = None
+    if coarse is None or rays_per_patch is None:
+        backprojected = (patch_size * carm.pixel_spacing * carm.sid / carm.sdd).expand(out_batch, views)
+        backprojected_min = backprojected.amin(1).to("cpu", torch.float64)
     if coarse is None:
         edge = backprojected_min if coarse_voxel_size is None else torch.full_like(backprojected_min, float(coarse_voxel_size))
         coarse = pool_weights(
@@ -426,8 +429,7 @@ def patch_correspondence(
             voxel_size=coarse.voxel_size.expand(out_batch),
         )
     if rays_per_patch is None:
-        ratio = float((2 * backprojected_min / coarse.voxel_size).amax())
-        rays = int(min(patch_size, max(2, round(ratio))))
+        rays = default_rays_per_patch(backprojected_min, coarse.voxel_size, patch_size)
     else:
         rays = rays_per_patch
 
@@ -446,6 +448,16 @@ def patch_correspondence(
         values, patches = _footprints(part, **footprint_args)  # (n, V, T) each
         _scatter_outer_max(result, part["sample"], part["weight"], values, patches, views, n_patches)
     return result.view(out_batch, tokens, tokens)
+
+
+def default_rays_per_patch(backprojected: Tensor, voxel_size: Tensor, patch_size: int) -> int:
+    """Rays per patch side: about two per coarse voxel edge at the isocenter, at least 2, at most ``patch_size``.
+
+    ``backprojected`` and ``voxel_size`` are ``(B,)`` host tensors (mm): the
+    patch back-projected to the isocenter and the coarse voxel edge per sample.
+    """
+    ratio = float((2 * backprojected / voxel_size).amax())
+    return int(min(patch_size, max(2, round(ratio))))
 
 
 def _coarse_voxels(coarse: "CoarseWeights") -> dict[str, Tensor]:

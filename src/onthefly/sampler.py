@@ -33,7 +33,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ._checks import check_choice, check_positive_int
 from .augment import Augmentation, apply_geometric, apply_intensity, image_operation_maps
-from .correspondence import WEIGHTINGS, WeightIntegral, patch_correspondence
+from .correspondence import WEIGHTINGS, WeightIntegral, default_rays_per_patch, patch_correspondence
 from .distributions import CardinalAngles, PerView, as_distribution
 from .fractures import FractureConfig, apply_fractures, bone_label_lookup, draw_fractures, fracture_window
 from .geometry import CArm, project_points
@@ -116,13 +116,7 @@ class DRRBatch:
 
     def to(self, device: torch.device | str) -> "DRRBatch":
         """The batch with its tensors on ``device`` (``params`` stay on the host)."""
-        moved = {}
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if isinstance(value, (Tensor, CArm, VolumeBatch)) and item.name != "params":
-                value = value.to(device)
-            moved[item.name] = value
-        return DRRBatch(**moved)
+        return DRRBatch(**_moved(self, device))
 
     def project_points(self, points: Tensor) -> Tensor:
         """World points ``(B, P, 3)`` to ``(B, V, P, 2)`` (row, column) in the augmented images."""
@@ -135,6 +129,32 @@ class DRRBatch:
         new_col = torch.stack([col, width - 1 - col, col, row, width - 1 - col, height - 1 - row])
         pick = op[None]
         return torch.stack([new_row.gather(0, pick)[0], new_col.gather(0, pick)[0]], -1)
+
+
+def _moved(batch, device: torch.device | str) -> dict:
+    """A batch dataclass's fields with tensors, C-arms, volumes and inner batches on ``device`` (``params`` stay)."""
+    moved = {}
+    for item in fields(batch):
+        value = getattr(batch, item.name)
+        if item.name != "params" and isinstance(value, (Tensor, CArm, VolumeBatch, DRRBatch)):
+            value = value.to(device)
+        moved[item.name] = value
+    return moved
+
+
+@contextmanager
+def _timed(timings: dict[str, float] | None, name: str, device: torch.device):
+    """Add the seconds spent in the block to ``timings[name]`` (synchronising CUDA); nothing if ``timings`` is None."""
+    if timings is None:
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    begin = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - begin
 
 
 def _patch_index(pixel: Tensor, height: int, width: int, patch_size: int) -> Tensor:
@@ -627,18 +647,8 @@ class DRRCorrespondenceSampler(IterableDataset):
             raise ValueError(f"step: expected an int >= 0, got {step!r}")
         device = self.device
 
-        @contextmanager
         def timed(name: str):
-            if timings is None:
-                yield
-                return
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            begin = time.perf_counter()
-            yield
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            timings[name] = timings.get(name, 0.0) + time.perf_counter() - begin
+            return _timed(timings, name, device)
 
         with timed("draw"):
             params = self.draw(step)
@@ -675,8 +685,9 @@ class DRRCorrespondenceSampler(IterableDataset):
                 correspondence = None
                 if self.correspondence:
                     coarse = self._integral.pool(volume, start, stop, factor)
+                    rays = self.rays_per_patch or default_rays_per_patch(backprojected, coarse.voxel_size, self.patch_size)
                     correspondence = patch_correspondence(
-                        coarse, carm, patch_size=self.patch_size, rays_per_patch=self.rays_per_patch
+                        coarse, carm, patch_size=self.patch_size, rays_per_patch=rays
                     )
             with timed("augmentation"):
                 aug = {key[4:]: value for key, value in params.items() if key.startswith("aug_")}

@@ -35,10 +35,8 @@ frame, the usual computer-vision camera: x right, y down, z forward).
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +46,7 @@ from ._checks import check_choice, check_positive_int
 from .distributions import as_distribution
 from .geometry import CArm, project_points
 from .projector import METHODS, render, to_display
-from .sampler import DRRBatch, DRRCorrespondenceSampler
+from .sampler import DRRBatch, DRRCorrespondenceSampler, _moved, _timed
 from .volume import MU_WATER_PER_MM, VolumeBatch, attenuation_to_hu
 
 __all__ = [
@@ -161,31 +159,6 @@ def _check_angle(name: str, value, *, low: float = 0.0, high: float = math.inf) 
     if not low <= value <= high:
         raise ValueError(f"{name}: expected a value in [{low:g}, {high:g}] (radians), got {value!r}")
     return float(value)
-
-
-@contextmanager
-def _timed(timings: dict[str, float] | None, name: str, device: torch.device):
-    if timings is None:
-        yield
-        return
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    begin = time.perf_counter()
-    yield
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - begin
-
-
-def _moved(batch, device: torch.device | str) -> dict:
-    """A task batch's fields with tensors, C-arms, volumes and the inner DRRBatch on ``device`` (``params`` stay)."""
-    moved = {}
-    for item in fields(batch):
-        value = getattr(batch, item.name)
-        if isinstance(value, (Tensor, CArm, VolumeBatch, DRRBatch)) and item.name != "params":
-            value = value.to(device)
-        moved[item.name] = value
-    return moved
 
 
 class _ExtraParams:
