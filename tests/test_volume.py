@@ -290,9 +290,18 @@ def test_wrong_hu_dimensions_raise(shape):
         Volume.from_tensor(torch.zeros(shape))
 
 
-def test_hu_not_a_tensor_raises():
+@pytest.mark.parametrize("hu", ["ct.nii", None, object()])
+def test_hu_not_numbers_raises(hu):
     with pytest.raises(TypeError, match="hu"):
-        Volume.from_tensor(np.zeros((4, 4, 4)))
+        Volume.from_tensor(hu)
+
+
+def test_hu_as_array_or_nested_list_is_accepted():
+    from_array = Volume.from_tensor(np.full((2, 3, 4), 5, dtype=np.int16), spacing=np.int64(2))
+    from_list = Volume.from_tensor([[[5.0] * 4] * 3] * 2, spacing=[2, 2, 2])
+    assert from_array.hu.dtype == from_list.hu.dtype == torch.float32
+    torch.testing.assert_close(from_array.hu, from_list.hu)
+    torch.testing.assert_close(from_array.affine, from_list.affine)
 
 
 @pytest.mark.parametrize("spacing", [0.0, -1.0, (1.0, 0.0, 1.0), (1.0, 1.0, -2.0), float("nan")])
