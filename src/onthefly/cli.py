@@ -321,6 +321,7 @@ def train_classifier_from_args(args: argparse.Namespace, *, given: set[str] | No
     _check_device(args.device)
     resuming = args.resume and (Path(args.output) / "checkpoint.pt").exists()
     trunk = _trunk_arguments(args, given) if args.init_from and not resuming else {}
+    guidance_model = _guidance_model(args.guidance_from) if args.guidance_from else None
     train_sampler, eval_sampler = _samplers_from_args(
         args, fractures=FractureConfig(probability=args.fracture_probability))
     overrides = {key: value for key, value in dict(
@@ -329,7 +330,6 @@ def train_classifier_from_args(args: argparse.Namespace, *, given: set[str] | No
     settings = dict(backbone=args.backbone, patch_size=args.patch_size, fusion=args.fusion,
                     attention_guidance=args.attention_guidance) | trunk | overrides
     model_config = ClassifierConfig.small(**settings) if args.model == "small" else ClassifierConfig(**settings)
-    guidance_model = _guidance_model(args.guidance_from) if args.guidance_from else None
     return train_classifier(model_config, train_sampler, _train_config(args), eval_sampler=eval_sampler,
                             init_from=None if resuming else args.init_from, guidance_model=guidance_model)
 
