@@ -122,7 +122,9 @@ class CArm:
             raise ValueError(f"alpha, beta, gamma, sid, sdd, pixel_spacing, isocenter: shapes do not broadcast: {shapes}") from error
         shape = (1,) * (2 - len(shape)) + tuple(shape)
         if 0 in shape:
-            raise ValueError(f"alpha, ...: the pose batch shape {shape} is empty (zero views or samples)")
+            empty = [name for name, value in (*params.items(), ("isocenter", iso)) if value.numel() == 0]
+            raise ValueError(f"{', '.join(empty)}: expected at least one sample and one view, "
+                             f"got an empty pose batch {shape}")
         for name, value in params.items():
             params[name] = value.expand(shape)
         if not bool((params["sdd"] > params["sid"]).all()):

@@ -37,6 +37,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._checks import check_int, check_real
 from .checkpoint import (
     RESUME_OVERRIDES,
     TRAINING_KEYS,
@@ -121,22 +122,26 @@ class TrainConfig:
             raise TypeError(f"output: expected a folder path, got {type(self.output).__name__}")
         self.output = os.fspath(self.output)
         for name in ("steps", "checkpoint_every", "log_every", "eval_batches"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+            setattr(self, name, check_int(name, getattr(self, name), minimum=1))
         for name in ("warmup_steps", "eval_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr: expected a positive learning rate, got {self.lr!r}")
-        if self.stop_at is not None and (not isinstance(self.stop_at, int) or self.stop_at < 1):
-            raise ValueError(f"stop_at: expected a positive int or None, got {self.stop_at!r}")
+            setattr(self, name, check_int(name, getattr(self, name), minimum=0))
+        self.lr = check_real("lr", self.lr, low=0.0)
+        if self.lr == 0:
+            raise ValueError("lr: expected a positive learning rate, got 0")
+        if self.stop_at is not None:
+            self.stop_at = check_int("stop_at", self.stop_at, minimum=1)
+        for name in ("amp", "compile", "resume", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+        self.seed = check_int("seed", self.seed)
+        if not isinstance(self.device, (str, torch.device)):
+            raise TypeError(f"device: expected a device name such as 'cpu' or 'cuda', got {type(self.device).__name__}")
+        self.device = str(self.device)
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError) as error:
             raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda', got {self.device!r}") from error
-        if isinstance(self.resume_overrides, str) or not set(self.resume_overrides) <= set(RESUME_OVERRIDES):
+        if not isinstance(self.resume_overrides, (list, tuple)) or not set(self.resume_overrides) <= set(RESUME_OVERRIDES):
             raise ValueError(f"resume_overrides: expected names from {list(RESUME_OVERRIDES)}, got {self.resume_overrides!r}")
         self.resume_overrides = tuple(self.resume_overrides)
         if self.command is not None and not isinstance(self.command, dict):

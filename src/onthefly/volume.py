@@ -234,6 +234,7 @@ class Volume:
             if origin is None:
                 extent = (torch.tensor(hu.shape[1:], dtype=torch.float64) - 1) * spacing_t
                 origin_t = -extent / 2
+                check_position("spacing (the centred volume's corner, voxels times spacing / 2)", origin_t)
             else:
                 origin_t = as_tensor("origin", origin, dtype=torch.float64).flatten().double()
                 if origin_t.numel() != 3:
