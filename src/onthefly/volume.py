@@ -337,7 +337,7 @@ class Volume:
 
     def to(self, device: torch.device | str) -> "Volume":
         labels = None if self.labels is None else self.labels.to(device)
-        return Volume(hu=self.hu.to(device), affine=self.affine, labels=labels, label_names=self.label_names)
+        return _derived(self, hu=self.hu.to(device), labels=labels)
 
     # ------------------------------------------------------------ crop, resample
     def crop(self, start: Sequence[int], stop: Sequence[int]) -> "Volume":
@@ -357,7 +357,7 @@ class Volume:
         affine = self.affine.clone()
         affine[:3, 3] = self.affine[:3, :3] @ torch.tensor(start_t, dtype=torch.float64) + self.affine[:3, 3]
         labels = None if self.labels is None else self.labels[(slice(None), *slices)]
-        return Volume(hu=self.hu[(slice(None), *slices)], affine=affine, labels=labels, label_names=self.label_names)
+        return _derived(self, hu=self.hu[(slice(None), *slices)], affine=affine, labels=labels)
 
     def crop_mm(self, center: Sequence[float] | Tensor, size: float | Sequence[float] | Tensor) -> "Volume":
         """The voxel-aligned crop that covers the world box ``center +- size / 2`` (mm).
@@ -422,7 +422,19 @@ class Volume:
         """The same volume moved so that its centre sits at the world origin."""
         affine = self.affine.clone()
         affine[:3, 3] -= self.center
-        return Volume(hu=self.hu, affine=affine, labels=self.labels, label_names=self.label_names)
+        return _derived(self, affine=affine)
+
+
+def _derived(volume: Volume, **changes) -> Volume:
+    """``volume`` with some fields replaced by values derived from its checked ones (a part of its voxels,
+    a move): the new affine is checked, the voxel values are not scanned again."""
+    fields = dict(hu=volume.hu, affine=volume.affine, labels=volume.labels, label_names=volume.label_names) | changes
+    if "affine" in changes:
+        _check_affines("affine", fields["affine"])
+    derived = object.__new__(Volume)
+    for name, value in fields.items():
+        object.__setattr__(derived, name, value)
+    return derived
 
 
 def _three_values(name: str, value) -> Tensor:
@@ -867,5 +879,5 @@ def example_volume(*, labels: bool = True, centered: bool = True) -> Volume:
             parts = line.split(",")
             if len(parts) >= 4:
                 names[int(parts[3])] = parts[2]
-        volume = Volume(hu=volume.hu, affine=volume.affine, labels=volume.labels, label_names=names)
+        volume = _derived(volume, label_names=names)
     return volume.centered() if centered else volume
