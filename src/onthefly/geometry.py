@@ -20,9 +20,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._checks import as_tensor, check_finite, check_positive, check_positive_int
+from ._checks import as_tensor, check_int, check_length, check_position, check_range, check_tensor_kind
 
 __all__ = ["CArm", "rotation_matrix", "project_points", "patch_index", "camera_to_world", "relative_camera_pose"]
+
+MAX_ANGLE = 1e3
+"""Largest angle magnitude accepted, radians (float32 keeps 6e-5 rad there)."""
+MAX_DETECTOR_PIXELS = 32768
+"""Largest detector height or width accepted, pixels."""
 
 
 def rotation_matrix(alpha: Tensor, beta: Tensor, gamma: Tensor) -> Tensor:
@@ -44,8 +49,8 @@ def rotation_matrix(alpha: Tensor, beta: Tensor, gamma: Tensor) -> Tensor:
 class CArm:
     """The poses of ``V`` views for each of ``B`` samples, and their detector.
 
-    Every pose parameter is a tensor (or number) broadcastable to ``(B, V)``:
-    a scalar, ``(V,)`` or ``(B, V)``; ``isocenter`` to ``(B, V, 3)``.
+    Every pose parameter is a number, sequence or tensor broadcastable to
+    ``(B, V)``: a scalar, ``(V,)`` or ``(B, V)``; ``isocenter`` to ``(B, V, 3)``.
 
     Args:
         alpha: primary angle, radians (rotation about +z, the patient's axis).
@@ -54,8 +59,14 @@ class CArm:
         sid: source-to-isocenter distance, mm.
         sdd: source-to-detector distance, mm; must exceed ``sid``.
         isocenter: world mm, the point the C-arm rotates about.
-        height, width: detector size in pixels (``width`` defaults to ``height``).
+        height, width: detector size in pixels (``width`` defaults to ``height``),
+            at most 32768.
         pixel_spacing: detector pixel edge in mm (broadcastable to ``(B, V)``).
+
+    Bounds (``ValueError`` outside them, naming the argument): angles within
+    1e3 rad; ``sid``, ``sdd`` and ``pixel_spacing`` within 1e-3 to 1e5 mm;
+    ``isocenter`` within 1e5 mm of the world origin; all finite. Poses are
+    held in float32 or wider (half-precision inputs are promoted).
 
     Example:
         >>> carm = CArm(alpha=torch.tensor([0.0, 1.5708]), sid=800.0, sdd=1000.0,
@@ -77,8 +88,8 @@ class CArm:
         width: int | None = None,
         pixel_spacing: float | Tensor,
     ) -> None:
-        self.height = check_positive_int("height", height)
-        self.width = check_positive_int("width", height if width is None else width)
+        self.height = check_int("height", height, minimum=1, maximum=MAX_DETECTOR_PIXELS)
+        self.width = check_int("width", height if width is None else width, minimum=1, maximum=MAX_DETECTOR_PIXELS)
         params = {
             name: as_tensor(name, value)
             for name, value in dict(
@@ -90,15 +101,19 @@ class CArm:
         for value in (*params.values(), iso):
             if value.is_floating_point():
                 dtype = torch.promote_types(dtype, value.dtype)
+        dtype = torch.promote_types(dtype, torch.float32)  # half-precision poses are computed in float32
         device = next((p.device for p in (*params.values(), iso) if p.device.type != "cpu"), torch.device("cpu"))
         for name, value in params.items():
             if value.dim() > 2:
                 raise ValueError(f"{name}: expected a scalar, (V,) or (B, V), got shape {tuple(value.shape)}")
-            check_finite(name, value)
+            if name in ("alpha", "beta", "gamma"):
+                check_range(name, value, -MAX_ANGLE, MAX_ANGLE, "rad")
+            else:
+                check_length(name, value)
             params[name] = value.to(device=device, dtype=dtype)
         if iso.dim() == 0 or iso.shape[-1] != 3 or iso.dim() > 3:
             raise ValueError(f"isocenter: expected shape (3,), (V, 3) or (B, V, 3), got {tuple(iso.shape)}")
-        check_finite("isocenter", iso)
+        check_position("isocenter", iso)
         iso = iso.to(device=device, dtype=dtype)
         try:
             shape = torch.broadcast_shapes(*[p.shape for p in params.values()], iso.shape[:-1])
@@ -107,11 +122,11 @@ class CArm:
             raise ValueError(f"alpha, beta, gamma, sid, sdd, pixel_spacing, isocenter: shapes do not broadcast: {shapes}") from error
         shape = (1,) * (2 - len(shape)) + tuple(shape)
         if 0 in shape:
-            raise ValueError(f"alpha, ...: the pose batch shape {shape} is empty (zero views or samples)")
+            empty = [name for name, value in (*params.items(), ("isocenter", iso)) if value.numel() == 0]
+            raise ValueError(f"{', '.join(empty)}: expected at least one sample and one view, "
+                             f"got an empty pose batch {shape}")
         for name, value in params.items():
             params[name] = value.expand(shape)
-        check_positive("sid", params["sid"])
-        check_positive("pixel_spacing", params["pixel_spacing"])
         if not bool((params["sdd"] > params["sid"]).all()):
             gap = float((params["sdd"] - params["sid"]).min())
             raise ValueError(
@@ -242,25 +257,36 @@ def project_points(carm: CArm, points: Tensor, *, return_depth: bool = False) ->
 
     Args:
         carm: the C-arm, batch ``(B, V)``.
-        points: ``(B, P, 3)`` or ``(P, 3)`` world mm (``(P, 3)`` is shared by all samples).
+        points: ``(B, P, 3)`` or ``(P, 3)`` world mm (``(P, 3)`` is shared by all
+            samples); a tensor, array or nested list. Half-precision and integer
+            points are computed in float32.
         return_depth: also return the depth along the principal axis (mm).
 
     Returns:
-        ``(B, V, P, 2)`` pixel coordinates as ``(row, column)``; integer values
-        fall on pixel centres, ``(0, 0)`` is the top-left pixel's centre. With
-        ``return_depth``, also ``(B, V, P)`` depths.
+        ``(B, V, P, 2)`` pixel coordinates as ``(row, column)``, float32 or
+        wider; integer values fall on pixel centres, ``(0, 0)`` is the top-left
+        pixel's centre. With ``return_depth``, also ``(B, V, P)`` depths.
+        The values of ``points`` are not inspected (this runs inside the
+        sampler for every batch): a non-finite point, or one in the plane of the
+        source (depth 0), gives non-finite coordinates for that point only.
 
     Example:
         >>> carm = CArm(sid=800.0, sdd=1000.0, height=65, pixel_spacing=1.0)
         >>> project_points(carm, torch.zeros(1, 1, 3))  # the isocenter hits the centre
         tensor([[[[32., 32.]]]])
     """
+    if not isinstance(carm, CArm):
+        raise TypeError(f"carm: expected a CArm, got {type(carm).__name__}")
     if not isinstance(points, Tensor):
-        raise TypeError(f"points: expected a tensor (B, P, 3), got {type(points).__name__}")
+        points = as_tensor("points", points)
+    check_tensor_kind("points", points)
+    if not points.is_floating_point():
+        points = points.to(torch.get_default_dtype())
+    points = points.to(torch.promote_types(points.dtype, torch.float32))  # float16 would overflow at mm scales
     if points.dim() == 2:
         points = points.unsqueeze(0)
-    if points.dim() != 3 or points.shape[-1] != 3:
-        raise ValueError(f"points: expected shape (B, P, 3) or (P, 3), got {tuple(points.shape)}")
+    if points.dim() != 3 or points.shape[-1] != 3 or points.shape[0] < 1:
+        raise ValueError(f"points: expected shape (B, P, 3) or (P, 3) with B >= 1, got {tuple(points.shape)}")
     batch = carm.batch_shape[0]
     if points.shape[0] not in (1, batch) and batch != 1:
         raise ValueError(f"points: batch {points.shape[0]} does not match the C-arm's batch {batch}")

@@ -4,10 +4,13 @@
 on batches drawn by a :class:`~onthefly.sampling.DRRCorrespondenceSampler`
 (nothing stored), with Adam and a cosine schedule, and:
 
-* checkpoints (model, optimiser, schedule, stream position) written
-  atomically every ``checkpoint_every`` steps; ``resume=True`` continues from
-  the last one on exactly the same stream (batch ``s`` is a pure function of
-  the sampler's seed, rank and ``s``), so a killed run loses nothing;
+* checkpoints (model, optimiser, schedule, stream position and the model,
+  training and sampler configurations; plain tensors and numbers with a
+  checksum, :mod:`onthefly.checkpoint`) written atomically every
+  ``checkpoint_every`` steps; ``resume=True`` continues from the last one on
+  exactly the same stream (batch ``s`` is a pure function of the sampler's
+  seed, rank and ``s``), so a killed run loses nothing, and refuses a run
+  whose configuration differs from the saved one, listing the fields;
 * a CSV metrics log, evaluation on a fixed seeded stream of held-out volumes
   (MSE, precision, recall, average precision; :mod:`onthefly.metrics`), and
   PNGs of predicted versus true correspondences;
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import math
 import os
 import time
@@ -35,6 +37,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._checks import check_int, check_real
+from .checkpoint import (
+    RESUME_OVERRIDES,
+    TRAINING_KEYS,
+    check_resume,
+    load_checkpoint,
+    prepare_metrics,
+    restore_training,
+    save_checkpoint,
+    write_json,
+)
 from .metrics import classification_metrics, correspondence_metrics
 from .models import ClassifierConfig, CorrespondenceConfig, CorrespondenceModel, FractureClassifier
 from .preview import save_prediction_preview
@@ -70,12 +83,22 @@ class TrainConfig:
         compile: wrap the model in ``torch.compile``.
         checkpoint_every, eval_every, log_every: periods in steps (0 disables evaluation).
         eval_batches: batches of the evaluation stream per evaluation (the same ones every time).
-        resume: continue from ``output/checkpoint.pt`` if it exists.
+        resume: continue from ``output/checkpoint.pt`` if it exists. The saved
+            model, training and sampler configurations must equal the given
+            ones (else :class:`~onthefly.checkpoint.ConfigurationMismatchError`
+            lists the fields that differ), except the settings of how the run
+            is driven (``output``, ``device``, ``compile``, the periods,
+            ``stop_at``, ``progress``) and ``steps``, which may grow to extend the run.
+        resume_overrides: training settings a resume may change on purpose,
+            from :data:`~onthefly.checkpoint.RESUME_OVERRIDES` (``"lr"``,
+            ``"warmup_steps"``): the schedule continues with the new values.
         stop_at: stop after this step as if the run were killed (the checkpoint lets it resume).
         seed: model initialisation seed.
         progress: show a progress bar (rank 0).
         prefetch: batches made ahead in a background thread while the model trains
             (:class:`~onthefly.sampling.prefetch.Prefetcher`); 0 makes each batch in the step.
+        command: the command-line settings of the run (set by ``onthefly train``;
+            stored in the checkpoint so that ``--resume`` restores them).
     """
 
     output: str = "outputs/train"
@@ -93,21 +116,39 @@ class TrainConfig:
     stop_at: int | None = None
     seed: int = 0
     progress: bool = True
+    resume_overrides: tuple[str, ...] = ()
+    command: dict | None = None
     prefetch: int = 2
 
     def __post_init__(self) -> None:
+        if not isinstance(self.output, (str, os.PathLike)):
+            raise TypeError(f"output: expected a folder path, got {type(self.output).__name__}")
+        self.output = os.fspath(self.output)
         for name in ("steps", "checkpoint_every", "log_every", "eval_batches"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+            setattr(self, name, check_int(name, getattr(self, name), minimum=1))
         for name in ("warmup_steps", "eval_every", "prefetch"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr: expected a positive learning rate, got {self.lr!r}")
-        if self.stop_at is not None and (not isinstance(self.stop_at, int) or self.stop_at < 1):
-            raise ValueError(f"stop_at: expected a positive int or None, got {self.stop_at!r}")
+            setattr(self, name, check_int(name, getattr(self, name), minimum=0))
+        self.lr = check_real("lr", self.lr, low=0.0)
+        if self.lr == 0:
+            raise ValueError("lr: expected a positive learning rate, got 0")
+        if self.stop_at is not None:
+            self.stop_at = check_int("stop_at", self.stop_at, minimum=1)
+        for name in ("amp", "compile", "resume", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+        self.seed = check_int("seed", self.seed)
+        if not isinstance(self.device, (str, torch.device)):
+            raise TypeError(f"device: expected a device name such as 'cpu' or 'cuda', got {type(self.device).__name__}")
+        self.device = str(self.device)
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda', got {self.device!r}") from error
+        if not isinstance(self.resume_overrides, (list, tuple)) or not set(self.resume_overrides) <= set(RESUME_OVERRIDES):
+            raise ValueError(f"resume_overrides: expected names from {list(RESUME_OVERRIDES)}, got {self.resume_overrides!r}")
+        self.resume_overrides = tuple(self.resume_overrides)
+        if self.command is not None and not isinstance(self.command, dict):
+            raise TypeError(f"command: expected a dict of command-line settings or None, got {type(self.command).__name__}")
 
 
 def split_volume(volume: Volume, *, fraction: float = 0.6, axis: int | None = None) -> tuple[Volume, Volume]:
@@ -157,6 +198,9 @@ def _cluster(device: str) -> _Cluster:
     """Join the process group torchrun describes (``WORLD_SIZE`` > 1), else a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     chosen = torch.device(device)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} was asked for, but torch finds no CUDA device "
+                         f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); use device='cpu'")
     if world <= 1:
         return _Cluster(device=chosen)
     owns = False
@@ -208,12 +252,6 @@ def _schedule(config: TrainConfig):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
-
-
-def _atomic_save(payload: dict, path: Path) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
 
 
 def _parameter_checksum(model: torch.nn.Module) -> list[float]:
@@ -415,23 +453,18 @@ def _train(task, sampler: DRRCorrespondenceSampler, config: TrainConfig, eval_sa
     if cluster.main:
         (output / "pictures").mkdir(parents=True, exist_ok=True)
 
+    checkpoint_path = output / CHECKPOINT
+    saved = _resumable_state(task, sampler, config, cluster, checkpoint_path)
     with torch.random.fork_rng(devices=[]):  # the model's initial weights from the run's seed, global RNG untouched
         torch.manual_seed(config.seed)
         model = task.build().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
     start = 0
-    checkpoint_path = output / CHECKPOINT
     history: dict = {"losses": [], "initial_eval": None}
-    if config.resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start = int(state["step"])
-        history = state.get("history", history)
-        if state.get("world", 1) != cluster.world:
-            raise ValueError(f"resume: the checkpoint was written by {state.get('world')} ranks, this run has {cluster.world}")
+    if saved is not None:
+        start = restore_training(saved, model=model, optimizer=optimizer, scheduler=scheduler, lr=config.lr)
+        history = saved.get("history", history)
     trained = model
     if cluster.world > 1:
         trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -448,10 +481,10 @@ def _train(task, sampler: DRRCorrespondenceSampler, config: TrainConfig, eval_sa
             return task.evaluate(model, eval_sampler, config.eval_batches, device,
                                  output / "pictures" / f"step_{step:06d}.png")
 
+    if cluster.main:
+        prepare_metrics(output / METRICS, columns, resumed_step=start)
     if cluster.main and start == 0:
         history["initial_eval"] = evaluate(0)
-        with open(output / METRICS, "w", newline="") as handle:
-            csv.writer(handle).writerow(columns)
     if cluster.main and history["initial_eval"] is not None and start == 0:
         _write_row(output, columns, {"step": 0, **{f"eval_{k}": v for k, v in history["initial_eval"].items()}})
 
@@ -514,7 +547,7 @@ def _train(task, sampler: DRRCorrespondenceSampler, config: TrainConfig, eval_sa
             history["losses"].extend(torch.stack(pending).float().tolist() if pending else [])
             pending.clear()
             with meter.excluded():
-                _atomic_save({
+                save_checkpoint({
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "step": done, "sampler": sampler.state_dict() | {"step": done},
                     "world": cluster.world, "model_config": task.model_config.to_dict(), "task": task.name,
@@ -534,11 +567,21 @@ def _train(task, sampler: DRRCorrespondenceSampler, config: TrainConfig, eval_sa
         dist.all_gather_object(first_batches, first_batch_sum if end > start else None)
         summary["rank_first_batch_sums"] = first_batches
     if cluster.main:
-        (output / SUMMARY).write_text(json.dumps(summary, indent=2))
+        write_json(output / SUMMARY, summary)
     if cluster.owns_group:
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+def _resumable_state(task, sampler, config: TrainConfig, cluster: _Cluster, path: Path) -> dict | None:
+    """The checkpoint to resume (checked against this run's configuration), or ``None`` to start afresh."""
+    if not (config.resume and path.exists()):
+        return None
+    saved = load_checkpoint(path, name="resume", map_location=cluster.device, required=TRAINING_KEYS)
+    check_resume(saved, path=path, task=task.name, model_config=task.model_config.to_dict(),
+                 train_config=asdict(config), sampler_state=sampler.state_dict(), world=cluster.world)
+    return saved
 
 
 def _write_row(output: Path, columns: list[str], row: dict) -> None:

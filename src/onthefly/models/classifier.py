@@ -113,28 +113,41 @@ class FractureClassifier(nn.Module):
 
     def load_trunk(self, source: str | os.PathLike | dict) -> None:
         """Load a correspondence-trained trunk: a checkpoint path of
-        :func:`onthefly.train.train_correspondence`, or a CorrespondenceModel state dict.
+        :func:`onthefly.train.train_correspondence` (read with its checksum and
+        ``weights_only=True``, :func:`onthefly.checkpoint.load_checkpoint`), a file
+        holding a CorrespondenceModel state dict, or such a dict.
 
-        The checkpoint's model configuration must match :meth:`ClassifierConfig.trunk_config`.
+        A checkpoint's model configuration must match :meth:`ClassifierConfig.trunk_config`
+        (``ValueError`` lists the fields that differ, saved vs expected).
         """
+        from ..checkpoint import load_checkpoint
+
         state = source
         if not isinstance(source, dict):
-            if not os.path.exists(source):
-                raise FileNotFoundError(f"source: no such checkpoint: {source}")
-            state = torch.load(source, map_location="cpu", weights_only=False)
+            if not isinstance(source, (str, os.PathLike)):
+                raise TypeError(f"source: expected a checkpoint path or a state dict, got {type(source).__name__}")
+            state = load_checkpoint(source, name="source")
         if "model" in state and isinstance(state["model"], dict):
-            saved = state.get("model_config")
-            if saved is not None:
-                expected = self.config.trunk_config().to_dict()
-                different = {key: (saved.get(key), value) for key, value in expected.items()
-                             if key != "backbone_weights" and saved.get(key) != value}
-                if different:
-                    raise ValueError(f"source: the checkpoint's model differs from this trunk (saved, expected): {different}")
+            self._check_trunk_config(state.get("model_config"))
             state = state["model"]
         missing, unexpected = self.trunk.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"source: state dict does not fit the trunk; missing {list(missing)[:5]}, "
                              f"unexpected {list(unexpected)[:5]}")
+
+    def _check_trunk_config(self, saved: dict | None) -> None:
+        if saved is None:
+            return
+        expected = self.config.trunk_config().to_dict()
+        different = {key: (saved.get(key), value) for key, value in expected.items()
+                     if key != "backbone_weights" and saved.get(key) != value}
+        if different:
+            fields = ", ".join(f"{key}={old!r}" for key, (old, _) in different.items() if key != "attention")
+            listed = "; ".join(f"{key}: {old!r} vs {new!r}" for key, (old, new) in different.items())
+            advice = (f" Build the ClassifierConfig with {fields} (on the command line, leave the trunk flags out "
+                      "to take them from --init-from)" if fields else "")
+            raise ValueError(f"source: the checkpoint's model differs from this trunk (saved vs expected): {listed}."
+                             f"{advice}{' The trunk needs attention=standard.' if 'attention' in different else ''}")
 
     def forward(self, images: Tensor, correspondence: Tensor | None = None) -> Tensor:
         """Logits ``(B,)`` of ``images (B, V, 1, H, W)`` in ``[0, 1]``.

@@ -108,8 +108,10 @@ class BatchMaker:
                     fractured = self._fractures(params, crops, labels, crop_affine.to(device))
                     crops = fractured.attenuation
             with stage("render"):
-                volume = VolumeBatch(attenuation=crops[:, None], affine=crop_affine.to(device), mu_water=config.mu_water)
-                images = to_display(render(volume, carm, method=config.method))
+                # The crops come from checked CTs: no value check on the way (it would read the device).
+                volume = VolumeBatch(attenuation=crops[:, None], affine=crop_affine.to(device), mu_water=config.mu_water,
+                                     validate=False)
+                images = to_display(render(volume, carm, method=config.method, mu_water=config.mu_water))
                 projected = self._structures(params, labels, crop_affine, carm_host) if self.structures else None
             with stage("correspondence"):
                 correspondence = self._correspondence(params, carm) if config.correspondence else None
@@ -154,7 +156,7 @@ class BatchMaker:
         masks = (labels[:, None] == ids.T[:, :, None, None, None]).float()  # (B, S, d, h, w)
         batch = labels.shape[0]
         volume = VolumeBatch(attenuation=masks.reshape(batch * count, 1, *labels.shape[1:]),
-                             affine=crop_affine.repeat_interleave(count, 0).to(device))
+                             affine=crop_affine.repeat_interleave(count, 0).to(device), validate=False)
         repeated = CArm(
             **{name: getattr(carm_host, name).repeat_interleave(count, 0)
                for name in ("alpha", "beta", "gamma", "sid", "sdd", "isocenter", "pixel_spacing")},

@@ -200,7 +200,7 @@ class NovelViewTarget(TargetBuilder):
             pixel_spacing=config.pixel_spacing * config.height / height,
         ).to(device=device, dtype=torch.float32)
         if self.renders_targets(config):
-            targets = to_display(render(batch.volume, target_carm, method=config.method))
+            targets = to_display(render(batch.volume, target_carm, method=config.method, mu_water=config.mu_water))
         else:
             targets = batch.images[:, 1:]
         relative_angles = torch.stack([params.alpha, params.beta, params.gamma], -1)
