@@ -116,7 +116,7 @@ def test_fast_path_matches_brute_force_reference():
 def test_binary_weighting_matches_reference_and_default_edge():
     volume = blob_volume(size=12, spacing=4.0, seed=2)
     carm = make_carm([0.0, math.pi / 2])
-    fast = patch_correspondence(volume, carm, patch_size=PATCH, weighting="binary")
+    fast = patch_correspondence(volume, carm, patch_size=PATCH, weighting="binary", rays_per_patch=2)
     edge = PATCH * SPACING * SID / SDD  # default: one patch back-projected to the isocenter
     slow = reference_correspondence(volume, carm, patch_size=PATCH, coarse_voxel_size=edge, rays_per_patch=2,
                                     weighting="binary")

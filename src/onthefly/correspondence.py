@@ -9,26 +9,36 @@ views are concatenated view-major, token ``a*N + i`` is patch ``i`` of view ``a`
 2. Average-pool the weights onto a coarse grid; the default coarse voxel edge
    is one patch back-projected to the isocenter, ``k dx sid / sdd``, the
    smallest over the sample's views.
-3. Footprint ``p_a^v[i]`` of coarse voxel ``v`` in view ``a``: the summed
-   length (mm) of patch ``i``'s rays inside the voxel's box, between source and
-   detector, each patch sampled by ``m x m`` rays through the centres of an
-   ``m x m`` split of the patch; normalised so ``max_i p_a^v[i] = 1``.
+3. Footprint ``p_a^v[i]`` of coarse voxel ``v`` in view ``a``: the integral
+   over patch ``i`` of the length (mm) of the rays inside the voxel's box,
+   normalised so that ``max_i p_a^v[i] = 1``. Exact by default (closed form,
+   :mod:`onthefly.footprints`); ``rays_per_patch=m`` samples ``m x m`` rays per
+   patch instead (an approximation).
 4. ``C[a*N+i, b*N+j] = max_v w_v p_a^v[i] p_b^v[j]`` for all view pairs.
 
 The cameras are the rendering cameras (:class:`~onthefly.geometry.CArm`).
 
-Computation: a coarse voxel projects onto a few patches per view, so for each
-voxel and view only a ``K x K`` window of patches around its projection is
-tested (``K`` bounds every voxel's projected box), the ``T`` non-zero entries
-are kept, and the outer products for every view pair are scattered into ``C``
-with ``scatter_reduce(..., "amax")``, batched over samples, views and voxels.
-Host reads: the voxel count after dropping air, and the sizes ``K`` and ``T``
-(three integers per call). Not differentiable (runs under ``torch.no_grad``).
+Computation: a coarse voxel's shadow covers a few patches per view, so each
+voxel keeps the ``K x K`` window of patches around its shadow (``K`` is a
+host integer that bounds every shadow, :func:`~onthefly.footprints.footprint_window`),
+and the outer products of its entries for every view pair are scattered into
+``C`` with ``scatter_reduce(..., "amax")``, batched over samples, views and
+voxels. Not differentiable (runs under ``torch.no_grad``).
+
+Host reads and static shapes: the eager path drops air voxels first (one
+host read of their count). Under ``torch.compile`` (``compile=True``, or a
+caller's compiled function) every coarse voxel is processed (air voxels add
+zeros), so sizes depend only on shapes and on ``window``; with ``window``
+given (and the pooled weights from :meth:`WeightIntegral.pool` with
+``grid_shape``), the call reads nothing back from the device and traces
+without graph breaks.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,9 +46,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_choice, check_ndim, check_positive, check_positive_int
+from ._checks import (
+    MAX_LENGTH_MM,
+    MIN_LENGTH_MM,
+    check_choice,
+    check_int,
+    check_ndim,
+    check_positive,
+    check_positive_int,
+    check_real,
+)
+from .footprints import footprint_bytes_per_voxel, footprint_window, voxel_footprints
 from .geometry import CArm, project_points
-from .volume import MU_WATER_PER_MM, Volume, VolumeBatch, as_volume_batch
+from .volume import Volume, VolumeBatch, as_volume_batch
 
 __all__ = [
     "patch_correspondence",
@@ -51,6 +71,7 @@ __all__ = [
     "pixel_ray",
     "patch_permutation",
     "permute_views_patches",
+    "default_rays_per_patch",
     "WEIGHTINGS",
     "IMAGE_OPERATIONS",
 ]
@@ -142,24 +163,84 @@ _POOL_SLAB_BYTES = 64 * 2**20
 
 
 def _pool_slabs(attenuation: Tensor, factor: Sequence[int], weigh) -> Tensor:
-    """Mean of ``weigh(attenuation)`` over ``factor`` blocks, zero-padded at the far edges.
+    """Mean of ``weigh(attenuation)`` over ``factor`` blocks (missing voxels past the far edges count as air).
 
     ``attenuation`` is ``(g, D, H, W)``; the weights are computed one slab of
-    whole coarse planes at a time, so no full-size weight volume is made.
+    whole coarse planes at a time, so no full-size weight volume is made. A
+    block larger than the volume is summed over the voxels that exist.
     """
     groups, depth, height, width = attenuation.shape
-    fd, fh, fw = factor
-    plane_bytes = fd * height * width * attenuation.element_size() * groups
+    fd = factor[0]
+    kernel = tuple(min(f, n) for f, n in zip(factor, (depth, height, width)))
+    plane_bytes = min(fd, depth) * height * width * attenuation.element_size() * groups
     planes = max(1, _POOL_SLAB_BYTES // max(plane_bytes, 1))
+    volume = float(factor[0]) * float(factor[1]) * float(factor[2])
     pieces = []
     for first in range(0, -(-depth // fd), planes):
         weights = weigh(attenuation[:, first * fd : (first + planes) * fd])[:, None]
-        short = [max(0, f - n) for f, n in zip(factor, weights.shape[2:])]  # a slab thinner than one block
-        if any(short):
-            weights = F.pad(weights, (0, short[2], 0, short[1], 0, short[0]))
-        # Windows past the far edges count the missing voxels as air (zero weight).
-        pieces.append(F.avg_pool3d(weights, tuple(factor), ceil_mode=True, divisor_override=fd * fh * fw)[:, 0])
+        slab_kernel = (min(kernel[0], weights.shape[2]), kernel[1], kernel[2])
+        sums = F.avg_pool3d(weights, slab_kernel, stride=tuple(factor), ceil_mode=True, divisor_override=1)
+        pieces.append(sums[:, 0] / volume)
     return torch.cat(pieces, 1)
+
+
+class _PooledCache:
+    """The pooled weights of the last few volumes, keyed by the identity and version of their tensors.
+
+    Weighting and pooling a whole CT costs far more than the footprints; a
+    volume pooled again with the same settings (same tensor objects, not
+    modified in place since) is served from here. Entries hold weak references
+    to the input tensors, so a freed tensor never matches a new one.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self.entries: collections.OrderedDict[int, tuple] = collections.OrderedDict()
+        self.counter = itertools.count()
+
+    def get(self, tensors: Sequence[Tensor], settings: tuple):
+        for key, (refs, versions, cached_settings, value) in list(self.entries.items()):
+            alive = [ref() for ref in refs]
+            if any(item is None for item in alive):
+                del self.entries[key]
+                continue
+            if (cached_settings == settings and len(alive) == len(tensors)
+                    and all(item is tensor for item, tensor in zip(alive, tensors))
+                    and all(tensor._version == version for tensor, version in zip(tensors, versions))):
+                self.entries.move_to_end(key)
+                return value
+        return None
+
+    def put(self, tensors: Sequence[Tensor], settings: tuple, value) -> None:
+        self.entries[next(self.counter)] = ([weakref.ref(t) for t in tensors], [t._version for t in tensors], settings, value)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+_POOLED = _PooledCache()
+
+
+def _volume_tensors(volume) -> tuple[list[Tensor], tuple] | None:
+    """The tensors the pooled weights of ``volume`` depend on, and its host-side settings (or None)."""
+    if isinstance(volume, VolumeBatch):
+        return [volume.attenuation, volume.affine], ("batch", volume.mu_water)
+    items = [volume] if isinstance(volume, Volume) else list(volume) if isinstance(volume, (list, tuple)) else None
+    if not items or not all(isinstance(item, Volume) for item in items):
+        return None
+    affines = tuple(tuple(item.affine.flatten().tolist()) for item in items)  # Volume affines live on the host
+    return [item.hu for item in items], ("volumes", affines)
+
+
+def _check_coarse_edge(edges: Tensor, extent: float) -> None:
+    largest = float(edges.max())
+    if largest > extent:
+        raise ValueError(
+            f"coarse_voxel_size: expected at most the volume's largest extent, {extent:g} mm (a coarse voxel larger "
+            f"than the volume pools it all into one weight and leaves no correspondence to find), got {largest:g} mm"
+        )
 
 
 @torch.no_grad()
@@ -169,37 +250,64 @@ def pool_weights(
     *,
     weighting: str = "soft",
     air_threshold_hu: float = -900.0,
-    mu_water: float = MU_WATER_PER_MM,
+    mu_water: float | None = None,
     batch_size: int | None = None,
 ) -> CoarseWeights:
     """Weigh the voxels of each volume and average-pool them onto a coarse grid.
 
     Args:
         volume: one :class:`Volume`, ``B`` volumes, or a :class:`VolumeBatch`.
-        coarse_voxel_size: coarse voxel edge (mm), one number or one per sample.
-            Each coarse voxel spans ``round(edge / spacing)`` fine voxels per axis
-            (at least one); the grid starts at the volume's first voxel and is
-            zero-padded at the far edges.
+        coarse_voxel_size: coarse voxel edge (mm), one number or one per sample,
+            at most the volume's largest extent. Each coarse voxel spans
+            ``round(edge / spacing)`` fine voxels per axis (at least one); the
+            grid starts at the volume's first voxel and is zero-padded at the far edges.
         weighting, air_threshold_hu: as :func:`voxel_weights`.
-        mu_water: attenuation of water (1/mm), to read HU back from attenuation.
+        mu_water: attenuation of water (1/mm), to read HU back from attenuation
+            (default :data:`~onthefly.volume.MU_WATER_PER_MM`; a batch keeps its own).
         batch_size: number of samples ``B`` (default: the number of volumes, or
             the number of edges). A single volume is pooled once per distinct
             edge and shared by the samples.
 
     Returns:
-        :class:`CoarseWeights` with one grid per sample.
+        :class:`CoarseWeights` with one grid per sample. The last few results
+        are cached, keyed by the identity and version of the input tensors
+        (pooling the same CT again costs nothing).
+
+    Example:
+        >>> pooled = pool_weights(Volume.from_tensor(torch.zeros(16, 16, 16), spacing=2.0), 8.0)
+        >>> tuple(pooled.weight.shape)
+        (1, 4, 4, 4)
     """
     check_choice("weighting", weighting, WEIGHTINGS)
-    batch = as_volume_batch(volume, mu_water=mu_water)
+    air_threshold_hu = check_real("air_threshold_hu", air_threshold_hu, unit="HU")
     edges = torch.as_tensor(coarse_voxel_size, dtype=torch.float64).reshape(-1).cpu()
     check_positive("coarse_voxel_size", edges)
-    samples = batch_size or max(batch.batch_size, edges.numel())
+    if batch_size is not None:
+        check_positive_int("batch_size", batch_size)
+    found = _volume_tensors(volume)
+    settings = None
+    if found is not None:
+        settings = (found[1], tuple(edges.tolist()), batch_size, weighting, air_threshold_hu, mu_water)
+        cached = _POOLED.get(found[0], settings)
+        if cached is not None:
+            return cached
+    batch = as_volume_batch(volume, mu_water=mu_water)
+    pooled = _pool_batch(batch, edges, weighting, air_threshold_hu, batch_size)
+    if found is not None:
+        _POOLED.put(found[0], settings, pooled)
+    return pooled
+
+
+def _pool_batch(batch: VolumeBatch, edges: Tensor, weighting: str, air_threshold_hu: float,
+                batch_size: int | None) -> CoarseWeights:
+    samples = batch_size if batch_size is not None else max(batch.batch_size, edges.numel())
     for name, count in (("volume", batch.batch_size), ("coarse_voxel_size", edges.numel())):
         if count not in (1, samples):
             raise ValueError(f"{name}: expected 1 or {samples} entries (one per sample), got {count}")
     edges = edges.expand(samples)
     volume_batch = batch.batch_size
     spacing = batch.affine[:, :3, :3].norm(dim=1).to("cpu", torch.float64)  # (Bv, 3) mm
+    _check_coarse_edge(edges, float((spacing * torch.tensor(batch.shape, dtype=torch.float64)).max()))
     sample_volume = torch.arange(samples) if volume_batch > 1 else torch.zeros(samples, dtype=torch.long)
     factors = torch.clamp(torch.round(edges[:, None] / spacing[sample_volume]), min=1).long()  # (B, 3)
     groups: dict[tuple[int, int, int], list[int]] = {}
@@ -297,7 +405,8 @@ class WeightIntegral:
         return total
 
     @torch.no_grad()
-    def pool(self, volume_index: Tensor, start: Tensor, stop: Tensor, factor: Tensor) -> CoarseWeights:
+    def pool(self, volume_index: Tensor, start: Tensor, stop: Tensor, factor: Tensor, *,
+             grid_shape: tuple[int, int, int] | None = None) -> CoarseWeights:
         """Pooled weights of crops, as :func:`pool_weights` would give for the cropped volumes.
 
         Args:
@@ -305,26 +414,23 @@ class WeightIntegral:
             start, stop: ``(B, 3)`` crop boxes in voxel indices of that volume
                 (``0 <= start < stop <= shape``).
             factor: ``(B, 3)`` fine voxels per coarse voxel edge.
-
-        The grid shape is read from ``stop - start`` and ``factor``: pass CPU
-        tensors (as the sampler does) to keep the device free of host reads.
+            grid_shape: the coarse grid ``(d, h, w)`` to fill, at least
+                ``ceil((stop - start) / factor)`` per axis (coarse voxels past a
+                crop are air). Given, the call reads nothing back and has static
+                shapes (for ``torch.compile``); the boxes are then the caller's
+                to check. Default: read from ``stop - start`` and ``factor``
+                (pass CPU tensors, as the sampler does, to keep the device free
+                of host reads), and the boxes are checked.
         """
         volume_index, start, stop, factor = (torch.as_tensor(t).long() for t in (volume_index, start, stop, factor))
         batch = volume_index.shape[0]
-        for name, tensor in (("start", start), ("stop", stop), ("factor", factor)):
-            if tuple(tensor.shape) != (batch, 3):
-                raise ValueError(f"{name}: expected shape ({batch}, 3), got {tuple(tensor.shape)}")
-        if start.device.type == "cpu" and stop.device.type == "cpu":
-            shapes = self.shapes[volume_index.cpu()]
-            if bool((start < 0).any() or (stop > shapes).any() or (stop <= start).any()):
-                raise ValueError("start, stop: expected 0 <= start < stop <= the volume's shape for every crop")
-        if bool((factor < 1).any()):
-            raise ValueError("factor: expected positive pooling factors")
-        grid = (-(-(stop - start) // factor)).amax(0).tolist()
+        if grid_shape is None:
+            grid_shape = self._checked_grid(volume_index, start, stop, factor)
         device = self.device
+        voxel_size = (factor.cpu().to(torch.float64) * self.spacings[volume_index.cpu()]).amin(1)
         volume_index, start, stop, factor = (t.to(device) for t in (volume_index, start, stop, factor))
         lows, highs = [], []
-        for axis, count in enumerate(grid):
+        for axis, count in enumerate(grid_shape):
             shape = [batch, 1, 1, 1]
             shape[axis + 1] = count
             low = start[:, axis, None] + torch.arange(count, device=device) * factor[:, axis, None]  # (B, n)
@@ -338,8 +444,20 @@ class WeightIntegral:
         to_crop = torch.eye(4, dtype=torch.float64, device=device).repeat(batch, 1, 1)
         to_crop[:, :3, 3] = start.to(torch.float64)
         affine = self.affines[volume_index] @ to_crop @ _coarse_to_fine(factor)
-        voxel_size = (factor.cpu().to(torch.float64) * self.spacings[volume_index.cpu()]).amin(1)
         return CoarseWeights(weight=weight, affine=affine, voxel_size=voxel_size)
+
+    def _checked_grid(self, volume_index: Tensor, start: Tensor, stop: Tensor, factor: Tensor) -> tuple[int, int, int]:
+        batch = volume_index.shape[0]
+        for name, tensor in (("start", start), ("stop", stop), ("factor", factor)):
+            if tuple(tensor.shape) != (batch, 3):
+                raise ValueError(f"{name}: expected shape ({batch}, 3), got {tuple(tensor.shape)}")
+        if start.device.type == "cpu" and stop.device.type == "cpu":
+            shapes = self.shapes[volume_index.cpu()]
+            if bool((start < 0).any() or (stop > shapes).any() or (stop <= start).any()):
+                raise ValueError("start, stop: expected 0 <= start < stop <= the volume's shape for every crop")
+        if bool((factor < 1).any()):
+            raise ValueError("factor: expected positive pooling factors")
+        return tuple((-(-(stop - start) // factor)).amax(0).tolist())
 
 
 @torch.no_grad()
@@ -352,8 +470,10 @@ def patch_correspondence(
     air_threshold_hu: float = -900.0,
     coarse_voxel_size: float | None = None,
     rays_per_patch: int | None = None,
-    mu_water: float = MU_WATER_PER_MM,
+    mu_water: float | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    window: int | None = None,
+    compile: bool = False,
 ) -> Tensor:
     """Patch correspondence matrices between all views of each sample.
 
@@ -367,11 +487,20 @@ def patch_correspondence(
         weighting: ``"soft"`` or ``"binary"`` voxel weights.
         air_threshold_hu: voxels at or below this HU are air (weight 0).
         coarse_voxel_size: coarse voxel edge in mm (default: ``k dx sid / sdd``,
-            the smallest over each sample's views).
-        rays_per_patch: rays per patch side ``m`` (default: about two rays per
-            coarse voxel edge at the isocenter, ``round(2 k dx sid / (sdd edge))``, at least 2).
-        mu_water: attenuation of water (1/mm) to recover HU from a :class:`VolumeBatch`.
-        memory_budget: bytes of intermediate tensors per voxel chunk.
+            the smallest over each sample's views), at most the volume's extent.
+        rays_per_patch: ``None`` (default) for exact footprints; an int ``m``
+            samples ``m x m`` rays per patch instead, an approximation (see
+            :mod:`onthefly.footprints` for its error).
+        mu_water: attenuation of water (1/mm) to read HU back from attenuation
+            (default :data:`~onthefly.volume.MU_WATER_PER_MM`; a batch keeps its own).
+        memory_budget: bytes of intermediate tensors per voxel chunk; a call
+            that would need more for a single coarse voxel is refused.
+        window: patches per side of the window kept around each coarse voxel's
+            shadow, a host int (:func:`~onthefly.footprints.footprint_window`;
+            default: computed here, which reads the cameras and the coarse grid's
+            affines back when they live on a device). Smaller values cut shadows short.
+        compile: run the computation through ``torch.compile`` (compiled once
+            per shape, then cached; every coarse voxel is processed, air too).
 
     Returns:
         ``(B, V*N, V*N)`` in ``[0, 1]``, symmetric, ``N = (H/k) (W/k)``.
@@ -386,73 +515,110 @@ def patch_correspondence(
         raise TypeError(f"carm: expected a CArm, got {type(carm).__name__}")
     check_positive_int("patch_size", patch_size)
     check_choice("weighting", weighting, WEIGHTINGS)
+    air_threshold_hu = check_real("air_threshold_hu", air_threshold_hu, unit="HU")
     check_positive_int("memory_budget", memory_budget)
     if carm.height % patch_size or carm.width % patch_size:
         raise ValueError(
             f"patch_size: expected a divisor of the detector size {carm.height} x {carm.width}, got {patch_size}"
         )
     if coarse_voxel_size is not None:
-        check_positive("coarse_voxel_size", torch.as_tensor(float(coarse_voxel_size)))
+        check_real("coarse_voxel_size", coarse_voxel_size, low=MIN_LENGTH_MM, high=MAX_LENGTH_MM, unit="mm")
     if rays_per_patch is not None:
-        check_positive_int("rays_per_patch", rays_per_patch)
-    coarse = volume if isinstance(volume, CoarseWeights) else None
-    batch = None if coarse is not None else as_volume_batch(volume, mu_water=mu_water)
-    volume_batch = coarse.batch_size if coarse is not None else batch.batch_size
+        rays_per_patch = check_positive_int("rays_per_patch", rays_per_patch)
+    if window is not None:
+        window = check_int("window", window, minimum=1)
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile: expected a bool, got {compile!r}")
+    coarse = _coarse_weights(volume, carm, patch_size, weighting, air_threshold_hu, coarse_voxel_size, mu_water)
+    views = carm.batch_shape[1]
+    if window is None:
+        window = footprint_window(carm, coarse.affine, tuple(coarse.weight.shape[1:]), patch_size)
+    chunk = _voxel_chunk(views, window, rays_per_patch, memory_budget)
+    carm = carm.to(device=coarse.device, dtype=torch.float32)
+    core = _compiled_correspondence() if compile else _correspondence
+    return core(coarse.weight, coarse.affine, carm, patch_size, window, rays_per_patch, chunk)
+
+
+def _coarse_weights(volume, carm: CArm, patch_size: int, weighting: str, air_threshold_hu: float,
+                    coarse_voxel_size: float | None, mu_water: float | None) -> CoarseWeights:
+    """Pooled weights for ``(max(B_volume, B_carm))`` samples, from volumes (cached) or as given."""
     carm_batch, views = carm.batch_shape
+    if isinstance(volume, CoarseWeights):
+        _check_batches(volume.batch_size, carm_batch)
+        out_batch = max(volume.batch_size, carm_batch)
+        if volume.batch_size == out_batch:
+            return volume
+        return CoarseWeights(weight=volume.weight.expand(out_batch, -1, -1, -1),
+                             affine=volume.affine.expand(out_batch, -1, -1), voxel_size=volume.voxel_size.expand(out_batch))
+    volume_batch = volume.batch_size if isinstance(volume, VolumeBatch) else (
+        len(volume) if isinstance(volume, (list, tuple)) else 1)
+    _check_batches(volume_batch, carm_batch)
+    out_batch = max(volume_batch, carm_batch)
+    if coarse_voxel_size is None:  # one patch back-projected to the isocenter (reads the cameras back)
+        backprojected = (patch_size * carm.pixel_spacing * carm.sid / carm.sdd).expand(out_batch, views)
+        edge = backprojected.amin(1).to("cpu", torch.float64)
+    else:
+        edge = torch.full((out_batch,), float(coarse_voxel_size), dtype=torch.float64)
+    return pool_weights(volume, edge, weighting=weighting, air_threshold_hu=air_threshold_hu, mu_water=mu_water,
+                        batch_size=out_batch)
+
+
+def _check_batches(volume_batch: int, carm_batch: int) -> None:
     if volume_batch not in (1, carm_batch) and carm_batch != 1:
         raise ValueError(
             f"volume, carm: mismatched batch sizes, {volume_batch} volumes for {carm_batch} C-arm samples "
             "(expected equal sizes, or one of them 1)"
         )
-    out_batch = max(volume_batch, carm_batch)
-    device = coarse.device if coarse is not None else batch.device
-    carm = carm.to(device=device, dtype=torch.float32)
-    rows, cols = carm.height // patch_size, carm.width // patch_size
-    n_patches = rows * cols
+
+
+def _voxel_chunk(views: int, window: int, rays_per_patch: int | None, memory_budget: int) -> int:
+    """Coarse voxels per chunk under ``memory_budget``; refuses when one voxel alone exceeds it."""
+    entries = views * window * window
+    per_voxel = footprint_bytes_per_voxel(views, window, rays_per_patch) + 16 * entries * entries
+    if per_voxel > memory_budget:
+        sampled = f"rays_per_patch={rays_per_patch} rays per patch side, " if rays_per_patch is not None else ""
+        raise ValueError(
+            f"rays_per_patch, coarse_voxel_size, memory_budget: one coarse voxel needs about {per_voxel:.3g} bytes "
+            f"({sampled}a window of {window} x {window} patches in {views} views), more than memory_budget = "
+            f"{memory_budget} bytes; use fewer rays per patch (or exact footprints, rays_per_patch=None), a smaller "
+            "coarse_voxel_size, or a larger memory_budget"
+        )
+    return max(1, memory_budget // per_voxel)
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _compiled_correspondence():
+    """``torch.compile`` of :func:`_correspondence` (fullgraph, static shapes), made once per process."""
+    if "correspondence" not in _COMPILED:
+        _COMPILED["correspondence"] = torch.compile(_correspondence, fullgraph=True, dynamic=False)
+    return _COMPILED["correspondence"]
+
+
+def _correspondence(weight: Tensor, affine: Tensor, carm: CArm, patch_size: int, window: int,
+                    rays_per_patch: int | None, chunk: int) -> Tensor:
+    """``(B, V*N, V*N)`` from pooled weights ``(B, d, h, w)``, their affines ``(B, 4, 4)`` and float32 cameras."""
+    batch = weight.shape[0]
+    views = carm.batch_shape[1]
+    n_patches = (carm.height // patch_size) * (carm.width // patch_size)
     tokens = views * n_patches
-
-    # Coarse voxel edge and rays per patch, per sample (host-side numbers; the camera is
-    # read back from the device only when one of them is left to its default).
-    backprojected_min = None
-    if coarse is None or rays_per_patch is None:
-        backprojected = (patch_size * carm.pixel_spacing * carm.sid / carm.sdd).expand(out_batch, views)
-        backprojected_min = backprojected.amin(1).to("cpu", torch.float64)
-    if coarse is None:
-        edge = backprojected_min if coarse_voxel_size is None else torch.full_like(backprojected_min, float(coarse_voxel_size))
-        coarse = pool_weights(
-            batch, edge, weighting=weighting, air_threshold_hu=air_threshold_hu, mu_water=mu_water, batch_size=out_batch
-        )
-    elif coarse.batch_size != out_batch:
-        coarse = CoarseWeights(
-            weight=coarse.weight.expand(out_batch, -1, -1, -1),
-            affine=coarse.affine.expand(out_batch, -1, -1),
-            voxel_size=coarse.voxel_size.expand(out_batch),
-        )
-    if rays_per_patch is None:
-        rays = default_rays_per_patch(backprojected_min, coarse.voxel_size, patch_size)
-    else:
-        rays = rays_per_patch
-
-    voxels = _coarse_voxels(coarse)
-    result = torch.zeros(out_batch * tokens * tokens, device=device)
-    if voxels["weight"].numel() == 0:
-        return result.view(out_batch, tokens, tokens)
-
-    footprint_args = dict(carm=carm, patch_size=patch_size, rays=rays)
-    # Bytes per voxel: about 12 live float32 temporaries over a 4 x 4 patch window of m x m rays
-    # per view, then the (V T)^2 outer products with their int64 indices (T <= 16).
-    per_voxel = 4 * 12 * views * 16 * rays * rays + 12 * (16 * views) ** 2
-    chunk = max(1, memory_budget // per_voxel)
-    for first in range(0, voxels["weight"].shape[0], chunk):
-        part = {key: value[first : first + chunk] for key, value in voxels.items()}
-        values, patches = _footprints(part, **footprint_args)  # (n, V, T) each
-        _scatter_outer_max(result, part["sample"], part["weight"], values, patches, views, n_patches)
-    return result.view(out_batch, tokens, tokens)
+    sample, voxel_weight, centre, edges = _coarse_voxels(weight, affine, compact=not torch.compiler.is_compiling())
+    camera = sample if carm.batch_shape[0] > 1 else torch.zeros_like(sample)
+    result = torch.zeros(batch * tokens * tokens, device=weight.device)
+    for first in range(0, sample.shape[0], chunk):
+        part = slice(first, first + chunk)
+        values, patches = voxel_footprints(centre[part], edges[part], camera[part], carm, patch_size=patch_size,
+                                           window=window, rays_per_patch=rays_per_patch)
+        _scatter_outer_max(result, sample[part], voxel_weight[part], values, patches, views, n_patches)
+    return result.view(batch, tokens, tokens)
 
 
 def default_rays_per_patch(backprojected: Tensor, voxel_size: Tensor, patch_size: int) -> int:
-    """Rays per patch side: about two per coarse voxel edge at the isocenter, at least 2, at most ``patch_size``.
+    """About two rays per coarse voxel edge at the isocenter, at least 2, at most ``patch_size``.
 
+    The sampled footprints' former default, kept for callers that choose
+    ``rays_per_patch`` themselves (the default is now exact footprints).
     ``backprojected`` and ``voxel_size`` are ``(B,)`` host tensors (mm): the
     patch back-projected to the isocenter and the coarse voxel edge per sample.
     """
@@ -460,115 +626,23 @@ def default_rays_per_patch(backprojected: Tensor, voxel_size: Tensor, patch_size
     return int(min(patch_size, max(2, round(ratio))))
 
 
-def _coarse_voxels(coarse: "CoarseWeights") -> dict[str, Tensor]:
-    """The non-air coarse voxels of every sample, as flat tensors.
+def _coarse_voxels(weight: Tensor, affine: Tensor, *, compact: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Coarse voxels as flat tensors: sample index, weight, world centre ``(n, 3)`` and edges ``(n, 3, 3)`` (float64).
 
-    Returns ``sample`` (sample index), ``weight`` (pooled weight), ``index``
-    (coarse voxel index, 3, float64) and ``affine`` (coarse index to world of the
-    voxel's sample, ``(n, 4, 4)``).
+    ``compact`` keeps only non-air voxels (a host read of their count); otherwise all of them, in order.
     """
-    occupied = torch.nonzero(coarse.weight > 0)  # (n, 4): sample, i, j, k (host read: n)
-    sample = occupied[:, 0]
-    return dict(
-        sample=sample,
-        weight=coarse.weight[sample, occupied[:, 1], occupied[:, 2], occupied[:, 3]],
-        index=occupied[:, 1:].to(torch.float64),
-        affine=coarse.affine[sample],
-    )
-
-
-def _footprints(voxels: dict[str, Tensor], *, carm: CArm, patch_size: int, rays: int) -> tuple[Tensor, Tensor]:
-    """Normalised footprints of each voxel in each view, ``(n, V, T)`` values and flat patch ids."""
-    sample = voxels["sample"]
-    count = sample.shape[0]
-    views = carm.batch_shape[1]
-    carm_sample = sample if carm.batch_shape[0] > 1 else torch.zeros_like(sample)
-    rows, cols = carm.height // patch_size, carm.width // patch_size
-    dtype = torch.float32
-
-    # World corners of each coarse voxel box, projected: which patches can it touch?
-    offsets = torch.tensor(
-        [[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)], dtype=torch.float64, device=sample.device
-    )
-    corners_index = voxels["index"][:, None, :] + offsets  # (n, 8, 3)
-    affine = voxels["affine"]
-    corners_world = corners_index @ affine[:, :3, :3].transpose(1, 2) + affine[:, None, :3, 3]
-    matrices = carm.projection_matrices().to(torch.float64)[carm_sample]  # (n, V, 3, 4)
-    homogeneous = torch.cat([corners_world, torch.ones_like(corners_world[..., :1])], -1)
-    projected = torch.einsum("nvij,ncj->nvci", matrices, homogeneous)  # (n, V, 8, 3)
-    depth = projected[..., 2]
-    pixel = projected[..., :2] / depth.clamp_min(1e-6)[..., None]
-    in_front = (depth > 1e-3).all(-1)  # (n, V): voxel entirely in front of the source
-    patch_low = torch.floor((pixel.amin(2) + 0.5) / patch_size)  # (n, V, 2) row, col of the first patch
-    patch_high = torch.floor((pixel.amax(2) + 0.5) / patch_size)
-    limits = torch.tensor([rows - 1, cols - 1], dtype=torch.float64, device=sample.device)
-    patch_low = torch.minimum(torch.maximum(patch_low, torch.zeros_like(limits)), limits)
-    patch_high = torch.minimum(torch.maximum(patch_high, torch.zeros_like(limits)), limits)
-    span = torch.where(in_front[..., None], patch_high - patch_low + 1, torch.ones_like(patch_low))
-    window = int(span.amax()) if span.numel() else 1  # K (host read)
-
-    steps = torch.arange(window, device=sample.device)
-    window_rows = patch_low[..., 0, None].long() + steps  # (n, V, K)
-    window_cols = patch_low[..., 1, None].long() + steps
-    valid = (window_rows[..., :, None] < rows) & (window_cols[..., None, :] < cols) & in_front[..., None, None]
-
-    # Rays through an m x m split of every window patch, in coarse-index space.
-    sub = (torch.arange(rays, device=sample.device, dtype=dtype) + 0.5) * (patch_size / rays) - 0.5
-    pixel_rows = window_rows[..., :, None].to(dtype) * patch_size + sub  # (n, V, K, m)
-    pixel_cols = window_cols[..., :, None].to(dtype) * patch_size + sub
-    u, v = carm.detector_axes()
-    spacing = carm.pixel_spacing[..., None]
-    source = carm.source_positions()[carm_sample]  # (n, V, 3)
-    center = carm.detector_centers()[carm_sample]
-    du, dv = (u * spacing)[carm_sample], (v * spacing)[carm_sample]
-    col_offset = pixel_cols - (carm.width - 1) / 2
-    row_offset = pixel_rows - (carm.height - 1) / 2
-    # A ray is source + t * direction, t in [0, 1] from source to pixel, with
-    # direction = (center - source) + col * du + row * dv: affine in the pixel offsets, in world
-    # and in coarse-index space alike. Everything below is broadcast over (V, Kr, Kc, mr, mc, n),
-    # voxels last so the elementwise loops run over long contiguous rows, one axis at a time.
-    inverse = torch.linalg.inv(affine).to(dtype)  # (n, 4, 4) world -> coarse index
-    linear = inverse[:, None, :3, :3]  # (n, 1, 3, 3)
-    base = center - source
-    base_index = (linear @ base[..., None])[..., 0]  # (n, V, 3)
-    du_index = (linear @ du[..., None])[..., 0]
-    dv_index = (linear @ dv[..., None])[..., 0]
-    # Source relative to the voxel's low corner (box [0, 1]^3 in these units).
-    origin = (linear @ source[..., None])[..., 0] + inverse[:, None, :3, 3] - (voxels["index"].to(dtype)[:, None] - 0.5)
-    cols6 = col_offset.permute(1, 2, 3, 0).contiguous()[:, None, :, None, :, :]  # (V, 1, Kc, 1, mc, n)
-    rows6 = row_offset.permute(1, 2, 3, 0).contiguous()[:, :, None, :, None, :]  # (V, Kr, 1, mr, 1, n)
-
-    def scalar(values: Tensor) -> Tensor:  # (n, V) -> (V, 1, 1, 1, 1, n)
-        return values.transpose(0, 1).contiguous()[:, None, None, None, None, :]
-
-    # |direction| in world mm (du and dv are orthogonal detector axes).
-    world_length = (
-        scalar((base * base).sum(-1))
-        + cols6 * (2 * scalar((base * du).sum(-1)) + cols6 * scalar((du * du).sum(-1)))
-        + rows6 * (2 * scalar((base * dv).sum(-1)) + rows6 * scalar((dv * dv).sum(-1)))
-    ).sqrt_()
-    t_enter = t_exit = None
-    for axis in range(3):
-        component = scalar(base_index[..., axis]) + cols6 * scalar(du_index[..., axis]) + rows6 * scalar(dv_index[..., axis])
-        component = torch.where(component.abs() < 1e-9, torch.full_like(component, 1e-9), component)
-        step = component.reciprocal_()  # t per unit index along this axis
-        low = step * scalar(-origin[..., axis])  # t where the ray crosses the box's low face on this axis
-        high = low + step
-        near, far = torch.minimum(low, high), torch.maximum(low, high)
-        t_enter = near if t_enter is None else torch.maximum(t_enter, near)
-        t_exit = far if t_exit is None else torch.minimum(t_exit, far)
-    length = (t_exit.clamp_max_(1.0) - t_enter.clamp_min_(0.0)).clamp_min_(0.0).mul_(world_length)
-    length = length.sum((3, 4)).permute(3, 0, 1, 2)  # (n, V, Kr, Kc) mm
-    length = length * valid  # (n, V, K, K)
-    length = length.reshape(count, views, window * window)
-    peak = length.amax(-1, keepdim=True)
-    values = torch.where(peak > 0, length / peak.clamp_min(1e-12), torch.zeros_like(length))
-    patch_ids = (window_rows[..., :, None] * cols + window_cols[..., None, :]).reshape(count, views, -1)
-    patch_ids = torch.where(valid.reshape(count, views, -1), patch_ids, torch.zeros_like(patch_ids))
-    nonzero = int((values > 0).sum(-1).amax()) if values.numel() else 0  # T (host read)
-    keep = max(1, nonzero)
-    values, order = values.topk(keep, dim=-1)
-    return values, patch_ids.gather(-1, order)
+    batch, *grid = weight.shape
+    if compact:
+        occupied = torch.nonzero(weight > 0)  # (n, 4): sample, i, j, k
+        sample, index = occupied[:, 0], occupied[:, 1:]
+    else:
+        grid_index = torch.stack(torch.meshgrid(*[torch.arange(n, device=weight.device) for n in grid], indexing="ij"), -1)
+        index = grid_index.reshape(1, -1, 3).expand(batch, -1, -1).reshape(-1, 3)
+        sample = torch.arange(batch, device=weight.device).repeat_interleave(grid[0] * grid[1] * grid[2])
+    voxel_weight = weight[sample, index[:, 0], index[:, 1], index[:, 2]]
+    voxel_affine = affine.to(torch.float64)[sample]
+    centre = (voxel_affine[:, :3, :3] @ index.to(torch.float64)[..., None])[..., 0] + voxel_affine[:, :3, 3]
+    return sample, voxel_weight, centre, voxel_affine[:, :3, :3]
 
 
 def _scatter_outer_max(
@@ -603,7 +677,7 @@ def correspondence_map(
     Returns:
         ``(B, H/k, W/k)`` (or ``(H/k, W/k)`` for an unbatched input).
     """
-    rows, cols = grid_shape
+    rows, cols = _check_grid_shape(grid_shape)
     n_patches = rows * cols
     unbatched = correspondence.dim() == 2
     matrix = correspondence[None] if unbatched else correspondence
@@ -612,15 +686,39 @@ def correspondence_map(
             f"correspondence: expected (B, V*N, V*N) with N = {n_patches} patches per view, got {tuple(correspondence.shape)}"
         )
     views = matrix.shape[-1] // n_patches
-    for name, view in (("view_a", view_a), ("view_b", view_b)):
-        if not 0 <= view < views:
-            raise ValueError(f"{name}: expected a view index in [0, {views}), got {view}")
-    index = patch[0] * cols + patch[1] if isinstance(patch, tuple) else int(patch)
-    if not 0 <= index < n_patches:
-        raise ValueError(f"patch: expected a patch in the {rows} x {cols} grid, got {patch}")
+    view_a, view_b = _check_view("view_a", view_a, views), _check_view("view_b", view_b, views)
+    index = _patch_index(patch, rows, cols)
     row = matrix[:, view_a * n_patches + index, view_b * n_patches : (view_b + 1) * n_patches]
     heat = row.reshape(-1, rows, cols)
     return heat[0] if unbatched else heat
+
+
+def _check_grid_shape(grid_shape) -> tuple[int, int]:
+    if not isinstance(grid_shape, (tuple, list)) or len(grid_shape) != 2:
+        raise ValueError(f"grid_shape: expected (rows, cols) of patches, got {grid_shape!r}")
+    return check_int("grid_shape", grid_shape[0], minimum=1), check_int("grid_shape", grid_shape[1], minimum=1)
+
+
+def _patch_index(patch, rows: int, cols: int) -> int:
+    """Flat index of ``patch`` (flat or ``(row, col)``), refused outside the ``rows x cols`` grid."""
+    if isinstance(patch, (tuple, list)):
+        if len(patch) != 2:
+            raise ValueError(f"patch: expected a flat index or (row, col), got {patch!r}")
+        row, col = check_int("patch", patch[0]), check_int("patch", patch[1])
+        if not (0 <= row < rows and 0 <= col < cols):
+            raise ValueError(f"patch: expected (row, col) in the {rows} x {cols} grid, got {tuple(patch)}")
+        return row * cols + col
+    index = check_int("patch", patch)
+    if not 0 <= index < rows * cols:
+        raise ValueError(f"patch: expected a flat index in [0, {rows * cols}) ({rows} x {cols} grid), got {index}")
+    return index
+
+
+def _check_view(name: str, view, views: int) -> int:
+    view = check_int(name, view)
+    if not 0 <= view < views:
+        raise ValueError(f"{name}: expected a view index in [0, {views}), got {view}")
+    return view
 
 
 def pixel_ray(carm: CArm, view: int, pixel: Tensor) -> tuple[Tensor, Tensor]:
@@ -631,19 +729,18 @@ def pixel_ray(carm: CArm, view: int, pixel: Tensor) -> tuple[Tensor, Tensor]:
         view: the view index.
         pixel: ``(P, 2)`` or ``(B, P, 2)`` (row, column) coordinates, fractional allowed.
     """
+    if not isinstance(carm, CArm):
+        raise TypeError(f"carm: expected a CArm, got {type(carm).__name__}")
+    view = _check_view("view", view, carm.batch_shape[1])
     pixel = torch.as_tensor(pixel, dtype=carm.dtype, device=carm.device)
     if pixel.dim() == 2:
         pixel = pixel[None].expand(carm.batch_shape[0], -1, -1)
     if pixel.dim() != 3 or pixel.shape[-1] != 2:
         raise ValueError(f"pixel: expected shape (P, 2) or (B, P, 2) (row, column), got {tuple(pixel.shape)}")
-    u, v = carm.detector_axes()
-    spacing = carm.pixel_spacing[:, view, None, None]
-    center = carm.detector_centers()[:, view, None, :]
-    target = (
-        center
-        + (pixel[..., 1:2] - (carm.width - 1) / 2) * spacing * u[:, view, None, :]
-        + (pixel[..., 0:1] - (carm.height - 1) / 2) * spacing * v[:, view, None, :]
-    )
+    # The detector is an affine map of the pixel coordinates (the pixel-centre convention of CArm).
+    frame = carm.detector_points(torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.0, 0.0, 1.0]))[:, view]  # (B, 3, 3)
+    origin, step_row, step_col = frame[:, None, 0], frame[:, None, 1] - frame[:, None, 0], frame[:, None, 2] - frame[:, None, 0]
+    target = origin + pixel[..., 0:1] * step_row + pixel[..., 1:2] * step_col
     source = carm.source_positions()[:, view, None, :].expand_as(target)
     return source, target
 
@@ -662,9 +759,7 @@ def epipolar_line(carm: CArm, view_a: int, pixel: Tensor, view_b: int) -> Tensor
         in pixels).
     """
     views = carm.batch_shape[1]
-    for name, view in (("view_a", view_a), ("view_b", view_b)):
-        if not 0 <= view < views:
-            raise ValueError(f"{name}: expected a view index in [0, {views}), got {view}")
+    view_a, view_b = _check_view("view_a", view_a, views), _check_view("view_b", view_b, views)
     if view_a == view_b:
         raise ValueError(f"view_b: expected a view other than view_a ({view_a})")
     source, target = pixel_ray(carm, view_a, pixel)
@@ -684,7 +779,7 @@ def patch_permutation(grid_shape: tuple[int, int], operation: str) -> Tensor:
     patch ``i`` of the transformed image is patch ``perm[i]`` of the original.
     """
     check_choice("operation", operation, IMAGE_OPERATIONS)
-    rows, cols = grid_shape
+    rows, cols = _check_grid_shape(grid_shape)
     grid = torch.arange(rows * cols).view(rows, cols)
     if operation in ("rot90", "rot270") and rows != cols:
         raise ValueError(f"operation: {operation} needs a square patch grid, got {rows} x {cols}")
@@ -708,6 +803,9 @@ def permute_views_patches(correspondence: Tensor, permutations: Tensor) -> Tenso
     Returns:
         ``(B, V*N, V*N)`` with ``C'[a*N+i, c*N+j] = C[a*N+perm[a,i], c*N+perm[c,j]]``.
     """
+    if not isinstance(permutations, Tensor) or permutations.is_floating_point() or permutations.is_complex():
+        raise TypeError(f"permutations: expected an integer tensor (V, N) or (B, V, N), got {permutations!r:.80}")
+    check_ndim("permutations", permutations, (2, 3), "(V, N) or (B, V, N)")
     if permutations.dim() == 2:
         permutations = permutations[None].expand(correspondence.shape[0], -1, -1)
     batch, views, n_patches = permutations.shape
@@ -716,6 +814,11 @@ def permute_views_patches(correspondence: Tensor, permutations: Tensor) -> Tenso
             f"correspondence: expected shape {(batch, views * n_patches, views * n_patches)} to match "
             f"permutations {tuple(permutations.shape)}, got {tuple(correspondence.shape)}"
         )
+    if not torch.compiler.is_compiling():  # a host read; the traced hot path takes patch_permutation's maps
+        identity = torch.arange(n_patches, device=permutations.device)
+        if not bool((permutations.sort(-1).values == identity).all()):
+            raise ValueError(f"permutations: expected each row to be a permutation of 0..{n_patches - 1} "
+                             "(every patch exactly once)")
     offsets = torch.arange(views, device=permutations.device)[None, :, None] * n_patches
     tokens = (permutations.to(correspondence.device) + offsets.to(correspondence.device)).reshape(batch, -1)
     rows = correspondence.gather(1, tokens[:, :, None].expand(-1, -1, correspondence.shape[2]))

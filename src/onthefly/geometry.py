@@ -211,17 +211,36 @@ class CArm:
         rotation = self.rotation()
         return -rotation[..., :, 0], -rotation[..., :, 2]
 
+    def detector_points(self, rows: Tensor | float, cols: Tensor | float) -> Tensor:
+        """World mm of detector points at fractional pixel coordinates, in every view.
+
+        The pixel-centre convention, written once: ``(row r, column q)`` lies at
+        ``d + (q - (W-1)/2) dx u + (r - (H-1)/2) dx v``; integers are pixel
+        centres and ``(0, 0)`` is the top-left pixel's centre.
+
+        Args:
+            rows, cols: pixel coordinates of any (broadcastable) shape ``S``, the
+                same in every view.
+
+        Returns:
+            ``(B, V, *S, 3)``.
+        """
+        rows, cols = torch.broadcast_tensors(
+            torch.as_tensor(rows, device=self.device, dtype=self.dtype),
+            torch.as_tensor(cols, device=self.device, dtype=self.dtype),
+        )
+        u, v = self.detector_axes()
+        lift = (slice(None), slice(None), *([None] * rows.dim()))
+        spacing = self.pixel_spacing[lift][..., None]
+        row_offset = (rows - (self.height - 1) / 2)[..., None] * spacing
+        col_offset = (cols - (self.width - 1) / 2)[..., None] * spacing
+        return self.detector_centers()[lift] + col_offset * u[lift] + row_offset * v[lift]
+
     def pixel_positions(self) -> Tensor:
         """``(B, V, H, W, 3)`` world mm of every pixel centre."""
-        u, v = self.detector_axes()
-        rows = torch.arange(self.height, device=self.device, dtype=self.dtype) - (self.height - 1) / 2
-        cols = torch.arange(self.width, device=self.device, dtype=self.dtype) - (self.width - 1) / 2
-        spacing = self.pixel_spacing[..., None, None, None]
-        return (
-            self.detector_centers()[..., None, None, :]
-            + cols[:, None] * spacing * u[..., None, None, :]
-            + rows[:, None, None] * spacing * v[..., None, None, :]
-        )
+        rows = torch.arange(self.height, device=self.device, dtype=self.dtype)
+        cols = torch.arange(self.width, device=self.device, dtype=self.dtype)
+        return self.detector_points(rows[:, None], cols[None, :])
 
     def rays(self) -> tuple[Tensor, Tensor]:
         """Rays from the source to every pixel centre.

@@ -7,29 +7,36 @@ respect to the attenuation volume and to the C-arm parameters:
     Each ray is sampled once per voxel plane along its dominant axis (the index
     axis its direction is most aligned with), at the points where it crosses
     the planes through voxel centres. There trilinear interpolation reduces to
-    bilinear interpolation inside one slice, so a whole chunk of slices is
-    sampled by a single 2-D ``grid_sample`` call, for all rays of all views that
-    share that dominant axis. The sum is weighted by the ray's length per
-    slice (Joseph's method). The step is exactly one voxel along the dominant
-    axis and at most one voxel along the others. Samples outside the segment
-    from source to pixel are dropped.
+    bilinear interpolation inside one slice (Joseph's method). The sum is
+    weighted by the ray's length per slice. The step is exactly one voxel
+    along the dominant axis and at most one voxel along the others. Samples
+    outside the segment from source to pixel are dropped.
 
 ``"siddon"`` (exact, slow)
     The exact line integral of the piecewise-constant (nearest-voxel) volume:
     every crossing of the ray with a voxel face, each voxel weighted by its
     intersection length. The reference the benchmarks measure against.
 
-Memory stays under ``memory_budget`` bytes of intermediate tensors (slices or
-rays are processed in chunks; a trilinear chunk is at least one slice for all
-views that share an axis, and at most about 24 MB, which keeps it in cache). Under autograd, trilinear chunks are
-re-computed in the backward pass (activation checkpointing) so memory does not
-grow with the number of slices.
+Precision: every ray is anchored at its pixel, not at the source, and the
+geometry of each view is prepared in float64, so float32 rendering stays
+exact when the source is far away (up to the 1e5 mm bound of
+:class:`~onthefly.geometry.CArm`).
 
-Host reads: grouping rays by dominant axis reads one small ``(B*V, 3)``
-boolean tensor per call, and two numbers per axis (the latest slice where a
-ray starts and the earliest where one ends, so that only chunks outside that
-range are masked). These are the
-only device-to-host reads; the per-sample work has none.
+Two execution paths give the same images:
+
+* eager (the default): trilinear rays are grouped by dominant axis and each
+  chunk of slices is sampled for all rays of that axis by one ``grid_sample``
+  call (memory under ``memory_budget``; under autograd, chunks are re-computed
+  in the backward pass). Grouping reads two small tensors back to the host
+  per call.
+* traced (``compile=True``, or any ``torch.compile`` of a caller): every ray
+  marches along its own axis in one fused kernel over a static number of
+  slices, with masks instead of data-dependent sizes. No host reads, no graph
+  breaks; Inductor fuses it into a single loop (C++ on the CPU, Triton on a GPU).
+
+``render(..., compile=True)`` compiles once per input shape and method (the
+compiled function is cached for the process); calls at fixed shapes do not
+recompile.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ._checks import check_choice, check_positive_int
 from .geometry import CArm
-from .volume import MU_WATER_PER_MM, Volume, VolumeBatch, as_volume_batch
+from .volume import Volume, VolumeBatch, as_volume_batch
 
 __all__ = ["render", "beer_lambert", "to_display", "METHODS"]
 
@@ -52,6 +59,8 @@ DEFAULT_MEMORY_BUDGET = 512 * 2**20
 # Trilinear chunks aim at this working set: measured on a 2-core CPU, 16-32 MB
 # chunks ran 2-3x faster than 512 MB ones (the grid and samples stay in cache).
 _CACHE_CHUNK_BYTES = 24 * 2**20
+# Traced Siddon: rays per chunk (a static loop; larger chunks keep the graph short).
+_TRACED_SIDDON_RAYS = 1 << 16
 
 
 def render(
@@ -59,8 +68,9 @@ def render(
     carm: CArm,
     *,
     method: str = "trilinear",
-    mu_water: float = MU_WATER_PER_MM,
+    mu_water: float | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    compile: bool = False,
 ) -> Tensor:
     """Render DRRs: the line integral of attenuation from the source to every pixel.
 
@@ -69,8 +79,12 @@ def render(
             volumes, or a :class:`VolumeBatch` of ``B`` (or 1) volumes.
         carm: poses for ``(B, V)`` views (``B`` may be 1 to share poses).
         method: ``"trilinear"`` (fast) or ``"siddon"`` (exact reference).
-        mu_water: attenuation of water in 1/mm, used when converting HU.
-        memory_budget: bytes of intermediate tensors per chunk.
+        mu_water: attenuation of water in 1/mm, used when converting HU (default
+            :data:`~onthefly.volume.MU_WATER_PER_MM`; a :class:`VolumeBatch` keeps its own).
+        memory_budget: bytes of intermediate tensors per chunk (eager path).
+        compile: run the traced path through ``torch.compile`` (compiled once
+            per shape and method, then cached). The first call compiles (tens of
+            seconds on a CPU); later calls at the same shapes reuse it.
 
     Returns:
         ``(B, V, 1, H, W)`` dimensionless line integrals ``sum(mu * length)``;
@@ -84,17 +98,14 @@ def render(
     """
     check_choice("method", method, METHODS)
     check_positive_int("memory_budget", memory_budget)
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile: expected a bool, got {compile!r}")
     if not isinstance(carm, CArm):
         raise TypeError(f"carm: expected a CArm, got {type(carm).__name__}")
     batch = as_volume_batch(volume, mu_water=mu_water)
-    rays = _prepare_rays(batch, carm)
-    attenuation = batch.attenuation[:, 0]
-    if method == "trilinear":
-        image = _trilinear(attenuation, rays, memory_budget)
-    else:
-        image = _siddon(attenuation, rays, memory_budget)
-    b, v = rays.batch_shape
-    return image.reshape(b, v, 1, carm.height, carm.width)
+    _check_batch_sizes(batch.batch_size, carm.batch_shape[0])
+    core = _compiled_render() if compile else _render
+    return core(batch.attenuation, batch.affine, carm, method, memory_budget)
 
 
 def beer_lambert(line_integrals: Tensor, *, incident: float = 1.0) -> Tensor:
@@ -113,63 +124,93 @@ def to_display(line_integrals: Tensor, *, eps: float = 1e-8) -> Tensor:
     return ((line_integrals - low) / (high - low).clamp_min(eps)).clamp(0.0, 1.0)
 
 
-# ---------------------------------------------------------------------------
-# Rays in voxel-index space
-
-
-class _Rays:
-    """Every ray of every view, in the voxel-index space of its own volume."""
-
-    def __init__(self, **fields) -> None:
-        self.__dict__.update(fields)
-
-
-def _prepare_rays(batch: VolumeBatch, carm: CArm) -> _Rays:
-    volume_batch = batch.batch_size
-    carm_batch, views = carm.batch_shape
+def _check_batch_sizes(volume_batch: int, carm_batch: int) -> None:
     if volume_batch not in (1, carm_batch) and carm_batch != 1:
         raise ValueError(
             f"volume, carm: mismatched batch sizes, {volume_batch} volumes for {carm_batch} C-arm samples "
             "(expected equal sizes, or one of them 1)"
         )
-    out_batch = max(volume_batch, carm_batch)
-    dtype = batch.attenuation.dtype
-    carm = carm.to(device=batch.device, dtype=dtype)
-    sample = torch.arange(out_batch, device=batch.device) if volume_batch > 1 else torch.zeros(
-        out_batch, dtype=torch.long, device=batch.device
-    )
-    inverse = torch.linalg.inv(batch.affine.double()).to(dtype)[sample]  # (B, 4, 4)
-    linear, offset = inverse[:, None, :3, :3], inverse[:, None, :3, 3]
 
-    def to_index(points: Tensor) -> Tensor:  # (B, V, 3) world -> index
-        return (linear @ points.unsqueeze(-1)).squeeze(-1) + offset
+
+_COMPILED: dict[str, object] = {}
+
+
+def _compiled_render():
+    """``torch.compile`` of :func:`_render` (fullgraph, static shapes), made once per process."""
+    if "render" not in _COMPILED:
+        _COMPILED["render"] = torch.compile(_render, fullgraph=True, dynamic=False)
+    return _COMPILED["render"]
+
+
+def _render(attenuation: Tensor, affine: Tensor, carm: CArm, method: str, memory_budget: int) -> Tensor:
+    """``(B, V, 1, H, W)`` from ``(Bv, 1, D, H, W)`` attenuation and ``(Bv, 4, 4)`` affines (checked inputs)."""
+    rays = _prepare_rays(attenuation, affine, carm)
+    volume = attenuation[:, 0]
+    traced = torch.compiler.is_compiling()
+    if method == "trilinear":
+        image = _trilinear_traced(volume, rays) if traced else _trilinear(volume, rays, memory_budget)
+    else:
+        image = _siddon(volume, rays, _TRACED_SIDDON_RAYS if traced else None, memory_budget)
+    b, v = rays.batch_shape
+    return image.reshape(b, v, 1, carm.height, carm.width)
+
+
+# ---------------------------------------------------------------------------
+# Rays in voxel-index space
+
+
+class _Rays:
+    """Every ray of every view, in the voxel-index space of its own volume.
+
+    ``target`` is the pixel (the ray's anchor), ``direction`` runs from the
+    source to the pixel (the source is ``target - direction``), ``length`` is
+    the world length of ``direction`` (mm).
+    """
+
+    def __init__(self, **fields) -> None:
+        self.__dict__.update(fields)
+
+
+def _prepare_rays(attenuation: Tensor, affine: Tensor, carm: CArm) -> _Rays:
+    volume_batch = attenuation.shape[0]
+    carm_batch, views = carm.batch_shape
+    out_batch = max(volume_batch, carm_batch)
+    device, dtype = attenuation.device, attenuation.dtype
+    wide = carm.to(device=device, dtype=torch.float64)
+    sample = torch.arange(out_batch, device=device) if volume_batch > 1 else torch.zeros(
+        out_batch, dtype=torch.long, device=device
+    )
+    inverse = torch.linalg.inv(affine.to(device=device, dtype=torch.float64))[sample]  # (B, 4, 4)
+    linear, offset = inverse[:, None, :3, :3], inverse[:, None, :3, 3]
 
     def expand(t: Tensor) -> Tensor:
         return t.expand(out_batch, *t.shape[1:])
 
-    source = expand(carm.source_positions())
-    center = expand(carm.detector_centers())
-    u, v = carm.detector_axes()
-    spacing = expand(carm.pixel_spacing)[..., None]
-    u, v = expand(u) * spacing, expand(v) * spacing
-    rows = torch.arange(carm.height, device=batch.device, dtype=dtype) - (carm.height - 1) / 2
-    cols = torch.arange(carm.width, device=batch.device, dtype=dtype) - (carm.width - 1) / 2
-    grid_rows = rows[:, None].expand(-1, carm.width).reshape(-1)  # (P,), row-major
-    grid_cols = cols[None, :].expand(carm.height, -1).reshape(-1)
+    # Each view's detector as an affine map of the pixel coordinates: origin + row * step_row + col * step_col.
+    corners = expand(wide.detector_points(torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.0, 0.0, 1.0])))
+    origin, step_row, step_col = corners[..., 0, :], corners[..., 1, :] - corners[..., 0, :], corners[..., 2, :] - corners[..., 0, :]
+    source = expand(wide.source_positions())
 
-    def per_pixel(origin: Tensor, du: Tensor, dv: Tensor) -> Tensor:  # (B, V, P, 3)
-        return origin[..., None, :] + grid_cols[:, None] * du[..., None, :] + grid_rows[:, None] * dv[..., None, :]
+    def to_index(vectors: Tensor) -> Tensor:  # (B, V, 3) world vectors -> index vectors
+        return (linear @ vectors.unsqueeze(-1)).squeeze(-1)
 
-    world_direction = per_pixel(center - source, u, v)
-    source_index = to_index(source)
-    index_direction = per_pixel(
-        to_index(center) - source_index, (linear @ u.unsqueeze(-1)).squeeze(-1), (linear @ v.unsqueeze(-1)).squeeze(-1)
-    )
+    origin_index = to_index(origin) + offset
+    source_to_origin = origin - source
+    rows = torch.arange(carm.height, device=device, dtype=dtype)[:, None].expand(-1, carm.width).reshape(-1)
+    cols = torch.arange(carm.width, device=device, dtype=dtype)[None, :].expand(carm.height, -1).reshape(-1)
+
+    def per_pixel(base: Tensor, along_row: Tensor, along_col: Tensor) -> Tensor:  # (B, V, P, 3)
+        base, along_row, along_col = (t.to(dtype)[..., None, :] for t in (base, along_row, along_col))
+        return base + rows[:, None] * along_row + cols[:, None] * along_col
+
+    world_direction = per_pixel(source_to_origin, step_row, step_col)
     return _Rays(
         batch_shape=(out_batch, views),
         sample=sample[:, None].expand(out_batch, views).reshape(-1),  # (B*V,) volume of each view
-        source=source_index.reshape(-1, 3),  # (B*V, 3)
-        direction=index_direction.reshape(out_batch * views, -1, 3),  # (B*V, P, 3), source -> pixel
+        target=per_pixel(origin_index, to_index(step_row), to_index(step_col)).reshape(out_batch * views, -1, 3),
+        direction=per_pixel(to_index(source_to_origin), to_index(step_row), to_index(step_col)).reshape(
+            out_batch * views, -1, 3
+        ),
         length=world_direction.norm(dim=-1).reshape(out_batch * views, -1),  # (B*V, P) mm per unit t
         height=carm.height,
         width=carm.width,
@@ -177,18 +218,39 @@ def _prepare_rays(batch: VolumeBatch, carm: CArm) -> _Rays:
     )
 
 
+def _slice_geometry(target: Tensor, direction: Tensor, axis, others) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Where rays cross the planes normal to ``axis``: in-plane index at slice 0, its change per slice,
+    and the slice range ``[low, high]`` of the source->pixel segment.
+
+    ``axis`` and ``others`` index the last dimension (ints, or index tensors for per-ray axes).
+    """
+    along = _take(direction, axis)
+    ratio = _take(direction, others) / along[..., None]
+    base = _take(target, others) - _take(target, axis)[..., None] * ratio  # anchored at the pixel
+    end = _take(target, axis)
+    start = end - along
+    return base, ratio, torch.minimum(start, end), torch.maximum(start, end)
+
+
+def _take(t: Tensor, index) -> Tensor:
+    if isinstance(index, Tensor):
+        return t.gather(-1, index) if index.dim() == t.dim() else t.gather(-1, index[..., None])[..., 0]
+    if isinstance(index, int):
+        return t[..., index]
+    return t[..., list(index)]
+
+
 # ---------------------------------------------------------------------------
-# Trilinear slice marching
+# Trilinear, eager: rays grouped by dominant axis, slices sampled by grid_sample
 
 
 def _trilinear(attenuation: Tensor, rays: _Rays, memory_budget: int) -> Tensor:
     views, pixels = rays.length.shape
     dominant = rays.direction.abs().argmax(-1)  # (B*V, P)
-    uses_axis = F.one_hot(dominant, 3).amax(1).bool()  # (B*V, 3)
-    uses_axis_host = uses_axis.to("cpu", non_blocking=False)
+    uses_axis = F.one_hot(dominant, 3).amax(1).bool().cpu()  # (B*V, 3), host read
     image = attenuation.new_zeros(views, pixels)
     for axis in range(3):
-        members = torch.nonzero(uses_axis_host[:, axis]).squeeze(1).to(attenuation.device)
+        members = torch.nonzero(uses_axis[:, axis]).squeeze(1).to(attenuation.device)
         if members.numel() == 0:
             continue
         contribution = _march_axis(attenuation, rays, members, axis, dominant[members] == axis, memory_budget)
@@ -203,22 +265,15 @@ def _march_axis(
     others = [a for a in range(3) if a != axis]
     slices = attenuation.permute(0, 1 + axis, 1 + others[0], 1 + others[1])  # (Bv, S, A, C), a strided view
     n_slices, size_a, size_c = slices.shape[1:]
-    direction = rays.direction[members]  # (n, P, 3)
-    source = rays.source[members]  # (n, 3)
-    along = direction[..., axis]
-    along = torch.where(is_dominant, along, torch.ones_like(along))  # other rays are weighted 0 below
-    ratio = direction[..., others] / along[..., None]  # in-plane index change per slice, (n, P, 2)
-    base = source[:, None, others] - source[:, None, axis, None] * ratio  # in-plane index at slice 0
+    direction = torch.where(is_dominant[..., None], rays.direction[members], 1.0)  # other rays are weighted 0
+    base, ratio, low, high = _slice_geometry(rays.target[members], direction, axis, others)
     # grid_sample coordinates (align_corners=False): x -> last input dim (C), y -> (A).
     sizes = torch.tensor([size_a, size_c], dtype=base.dtype, device=base.device)
     grid_base = ((2 * base + 1) / sizes - 1).flip(-1).reshape(len(members), -1)  # (n, 2P)
     grid_step = (2 * ratio / sizes).flip(-1).reshape(len(members), -1)
-    weight = rays.length[members] / along.abs() * is_dominant  # mm of ray per slice, (n, P)
-    start = source[:, axis, None]
-    end = start + direction[..., axis]
-    low, high = torch.minimum(start, end), torch.maximum(start, end)  # slices inside [source, pixel]
-    # A chunk needs no mask only when every ray's segment covers all of its slices.
-    latest_start, earliest_end = torch.stack([low.amax(), high.amin()]).to("cpu").tolist()
+    weight = rays.length[members] / direction[..., axis].abs() * is_dominant  # mm of ray per slice, (n, P)
+    # A chunk needs no mask only when every ray's segment covers all of its slices (host read).
+    latest_start, earliest_end = torch.stack([low.amax(), high.amin()]).clamp(-1, n_slices).cpu().tolist()
     sample = rays.sample[members]
     shared_volume = rays.volume_batch == 1
 
@@ -282,46 +337,105 @@ def _march_chunk(
 
 
 # ---------------------------------------------------------------------------
+# Trilinear, traced: every ray along its own axis, static slice count, one fused loop
+
+# Row ``a``: the dominant axis ``a`` first, then the two others in increasing order.
+_AXIS_ORDERS = ((0, 1, 2), (1, 0, 2), (2, 0, 1))
+
+
+def _trilinear_traced(attenuation: Tensor, rays: _Rays) -> Tensor:
+    """The same samples as :func:`_trilinear`, written with static shapes for ``torch.compile``.
+
+    The sum runs over ``max(D, H, W)`` slices for every ray (slices outside the
+    ray's axis, volume or segment are masked), slice-major so that neighbouring
+    rays read neighbouring voxels; Inductor fuses it into one loop without
+    materialising the ``(slices, rays)`` samples.
+    """
+    _, *shape = attenuation.shape
+    views, pixels = rays.length.shape
+    device, dtype = attenuation.device, attenuation.dtype
+    orders = torch.tensor(_AXIS_ORDERS, device=device)[rays.direction.abs().argmax(-1)].reshape(-1, 3)  # (R, 3)
+    target, direction = rays.target.reshape(-1, 3), rays.direction.reshape(-1, 3)
+    base, ratio, low, high = _slice_geometry(target, direction, orders[:, 0], orders[:, 1:])
+    weight = rays.length.reshape(-1) / _take(direction, orders[:, 0]).abs()
+    index_dtype = torch.int32 if attenuation.numel() < 2**31 else torch.int64
+    sizes = torch.tensor(shape, device=device)[orders]  # (R, 3) slice count, then the two in-plane sizes
+    strides = torch.tensor([shape[1] * shape[2], shape[2], 1], device=device)[orders].to(index_dtype)
+    volume_offset = (rays.sample * (shape[0] * shape[1] * shape[2]))[:, None].expand(-1, pixels).reshape(-1)
+    flat = attenuation.reshape(-1)
+
+    base_b, base_c = base.unbind(-1)
+    ratio_b, ratio_c = ratio.unbind(-1)
+    size_a, size_b, size_c = sizes.unbind(-1)
+    stride_a, stride_b, stride_c = strides.unbind(-1)
+    slice_index = torch.arange(max(shape), device=device, dtype=dtype)[:, None]  # (S, 1): rays along dim 1
+    inside = (slice_index >= low) & (slice_index <= high) & (slice_index < size_a)
+    position_b = base_b + slice_index * ratio_b  # (S, R), in-plane index along the two other axes
+    position_c = base_c + slice_index * ratio_c
+    lower_b, lower_c = torch.floor(position_b), torch.floor(position_c)
+    fraction_b, fraction_c = position_b - lower_b, position_c - lower_c
+    lower_b, lower_c = lower_b.to(index_dtype), lower_c.to(index_dtype)
+    row = volume_offset.to(index_dtype) + slice_index.to(index_dtype) * stride_a
+    samples = None
+    for step_b in (0, 1):
+        for step_c in (0, 1):
+            b, c = lower_b + step_b, lower_c + step_c
+            valid = inside & (b >= 0) & (b < size_b) & (c >= 0) & (c < size_c)
+            index = torch.where(valid, row + b * stride_b + c * stride_c, 0)
+            corner = (fraction_b if step_b else 1 - fraction_b) * (fraction_c if step_c else 1 - fraction_c)
+            value = torch.where(valid, flat[index], 0.0) * corner
+            samples = value if samples is None else samples + value
+    return (samples.sum(0) * weight).reshape(views, pixels)
+
+
+# ---------------------------------------------------------------------------
 # Siddon (exact for the nearest-voxel volume)
 
 
-def _siddon(attenuation: Tensor, rays: _Rays, memory_budget: int) -> Tensor:
+def _siddon(attenuation: Tensor, rays: _Rays, traced_chunk: int | None, memory_budget: int) -> Tensor:
+    """Exact line integrals of the nearest-voxel volume, ``(B*V, P)``.
+
+    Each ray is parametrised by the distance (in index units) walked from its
+    pixel towards the source, so the plane crossings are volume-sized numbers
+    whatever the source distance.
+    """
     volume_batch, *shape = attenuation.shape
     views, pixels = rays.length.shape
-    dtype = attenuation.dtype
-    sizes = torch.tensor(shape, device=attenuation.device, dtype=dtype)
-    planes = [torch.arange(size + 1, device=attenuation.device, dtype=dtype) - 0.5 for size in shape]
+    device, dtype = attenuation.device, attenuation.dtype
+    sizes = torch.tensor(shape, device=device, dtype=dtype)
+    planes = [torch.arange(size + 1, device=device, dtype=dtype) - 0.5 for size in shape]
     n_planes = sum(size + 1 for size in shape) + 2
     flat_volume = attenuation.reshape(-1)
-    strides = torch.tensor([shape[1] * shape[2], shape[2], 1], device=attenuation.device)
+    strides = torch.tensor([shape[1] * shape[2], shape[2], 1], device=device)
     numel = shape[0] * shape[1] * shape[2]
 
-    sources = rays.source[:, None, :].expand(-1, pixels, -1).reshape(-1, 3)
-    directions = rays.direction.reshape(-1, 3)
-    lengths = rays.length.reshape(-1)
+    targets = rays.target.reshape(-1, 3)
+    reach = rays.direction.norm(dim=-1).reshape(-1)  # index units from pixel to source
+    unit = -rays.direction.reshape(-1, 3) / reach[:, None].clamp_min(1e-30)  # pixel -> source
+    mm_per_unit = rays.length.reshape(-1) / reach.clamp_min(1e-30)
     volume_offset = (rays.sample * numel)[:, None].expand(-1, pixels).reshape(-1)
     per_ray = n_planes * (8 * attenuation.element_size() + 4 * 8)
-    chunk = max(1, memory_budget // per_ray)
+    chunk = traced_chunk if traced_chunk is not None else max(1, memory_budget // per_ray)
     pieces = []
-    for first in range(0, sources.shape[0], chunk):
+    for first in range(0, targets.shape[0], chunk):
         sl = slice(first, first + chunk)
-        source, direction = sources[sl], directions[sl]
-        safe = torch.where(direction.abs() < 1e-12, torch.full_like(direction, 1e-12), direction)
-        t_low = (-0.5 - source) / safe
-        t_high = (sizes - 0.5 - source) / safe
+        target, step, limit = targets[sl], unit[sl], reach[sl]
+        safe = torch.where(step.abs() < 1e-12, torch.full_like(step, 1e-12), step)
+        t_low = (-0.5 - target) / safe
+        t_high = (sizes - 0.5 - target) / safe
         t_enter = torch.minimum(t_low, t_high).amax(-1).clamp_min(0.0)
-        t_exit = torch.maximum(t_low, t_high).amin(-1).clamp_max(1.0)
+        t_exit = torch.minimum(torch.maximum(t_low, t_high).amin(-1), limit)
         t_exit = torch.maximum(t_exit, t_enter)  # a ray that misses gets an empty interval
-        crossings = [(planes[a][None, :] - source[:, a, None]) / safe[:, a, None] for a in range(3)]
+        crossings = [(planes[a][None, :] - target[:, a, None]) / safe[:, a, None] for a in range(3)]
         alphas = torch.cat([t_enter[:, None], t_exit[:, None], *crossings], -1)
         alphas = torch.minimum(torch.maximum(alphas, t_enter[:, None]), t_exit[:, None])
         alphas = torch.sort(alphas, dim=-1).values
         segment = alphas[:, 1:] - alphas[:, :-1]
         middle = 0.5 * (alphas[:, 1:] + alphas[:, :-1])
-        position = source[:, None, :] + middle[..., None] * direction[:, None, :]
+        position = target[:, None, :] + middle[..., None] * step[:, None, :]
         voxel = torch.floor(position.detach() + 0.5).long()
         voxel = torch.minimum(voxel.clamp_min(0), (sizes.long() - 1))
         flat_index = (voxel * strides).sum(-1) + volume_offset[sl, None]
         values = flat_volume[flat_index]
-        pieces.append((values * segment).sum(-1) * lengths[sl])
+        pieces.append((values * segment).sum(-1) * mm_per_unit[sl])
     return torch.cat(pieces).reshape(views, pixels)
