@@ -587,6 +587,7 @@ def _voxel_chunk(views: int, window: int, rays_per_patch: int | None, memory_bud
 
 
 _COMPILED: dict[str, object] = {}
+_TRACED_CHUNKS = 2  # at most this many voxel chunks under torch.compile
 
 
 def _compiled_correspondence():
@@ -603,7 +604,10 @@ def _correspondence(weight: Tensor, affine: Tensor, carm: CArm, patch_size: int,
     views = carm.batch_shape[1]
     n_patches = (carm.height // patch_size) * (carm.width // patch_size)
     tokens = views * n_patches
-    sample, voxel_weight, centre, edges = _coarse_voxels(weight, affine, compact=not torch.compiler.is_compiling())
+    traced = torch.compiler.is_compiling()
+    sample, voxel_weight, centre, edges = _coarse_voxels(weight, affine, compact=not traced)
+    if traced:  # the chunk loop is unrolled into the graph: keep it short (fused kernels need less memory)
+        chunk = max(chunk, -(-sample.shape[0] // _TRACED_CHUNKS))
     camera = sample if carm.batch_shape[0] > 1 else torch.zeros_like(sample)
     result = torch.zeros(batch * tokens * tokens, device=weight.device)
     for first in range(0, sample.shape[0], chunk):
