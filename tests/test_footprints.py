@@ -64,7 +64,8 @@ def test_cube_volume_matches_a_midpoint_rule(normals, alpha_fraction, beta_fract
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 def test_cube_volume_of_planes_along_the_axes(dtype):
-    """Normals along the cube's axes (the degenerate cases of the divergence formula): products of clamps."""
+    """Normals along the cube's axes and planes on the cube's faces (the ties of the divergence formula):
+    products of clamps, to the few 1e-6 by which offsets are nudged off faces."""
     offsets = torch.tensor([-0.7, -0.5, -0.2, 0.0, 0.3, 0.5, 0.8], dtype=dtype)
     share = (offsets + 0.5).clamp(0, 1)  # of a centred unit interval, below +t or above -t alike
     axes = torch.eye(3, dtype=dtype)
@@ -74,9 +75,9 @@ def test_cube_volume_of_planes_along_the_axes(dtype):
                 continue
             for sign in (1.0, -1.0):
                 volume = cube_volume_below_planes(axes[first][None], sign * axes[second][None], offsets[None], offsets[None])
-                torch.testing.assert_close(volume[0], share[:, None] * share[None, :], atol=2e-6, rtol=0)
+                torch.testing.assert_close(volume[0], share[:, None] * share[None, :], atol=2e-5, rtol=0)
     one = cube_volume_below_plane(axes, offsets[None].expand(3, -1))
-    torch.testing.assert_close(one, share[None].expand(3, -1), atol=2e-6, rtol=0)
+    torch.testing.assert_close(one, share[None].expand(3, -1), atol=2e-5, rtol=0)
 
 
 def test_cube_volume_complement_and_range():
@@ -86,7 +87,7 @@ def test_cube_volume_complement_and_range():
     a[50:80, 1:] = 0.0
     alpha = (torch.rand(200, 5, generator=generator, dtype=F64) - 0.5) * 2 * a.abs().sum(-1, keepdim=True)
     below, above = cube_volume_below_plane(a, alpha), cube_volume_below_plane(-a, -alpha)
-    torch.testing.assert_close(below + above, torch.ones_like(below), atol=1e-9, rtol=0)
+    torch.testing.assert_close(below + above, torch.ones_like(below), atol=2e-5, rtol=0)
     assert float(below.min()) >= 0 and float(below.max()) <= 1
 
 

@@ -25,8 +25,12 @@ the exact cone-beam geometry, the normalised footprints differ by at most
 sampler's geometry), and by at most 5e-3 for boxes up to 14 mm (the test's
 bound). A 64 x 64-ray estimate differs from that reference by up to 5e-3
 itself, where voxel faces are parallel to the rays. Footprints of voxels
-whose shadow barely reaches the detector are normalised by a sliver and are
-the most sensitive to any error, sampled or not.
+whose shadow barely reaches the detector would be normalised by a sliver,
+which makes them arbitrarily sensitive to rounding: exact footprints are
+divided by ``max(peak, 1e-3 x whole shadow)``, so they peak at 1 as soon as
+one patch holds 0.1 % of the voxel's shadow and fade continuously to 0
+below that (sampled footprints alike, with the whole shadow estimated from
+the voxel's volume and magnification).
 
 **Sampled** (``rays_per_patch=m``): ``m x m`` rays through the centres of an
 ``m x m`` split of each patch, each ray's chord through the box by the slab
@@ -157,6 +161,11 @@ _EDGES = [(m, p, q, sp, sq) for m in range(3) for p, q in [tuple(a for a in rang
 _FACES = [(k, s, *[a for a in range(3) if a != k]) for k in range(3) for s in (-1.0, 1.0)]
 _FAR = 1e37  # stands for an unbounded parameter (bounds divided by 1e-30 stay far below it)
 _ROUNDING = 1e-5  # shares of a voxel's shadow below this are rounding error
+# Plane offsets are moved by these fractions of the plane's reach so that no plane lies exactly on a cube
+# face or edge, where a clipped edge and a plane trace on the same line would be counted by ties of rounding
+# (volumes change by a few 1e-6).
+_NUDGE_FIRST, _NUDGE_SECOND = 2.718e-6, 4.142e-6
+_SEEN_SHARE = 1e-3  # footprints peak at 1 once a patch holds this share of the voxel's shadow
 
 
 _CUBE_CONSTANTS: dict[tuple, dict[str, Tensor]] = {}
@@ -262,6 +271,7 @@ def cube_volume_below_plane(a: Tensor, alpha: Tensor) -> Tensor:
     Divergence theorem from the point ``p0`` of the plane nearest the cube's
     centre (see :func:`cube_volume_below_planes`).
     """
+    alpha = alpha + _NUDGE_FIRST * a.abs().sum(-1, keepdim=True)
     to_p0 = a / (a * a).sum(-1, keepdim=True)  # p0 = alpha * to_p0
     low, high = _edge_intervals(a, alpha)
     edges = ((high - low).clamp_min(0.0) * (1.0 - alpha[:, None, :] * _edge_heights(to_p0)[:, :, None])).sum(1) / 12.0
@@ -289,6 +299,8 @@ def cube_volume_below_planes(a: Tensor, b: Tensor, alpha: Tensor, beta: Tensor) 
     Every term is a segment clipped by half-planes, which stays finite for
     planes parallel to faces or edges.
     """
+    alpha = alpha + _NUDGE_FIRST * a.abs().sum(-1, keepdim=True)
+    beta = beta + _NUDGE_SECOND * b.abs().sum(-1, keepdim=True)
     dot_aa, dot_bb, dot_ab = (a * a).sum(-1), (b * b).sum(-1), (a * b).sum(-1)
     det = (dot_aa * dot_bb - dot_ab * dot_ab)[:, None]
     to_p0_alpha = (dot_bb[:, None] * a - dot_ab[:, None] * b) / det  # p0 = alpha * this + beta * next
@@ -374,11 +386,22 @@ def voxel_footprints(
     else:
         integrals = _sampled_integrals(centre, edges, camera, carm, window_rows, window_cols, patch_size, rays_per_patch)
     integrals = torch.where(valid, integrals, 0.0).flatten(-2)  # (n, V, K*K)
-    peak = integrals.amax(-1, keepdim=True)
+    # A voxel barely on the detector is normalised by a share of its whole shadow, not by a sliver.
+    whole = 1.0 if rays_per_patch is None else _sampled_shadow(edges, depth, camera, carm, patch_size, rays_per_patch)
+    peak = torch.clamp_min(integrals.amax(-1, keepdim=True) - _SEEN_SHARE * whole, 0.0) + _SEEN_SHARE * whole
     values = torch.where(peak > 0, integrals / peak.clamp_min(1e-30), 0.0).to(torch.float32)
     patches = (window_rows[..., :, None] * grid[1] + window_cols[..., None, :]).flatten(-2).long()
     patches = torch.where(valid.flatten(-2), patches, 0)
     return values, patches
+
+
+def _sampled_shadow(edges: Tensor, depth: Tensor, camera: Tensor, carm: CArm, patch_size: int, rays: int) -> Tensor:
+    """``(n, V, 1)``: what the sampled integrals of a voxel's whole shadow add up to (mm of chord per ray,
+    times rays per unit detector area, times the shadow's area): volume x magnification^2 / pixel area."""
+    magnification = carm.sdd.to(torch.float64)[camera] / depth.mean(-1)  # (n, V)
+    pixel = carm.pixel_spacing.to(torch.float64)[camera]
+    volume = torch.linalg.det(edges).abs()[:, None]
+    return (volume * (magnification / pixel) ** 2 * (rays / patch_size) ** 2)[..., None]
 
 
 def _exact_integrals(centre: Tensor, edges: Tensor, window_rows: Tensor, window_cols: Tensor, patch_size: int,
