@@ -298,25 +298,19 @@ def test_train_config_fields(name, value):
     checked(lambda: TrainConfig(**{name: value}), name)
 
 
-# ------------------------------------------------- known failures elsewhere
+# ------------------------------------------------- correspondence limits
 
 
-@pytest.mark.xfail(strict=True, reason="correspondence.py: air_threshold_hu=NaN is not refused (every voxel "
-                                       "counts as tissue); the check belongs where patch_correspondence takes it")
 def test_patch_correspondence_nan_air_threshold_is_refused():
     with pytest.raises(ValueError, match="air_threshold_hu"):
         patch_correspondence(small_volume(), small_carm(), air_threshold_hu=NAN)
 
 
-@pytest.mark.xfail(strict=True, reason="correspondence.py: rays_per_patch=10**6 goes to the allocator; estimate "
-                                       "the size first and refuse with the estimate")
 def test_patch_correspondence_huge_rays_per_patch_is_refused_before_allocating():
     with pytest.raises(ValueError, match="rays_per_patch"):
         patch_correspondence(small_volume(), small_carm(), rays_per_patch=10**6)
 
 
-@pytest.mark.xfail(strict=True, reason="correspondence.py: an absurd coarse_voxel_size is not refused by an "
-                                       "estimate (1e5 mm on a 4^3 volume asks the allocator for 32 TB)")
 def test_patch_correspondence_absurd_coarse_voxel_is_refused():
     with pytest.raises(ValueError, match="coarse_voxel_size"):
         patch_correspondence(small_volume(), small_carm(), coarse_voxel_size=1e5)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from onthefly import CArm, Volume, project_points, render
 from onthefly.correspondence import (
     correspondence_map,
+    pixel_ray,
     epipolar_line,
     patch_correspondence,
     patch_permutation,
@@ -406,7 +407,6 @@ def test_epipolar_line_passes_through_projections_of_the_ray():
     carm = make_carm([0.2, 1.5, 2.9], beta=[0.0, 0.3, -0.2])
     pixel = torch.tensor([[3.0, 20.0], [17.5, 9.25]])
     line = epipolar_line(carm, 0, pixel, 2)  # (1, 2, 3)
-    from onthefly.correspondence import pixel_ray
     source, target = pixel_ray(carm, 0, pixel)
     for t in (0.3, 0.6, 0.9):
         points = project_points(carm, source + t * (target - source))[:, 2]  # (1, 2, 2)
@@ -461,6 +461,82 @@ def test_bad_options_rejected():
         correspondence_map(torch.zeros(1, 32, 32), 0, 99, 1, grid_shape=GRID)
     with pytest.raises(ValueError, match="operation"):
         patch_permutation(GRID, "shear")
+
+
+def test_helpers_refuse_patches_views_grids_and_permutations_out_of_range():
+    c = torch.zeros(1, 32, 32)
+    for patch in (16, -1, (4, 0), (0, -1), (1, 2, 3)):
+        with pytest.raises(ValueError, match="patch"):
+            correspondence_map(c, 0, patch, 1, grid_shape=GRID)
+    for grid in ((0, 4), (4, -2), (4,)):
+        with pytest.raises(ValueError, match="grid_shape"):
+            correspondence_map(c, 0, 0, 1, grid_shape=grid)
+    with pytest.raises(ValueError, match="grid_shape"):
+        patch_permutation((0, 4), "hflip")
+    carm = make_carm([0.0, 1.0])
+    for view in (-1, 2):
+        with pytest.raises(ValueError, match="view"):
+            pixel_ray(carm, view, torch.zeros(1, 2))
+    with pytest.raises(TypeError, match="view"):
+        pixel_ray(carm, 0.5, torch.zeros(1, 2))
+    repeated = torch.stack([torch.zeros(16, dtype=torch.long), torch.arange(16)])
+    with pytest.raises(ValueError, match="permutations"):
+        permute_views_patches(c, repeated)
+    with pytest.raises(TypeError, match="permutations"):
+        permute_views_patches(c, torch.stack([torch.arange(16.0)] * 2))
+    out_of_range = torch.stack([torch.arange(1, 17), torch.arange(16)])
+    with pytest.raises(ValueError, match="permutations"):
+        permute_views_patches(c, out_of_range)
+
+
+def test_pixel_ray_hits_the_pixel_with_the_pixel_centre_convention():
+    carm = make_carm([0.3, 2.0], beta=[0.1, -0.2], gamma=[0.0, 0.5])
+    pixel = torch.tensor([[0.0, 0.0], [31.0, 31.0], [12.5, 3.25]])
+    for view in range(2):
+        source, target = pixel_ray(carm, view, pixel)
+        torch.testing.assert_close(source[0, 0], carm.source_positions()[0, view])
+        torch.testing.assert_close(target[0, :2], carm.pixel_positions()[0, view][[0, 31], [0, 31]], atol=1e-3, rtol=0)
+
+
+def test_pool_weights_refuses_zero_batches_and_nan_thresholds():
+    from onthefly import pool_weights
+
+    with pytest.raises(ValueError, match="batch_size"):
+        pool_weights(blob_volume(), 8.0, batch_size=0)
+    with pytest.raises(ValueError, match="air_threshold_hu"):
+        pool_weights(blob_volume(), 8.0, air_threshold_hu=float("nan"))
+    with pytest.raises(ValueError, match="air_threshold_hu"):
+        patch_correspondence(blob_volume(), make_carm([0.0, 1.0]), patch_size=PATCH, air_threshold_hu=float("nan"))
+
+
+def test_memory_is_estimated_before_allocating():
+    volume, carm = blob_volume(), make_carm([0.0, 1.0])
+    with pytest.raises(ValueError, match=r"rays_per_patch.*bytes.*memory_budget"):
+        patch_correspondence(volume, carm, patch_size=PATCH, rays_per_patch=10**6)
+    with pytest.raises(ValueError, match="coarse_voxel_size"):
+        patch_correspondence(volume, carm, patch_size=PATCH, coarse_voxel_size=1e4)  # larger than the volume
+    with pytest.raises(ValueError, match="memory_budget"):
+        patch_correspondence(volume, carm, patch_size=PATCH, memory_budget=1000)
+    with pytest.raises(ValueError, match="window"):
+        patch_correspondence(volume, carm, patch_size=PATCH, window=0)
+    fine = Volume.from_tensor(torch.full((24, 24, 24), 100.0), spacing=0.02)  # 0.48 mm: factor 1 per default edge
+    assert patch_correspondence(fine, make_carm([0.0, 1.0]), patch_size=PATCH, coarse_voxel_size=0.4).max() > 0
+
+
+def test_pooled_weights_are_cached_until_the_volume_changes():
+    from onthefly import pool_weights
+
+    volume = blob_volume(size=12, seed=11)
+    first = pool_weights(volume, 8.0)
+    assert pool_weights(volume, 8.0) is first  # same tensor, same settings: served from the cache
+    assert pool_weights(volume, 8.0, weighting="binary") is not first
+    other = Volume(hu=volume.hu.clone(), affine=volume.affine)
+    again = pool_weights(other, 8.0)  # equal values in another tensor: computed, and equal
+    assert again is not first
+    torch.testing.assert_close(again.weight, first.weight)
+    volume.hu.add_(300.0)  # modified in place: the cache must not answer
+    changed = pool_weights(volume, 8.0)
+    assert changed is not first and not torch.equal(changed.weight, first.weight)
 
 
 # ---------------------------------------------------------------------------

@@ -152,7 +152,7 @@ def _render(attenuation: Tensor, affine: Tensor, carm: CArm, method: str, memory
     else:
         image = _siddon(volume, rays, _TRACED_SIDDON_RAYS if traced else None, memory_budget)
     b, v = rays.batch_shape
-    return image.reshape(b, v, 1, carm.height, carm.width)
+    return image.reshape(b, v, 1, carm.height, carm.width).to(attenuation.dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -175,7 +175,8 @@ def _prepare_rays(attenuation: Tensor, affine: Tensor, carm: CArm) -> _Rays:
     volume_batch = attenuation.shape[0]
     carm_batch, views = carm.batch_shape
     out_batch = max(volume_batch, carm_batch)
-    device, dtype = attenuation.device, attenuation.dtype
+    device = attenuation.device
+    dtype = torch.promote_types(attenuation.dtype, torch.float32)  # half-precision volumes: float32 geometry
     wide = carm.to(device=device, dtype=torch.float64)
     sample = torch.arange(out_batch, device=device) if volume_batch > 1 else torch.zeros(
         out_batch, dtype=torch.long, device=device
@@ -248,7 +249,7 @@ def _trilinear(attenuation: Tensor, rays: _Rays, memory_budget: int) -> Tensor:
     views, pixels = rays.length.shape
     dominant = rays.direction.abs().argmax(-1)  # (B*V, P)
     uses_axis = F.one_hot(dominant, 3).amax(1).bool().cpu()  # (B*V, 3), host read
-    image = attenuation.new_zeros(views, pixels)
+    image = rays.length.new_zeros(views, pixels)
     for axis in range(3):
         members = torch.nonzero(uses_axis[:, axis]).squeeze(1).to(attenuation.device)
         if members.numel() == 0:
@@ -277,7 +278,7 @@ def _march_axis(
     sample = rays.sample[members]
     shared_volume = rays.volume_batch == 1
 
-    element = attenuation.element_size()
+    element = rays.length.element_size()
     per_slice = len(members) * (rays.length.shape[1] * (4 * element + 1) + (0 if shared_volume else size_a * size_c * element))
     chunk = int(max(1, min(n_slices, min(memory_budget, _CACHE_CHUNK_BYTES) // max(per_slice, 1))))
     use_checkpoint = torch.is_grad_enabled() and (attenuation.requires_grad or grid_base.requires_grad or grid_step.requires_grad)
@@ -319,7 +320,8 @@ def _march_chunk(
         # All rays sample the same slices: views are stacked along the output rows.
         grid = torch.addcmul(grid_base[None], index[:, None, None], grid_step[None])  # (c, n, 2P)
         grid = grid.view(count, views * height, width, 2)
-        values = F.grid_sample(slices[0, first:last, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        inputs = slices[0, first:last, None].to(grid.dtype)  # half-precision slices are sampled in float32
+        values = F.grid_sample(inputs, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         values = values.view(count, views, height * width)
         if masked:
             outside = (index[:, None, None] < low[None]) | (index[:, None, None] > high[None])
@@ -327,7 +329,7 @@ def _march_chunk(
         return values.sum(0)
     grid = torch.addcmul(grid_base[:, None], index[None, :, None], grid_step[:, None])  # (n, c, 2P)
     grid = grid.view(views * count, height, width, 2)
-    inputs = slices[sample, first:last].reshape(views * count, 1, *slices.shape[2:])
+    inputs = slices[sample, first:last].reshape(views * count, 1, *slices.shape[2:]).to(grid.dtype)
     values = F.grid_sample(inputs, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     values = values.view(views, count, height * width)
     if masked:
@@ -353,7 +355,7 @@ def _trilinear_traced(attenuation: Tensor, rays: _Rays) -> Tensor:
     """
     _, *shape = attenuation.shape
     views, pixels = rays.length.shape
-    device, dtype = attenuation.device, attenuation.dtype
+    device, dtype = attenuation.device, rays.length.dtype
     orders = torch.tensor(_AXIS_ORDERS, device=device)[rays.direction.abs().argmax(-1)].reshape(-1, 3)  # (R, 3)
     target, direction = rays.target.reshape(-1, 3), rays.direction.reshape(-1, 3)
     base, ratio, low, high = _slice_geometry(target, direction, orders[:, 0], orders[:, 1:])
@@ -383,7 +385,7 @@ def _trilinear_traced(attenuation: Tensor, rays: _Rays) -> Tensor:
             valid = inside & (b >= 0) & (b < size_b) & (c >= 0) & (c < size_c)
             index = torch.where(valid, row + b * stride_b + c * stride_c, 0)
             corner = (fraction_b if step_b else 1 - fraction_b) * (fraction_c if step_c else 1 - fraction_c)
-            value = torch.where(valid, flat[index], 0.0) * corner
+            value = torch.where(valid, flat[index].to(dtype), 0.0) * corner
             samples = value if samples is None else samples + value
     return (samples.sum(0) * weight).reshape(views, pixels)
 
@@ -401,7 +403,7 @@ def _siddon(attenuation: Tensor, rays: _Rays, traced_chunk: int | None, memory_b
     """
     volume_batch, *shape = attenuation.shape
     views, pixels = rays.length.shape
-    device, dtype = attenuation.device, attenuation.dtype
+    device, dtype = attenuation.device, rays.length.dtype
     sizes = torch.tensor(shape, device=device, dtype=dtype)
     planes = [torch.arange(size + 1, device=device, dtype=dtype) - 0.5 for size in shape]
     n_planes = sum(size + 1 for size in shape) + 2
@@ -436,6 +438,6 @@ def _siddon(attenuation: Tensor, rays: _Rays, traced_chunk: int | None, memory_b
         voxel = torch.floor(position.detach() + 0.5).long()
         voxel = torch.minimum(voxel.clamp_min(0), (sizes.long() - 1))
         flat_index = (voxel * strides).sum(-1) + volume_offset[sl, None]
-        values = flat_volume[flat_index]
+        values = flat_volume[flat_index].to(dtype)
         pieces.append((values * segment).sum(-1) * mm_per_unit[sl])
     return torch.cat(pieces).reshape(views, pixels)

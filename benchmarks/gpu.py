@@ -1,0 +1,242 @@
+"""The hot path on an accelerator: DRRs per second, correspondence, a sampler batch and a training step.
+
+One command, a few minutes on a GPU::
+
+    python benchmarks/gpu.py                          # CUDA, full sizes (256 x 256 detector)
+    python benchmarks/gpu.py --device cpu --quick     # smoke test at tiny sizes (well under a minute)
+
+Rows (each: warm-up, then the median of timed calls, with device synchronisation):
+
+* ``render {eager, compiled} {float32, bfloat16}`` at ``B x V`` = 1, 32 and 256
+  views (V = 2 views per sample, except the single view), every sample its own
+  crop of the bundled CT (200 mm at 1 mm voxels; ``--quick``: 24 mm at 6 mm).
+  bfloat16 holds the volume in bfloat16 (half the memory and bandwidth); the
+  geometry and the sums stay float32. Compiled rows also report the first
+  call (the compilation).
+* ``correspondence from tables``: pooled weights of the crops from
+  summed-volume tables and exact footprints, eager and compiled (B = 16, V = 2).
+* ``sampler batch`` and ``training step`` (the paper's model: ResNet-50-D
+  trunk, 8 layers of d = 512; ``--quick``: the small backbone, 2 layers):
+  run when the sampler and models import; otherwise the row is skipped with
+  the reason.
+
+Results: a JSON file (``--output``) and a Markdown table on stdout. Timings
+taken while other processes compute are indicative only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine_info, markdown_table  # noqa: E402
+
+import onthefly as otf  # noqa: E402
+from onthefly.correspondence import WeightIntegral, patch_correspondence  # noqa: E402
+from onthefly.footprints import footprint_window  # noqa: E402
+
+FULL = dict(detector=256, pixel_spacing=0.95, crop_mm=200.0, spacing_mm=1.0, views=(1, 32, 256), patch=16,
+            correspondence_batch=16, repeats=5, sampler_batch=16, train_batch=8)
+NOT_COMPILED = "not compiled in a quick CPU run (compiling takes minutes there; pass --compile)"
+QUICK = dict(detector=32, pixel_spacing=1.0, crop_mm=24.0, spacing_mm=6.0, views=(1, 4, 8), patch=8,
+             correspondence_batch=2, repeats=2, sampler_batch=2, train_batch=2)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(call, device: torch.device, repeats: int) -> tuple[float, float]:
+    """``(first call, median of the next repeats)`` seconds."""
+    synchronize(device)
+    start = time.perf_counter()
+    call()
+    synchronize(device)
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return first, statistics.median(times)
+
+
+def crops_and_cameras(ct: otf.Volume, batch: int, views: int, settings: dict, device: torch.device,
+                      generator: torch.Generator):
+    """``batch`` random crops (one per sample) as a VolumeBatch, their boxes, and a float32 C-arm ``(batch, views)``."""
+    crop_voxels = torch.tensor([round(settings["crop_mm"] / settings["spacing_mm"])] * 3)
+    room = torch.tensor(ct.shape) - crop_voxels + 1
+    start = (torch.rand(batch, 3, generator=generator) * room).long()
+    stop = start + crop_voxels
+    index = [torch.arange(int(n)) for n in crop_voxels]
+    attenuation = otf.hu_to_attenuation(ct.hu[0])
+    crops = torch.stack([attenuation[s[0] + index[0]][:, s[1] + index[1]][:, :, s[2] + index[2]] for s in start])
+    affines = ct.affine.expand(batch, 4, 4).clone()
+    affines[:, :3, 3] = (start.double() @ ct.affine[:3, :3].T) + ct.affine[:3, 3]
+    volume = otf.VolumeBatch(attenuation=crops[:, None].to(device), affine=affines.to(device))
+    centre = (affines[:, :3, :3] @ ((crop_voxels.double() - 1) / 2)) + affines[:, :3, 3]
+    carm = otf.CArm(alpha=torch.rand(batch, views, generator=generator) * 2 * math.pi,
+                    beta=(torch.rand(batch, views, generator=generator) - 0.5) * 0.5,
+                    sid=850.0, sdd=1050.0, isocenter=centre[:, None, :],
+                    height=settings["detector"], pixel_spacing=settings["pixel_spacing"])
+    return volume, start, stop, carm
+
+
+def render_rows(ct, settings, device, generator, compile_rows: bool) -> list[dict]:
+    rows = []
+    for total in settings["views"]:
+        views = 1 if total == 1 else 2
+        volume, _, _, carm_host = crops_and_cameras(ct, total // views, views, settings, device, generator)
+        carm = carm_host.to(device=device, dtype=torch.float32)
+        for precision, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+            batch = otf.VolumeBatch(attenuation=volume.attenuation.to(dtype), affine=volume.affine, validate=False)
+            for mode in ("eager", "compiled"):
+                name = f"render {mode} {precision}"
+                if mode == "compiled" and not compile_rows:
+                    rows.append(skipped(name, NOT_COMPILED, {"views_total": total}))
+                    continue
+
+                def call():
+                    with torch.no_grad():
+                        return otf.render(batch, carm, compile=mode == "compiled")
+
+                rows.append(measure(name, call, device, settings["repeats"], drrs=total,
+                                    extra={"views_total": total}))
+    return rows
+
+
+def correspondence_rows(ct, settings, device, generator, compile_rows: bool) -> list[dict]:
+    batch = settings["correspondence_batch"]
+    _, start, stop, carm_host = crops_and_cameras(ct, batch, 2, settings, device, generator)
+    table = WeightIntegral(ct, device=device)
+    backprojected = settings["patch"] * settings["pixel_spacing"] * 850.0 / 1050.0
+    factor = torch.clamp(torch.round(backprojected / ct.spacing), min=1).long().expand(batch, 3)
+    grid = tuple((-(-(stop - start) // factor)).amax(0).tolist())
+    index = torch.zeros(batch, dtype=torch.long)
+    pooled = table.pool(index, start, stop, factor, grid_shape=grid)
+    window = footprint_window(carm_host, pooled.affine, grid, settings["patch"])
+    carm = carm_host.to(device=device, dtype=torch.float32)
+    rows = []
+    for mode in ("eager", "compiled"):
+        name = "correspondence from tables" + (" (compiled)" if mode == "compiled" else "")
+        if mode == "compiled" and not compile_rows:
+            rows.append(skipped(name, NOT_COMPILED))
+            continue
+
+        def call():
+            coarse = table.pool(index, start, stop, factor, grid_shape=grid)
+            return patch_correspondence(coarse, carm, patch_size=settings["patch"], window=window,
+                                        compile=mode == "compiled")
+
+        rows.append(measure(name, call, device, settings["repeats"], extra={"batch": batch, "views": 2, "window": window}))
+    return rows
+
+
+def sampler_rows(ct, settings, device, quick: bool) -> list[dict]:
+    try:
+        sampler = otf.DRRCorrespondenceSampler(
+            volumes=[ct], views=2, batch_size=settings["sampler_batch"], image_size=settings["detector"],
+            patch_size=settings["patch"], crop_size=settings["crop_mm"], spacing=settings["spacing_mm"],
+            device=device, min_tissue_fraction=0.0, min_projection_fraction=0.0,
+        )
+    except (ImportError, AttributeError, TypeError, ValueError) as error:
+        return [skipped("sampler batch", f"the sampler did not build here: {type(error).__name__}: {error}")]
+    steps = iter(range(10**6))
+    rows = [measure("sampler batch", lambda: sampler.sample(next(steps)), device, settings["repeats"],
+                    extra={"batch": settings["sampler_batch"], "views": 2})]
+    try:
+        from onthefly.models.correspondence import CorrespondenceConfig, CorrespondenceModel
+    except ImportError as error:
+        return rows + [skipped("training step", f"the model does not import: {error}")]
+    config = CorrespondenceConfig(backbone="small", patch_size=settings["patch"], d_model=64, heads=4, layers=2,
+                                  mlp=128) if quick else CorrespondenceConfig()
+    model = CorrespondenceModel(config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    batch = sampler.sample(0)
+    images = batch.images[: settings["train_batch"]]
+    target = batch.correspondence[: settings["train_batch"]]
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.mse_loss(model(images).float(), target)
+        loss.backward()
+        optimizer.step()
+
+    rows.append(measure("training step", step, device, settings["repeats"],
+                        extra={"batch": settings["train_batch"], "model": "small" if quick else "paper (ResNet-50-D, 8 x 512)"}))
+    return rows
+
+
+def measure(name: str, call, device, repeats: int, *, drrs: int | None = None, extra: dict | None = None) -> dict:
+    try:
+        first, seconds = timed(call, device, repeats)
+    except (RuntimeError, torch.OutOfMemoryError) as error:  # e.g. a compiler missing, or out of memory
+        return skipped(name, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}", extra)
+    row = {"name": name, "status": "ok", "seconds": seconds, "first_call_seconds": first} | (extra or {})
+    if drrs is not None:
+        row["drrs_per_second"] = drrs / seconds
+    return row
+
+
+def skipped(name: str, reason: str, extra: dict | None = None) -> dict:
+    return {"name": name, "status": "skipped", "reason": reason} | (extra or {})
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="measure the compiled rows (default: yes, except --quick on a CPU, where compiling "
+                             "takes minutes)")
+    parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results" / "gpu.json")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("benchmarks/gpu.py: no CUDA device here; run with --device cpu (and --quick for a smoke test)")
+        return 2
+    settings = QUICK if args.quick else FULL
+    generator = torch.Generator().manual_seed(0)
+    ct = otf.example_volume(labels=False).resample(settings["spacing_mm"])
+    compile_rows = args.compile if args.compile is not None else not (args.quick and device.type == "cpu")
+    start = time.perf_counter()
+    rows = render_rows(ct, settings, device, generator, compile_rows)
+    rows += correspondence_rows(ct, settings, device, generator, compile_rows)
+    rows += sampler_rows(ct, settings, device, args.quick)
+    report = {"machine": machine_info(), "device": str(device), "quick": args.quick, "settings": settings,
+              "total_seconds": time.perf_counter() - start, "rows": rows}
+    if device.type == "cuda":
+        report["gpu"] = torch.cuda.get_device_name(device)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(markdown_table(
+        ["row", "views / batch", "median s", "first call s", "DRR/s", "note"],
+        [[row["name"], str(row.get("views_total", row.get("batch", ""))),
+          f"{row['seconds']:.4g}" if row["status"] == "ok" else "—",
+          f"{row['first_call_seconds']:.3g}" if row["status"] == "ok" else "—",
+          f"{row['drrs_per_second']:.4g}" if "drrs_per_second" in row else "—",
+          row.get("reason", "")] for row in rows],
+        align=["l", "r", "r", "r", "r", "l"],
+    ))
+    print(f"total {report['total_seconds']:.1f} s; JSON: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
