@@ -65,6 +65,7 @@ __all__ = [
     "pool_weights",
     "CoarseWeights",
     "WeightIntegral",
+    "coarse_grid_affine",
     "voxel_weights",
     "correspondence_map",
     "epipolar_line",
@@ -109,14 +110,28 @@ def _attenuation_weights(attenuation: Tensor, *, mu_water: float, weighting: str
     return weights.sub_(4.25).sigmoid_().masked_fill_(air, 0.0)
 
 
-def _coarse_to_fine(factor: Tensor) -> Tensor:
-    """``(..., 4, 4)`` maps from coarse voxel index to fine voxel index (coarse voxel centres)."""
+def coarse_grid_affine(affine: Tensor, factor: Tensor) -> Tensor:
+    """Coarse-index-to-world matrices of grids pooled by ``factor`` from voxels placed by ``affine``.
+
+    Args:
+        affine: ``(..., 4, 4)`` voxel-index-to-world matrices (mm) of the (cropped) volumes.
+        factor: ``(..., 3)`` fine voxels per coarse voxel edge.
+
+    Returns:
+        ``(..., 4, 4)`` float64: coarse voxel ``(i, j, k)`` has its centre at the centre of
+        the fine block starting at ``factor * (i, j, k)``. On host tensors this needs no
+        device (the sampler computes it from its host crops for :func:`~onthefly.footprints.footprint_window`).
+
+    Example:
+        >>> coarse_grid_affine(torch.eye(4, dtype=torch.float64), torch.tensor([2, 2, 2]))[:3, 3]
+        tensor([0.5000, 0.5000, 0.5000], dtype=torch.float64)
+    """
     factor = factor.to(torch.float64)
     matrix = torch.zeros(*factor.shape[:-1], 4, 4, dtype=torch.float64, device=factor.device)
     matrix[..., [0, 1, 2], [0, 1, 2]] = factor
     matrix[..., :3, 3] = (factor - 1) / 2
     matrix[..., 3, 3] = 1.0
-    return matrix
+    return affine.to(device=factor.device, dtype=torch.float64) @ matrix
 
 
 @dataclass(frozen=True, eq=False)
@@ -327,7 +342,7 @@ def _pool_batch(batch: VolumeBatch, edges: Tensor, weighting: str, air_threshold
         pooled = _pool_slabs(source, factor, weigh)
         d, h, w = pooled.shape[1:]
         weight[index, :d, :h, :w] = pooled.expand(len(members), -1, -1, -1) if volume_batch == 1 else pooled
-    affine = batch.affine.to(torch.float64)[sample_volume.to(batch.device)] @ _coarse_to_fine(factors).to(batch.device)
+    affine = coarse_grid_affine(batch.affine.to(torch.float64)[sample_volume.to(batch.device)], factors.to(batch.device))
     voxel_size = (factors * spacing[sample_volume]).amin(1)
     return CoarseWeights(weight=weight, affine=affine, voxel_size=voxel_size)
 
@@ -443,7 +458,7 @@ class WeightIntegral:
         weight = (sums / factor.prod(-1).to(torch.float64).view(-1, 1, 1, 1)).to(torch.float32)
         to_crop = torch.eye(4, dtype=torch.float64, device=device).repeat(batch, 1, 1)
         to_crop[:, :3, 3] = start.to(torch.float64)
-        affine = self.affines[volume_index] @ to_crop @ _coarse_to_fine(factor)
+        affine = coarse_grid_affine(self.affines[volume_index] @ to_crop, factor)
         return CoarseWeights(weight=weight, affine=affine, voxel_size=voxel_size)
 
     def _checked_grid(self, volume_index: Tensor, start: Tensor, stop: Tensor, factor: Tensor) -> tuple[int, int, int]:
