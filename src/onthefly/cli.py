@@ -1,4 +1,4 @@
-"""Command line: ``onthefly demo``, ``onthefly preview``, ``onthefly train correspondence``.
+"""Command line: ``onthefly demo``, ``onthefly preview``, ``onthefly train correspondence``, ``onthefly prepare``.
 
 Angles are in degrees here only; the library works in radians.
 """
@@ -215,6 +215,55 @@ def train_from_args(args: argparse.Namespace) -> dict:
     return train_correspondence(model_config, train_sampler, _train_config(args), eval_sampler=eval_sampler)
 
 
+def _add_prepare_parser(commands) -> None:
+    prepare = commands.add_parser(
+        "prepare", help="resample CTs once into a folder the sampler reads (for many CTs; see VolumeBank)")
+    prepare.add_argument("sources", nargs="+", metavar="CT",
+                         help="CT files (NIfTI, NRRD, MHA), DICOM series folders, globs, or list files "
+                              "(.txt/.csv: one 'ct[,labels[,patient]]' per line)")
+    prepare.add_argument("--output", required=True, help="the prepared folder (an unfinished one is resumed)")
+    prepare.add_argument("--spacing", type=float, nargs="+", default=[1.0],
+                         help="voxel spacing in mm, one value or three: the sampler's --spacing")
+    prepare.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    prepare.add_argument("--air-threshold", type=float, default=-900.0, help="HU at or below which a voxel is air")
+    prepare.add_argument("--weighting", choices=["soft", "binary"], default="soft", help="correspondence voxel weights")
+    prepare.add_argument("--patient-pattern",
+                         help="regular expression whose first group, searched in a CT's path, is its patient id "
+                              "(default: every CT its own patient)")
+    prepare.add_argument("--overwrite", action="store_true", help="prepare again a folder made with other settings")
+    prepare.add_argument("--strict", action="store_true", help="exit with status 1 when a CT cannot be read")
+
+
+def _prepare_from_args(args: argparse.Namespace) -> int:
+    """Run ``onthefly prepare``; print a JSON summary; unreadable CTs are named on stderr."""
+    import re
+    import sys
+    import warnings
+
+    from .sampling.prepare import prepare
+
+    patient_id = None
+    if args.patient_pattern:
+        pattern = re.compile(args.patient_pattern)
+
+        def patient_id(name: str) -> str:
+            match = pattern.search(name)
+            if match is None:
+                raise SystemExit(f"--patient-pattern: {args.patient_pattern!r} does not match the CT {name}")
+            return match.group(1) if match.groups() else match.group(0)
+
+    spacing = args.spacing[0] if len(args.spacing) == 1 else args.spacing
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the failures are printed below
+        report = prepare(args.sources, args.output, spacing=spacing, workers=args.workers,
+                         air_threshold_hu=args.air_threshold, weighting=args.weighting, patient_id=patient_id,
+                         overwrite=args.overwrite)
+    for name, reason in report.failed:
+        print(f"onthefly prepare: could not read {name}: {reason}", file=sys.stderr)
+    print(json.dumps(report.summary(), indent=2))
+    return 1 if report.failed and args.strict else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="onthefly", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -241,7 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     _add_train_options(tasks.add_parser("correspondence", help="the patch correspondence transformer"))
     _add_train_options(tasks.add_parser("classifier", help="the multi-view fracture classifier (simulated fractures)"),
                        task="classifier")
+    _add_prepare_parser(commands)
     args = parser.parse_args(argv)
+
+    if args.command == "prepare":
+        return _prepare_from_args(args)
 
     if args.command == "train":
         summary = train_from_args(args) if args.task == "correspondence" else train_classifier_from_args(args)
