@@ -268,6 +268,8 @@ class VolumeBank:
         if isinstance(read_threads, bool) or not isinstance(read_threads, int) or read_threads < 1:
             raise ValueError(f"read_threads: expected an int >= 1, got {read_threads!r}")
         keepalive = None
+        if isinstance(source, (str, Path)) and not Path(source).exists() and not any(c in str(source) for c in "*?["):
+            raise FileNotFoundError(f"volumes: no such prepared folder or CT file: {source}")
         if _is_prepared_folder(source):
             folder = Path(source)
         else:
@@ -638,10 +640,14 @@ class VolumeBank:
             )
 
     def __getstate__(self) -> dict:
+        """Pickled for DataLoader workers: without threads, caches, or the ownership of a temporary folder."""
         state = dict(self.__dict__)
-        state.update(_executor=None, _executor_pid=None, _keepalive=None, _tissue=_TissueCache(self.memory_budget),
-                     _checked=set())
+        state.update(_executor=None, _executor_pid=None, _keepalive=None, _tissue=None, _checked=set())
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._tissue = _TissueCache(self.memory_budget)
 
 
 def _check_size(name: str, size: Sequence[int]) -> tuple[int, int, int]:
