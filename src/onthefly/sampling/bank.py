@@ -521,17 +521,21 @@ class VolumeBank:
         batch = volume_index.shape[0]
         pinned = not on_host and device.type == "cuda"
         hu = torch.empty(batch, *size, dtype=torch.float32 if on_host else torch.int16, pin_memory=pinned)
-        label_maps = torch.empty(batch, *size, dtype=torch.int16) if labels else None
+        label_maps = torch.empty(batch, *size, dtype=torch.int16, pin_memory=pinned) if labels else None
 
-        def read(b: int) -> None:
+        def read(b: int) -> tuple[np.ndarray, np.ndarray | None]:
             ct, corner = int(volume_index[b]), start[b].tolist()
-            hu[b].copy_(torch.from_numpy(self._read_box(ct, "hu", corner, size)))
+            label_box = self._read_box(ct, "labels", corner, size) if labels else None
+            return self._read_box(ct, "hu", corner, size), label_box
+
+        def use(b: int, boxes: tuple[np.ndarray, np.ndarray | None]) -> None:
+            hu[b].copy_(torch.from_numpy(boxes[0]))
             if on_host:
                 hu[b].div_(1000.0).add_(1.0).mul_(self.mu_water).clamp_(min=0.0)  # hu_to_attenuation, in place
             if label_maps is not None:
-                label_maps[b].copy_(torch.from_numpy(self._read_box(ct, "labels", corner, size)))
+                label_maps[b].copy_(torch.from_numpy(boxes[1]))
 
-        self._map(read, batch)
+        self._pipeline(read, use, batch)
         attenuation = hu if on_host else hu.to(device).float().div_(1000.0).add_(1.0).mul_(self.mu_water).clamp_(min=0.0)
         return attenuation, None if label_maps is None else label_maps.to(device)
 
@@ -572,27 +576,32 @@ class VolumeBank:
         cells = -(-(stop - start) // factor)  # (B, 3) coarse voxels per sample
         weight = torch.zeros(start.shape[0], *cells.amax(0).tolist())
 
-        def pool(b: int) -> None:
-            sums = self._box_sums(int(volume_index[b]), start[b], stop[b], factor[b])
+        def read(b: int) -> tuple[np.ndarray, list[Tensor]]:
+            return self._table_corners(int(volume_index[b]), start[b], stop[b], factor[b])
+
+        def use(b: int, table: tuple[np.ndarray, list[Tensor]]) -> None:
+            rows, corners = table
+            picked = torch.from_numpy(rows.astype(np.int64))[:, corners[1] - corners[1][0]][:, :, corners[2]]
+            sums = picked.diff(dim=0).diff(dim=1).diff(dim=2) & 0xFFFFFFFF  # inclusion-exclusion, modulo 2**32
             n0, n1, n2 = sums.shape
             weight[b, :n0, :n1, :n2] = (sums.double() / (self.settings.weight_scale * int(factor[b].prod()))).float()
 
-        self._map(pool, start.shape[0])
+        self._pipeline(read, use, start.shape[0])
         to_crop = torch.eye(4, dtype=torch.float64).repeat(start.shape[0], 1, 1)
         to_crop[:, :3, 3] = start.double()
         affine = self.affines[volume_index] @ to_crop @ _coarse_to_fine(factor)
         voxel_size = (factor.double() * self.affines[volume_index, :3, :3].norm(dim=1)).amin(1)
         return CoarseWeights(weight=weight.to(self.device), affine=affine.to(self.device), voxel_size=voxel_size)
 
-    def _box_sums(self, ct: int, start: Tensor, stop: Tensor, factor: Tensor) -> Tensor:
-        """``(n0, n1, n2)`` int64 sums of the quantised weights over the coarse voxels of one crop."""
-        # Coarse voxel boundaries: start, start + f, ..., clipped to stop (the last voxel may be partial).
+    def _table_corners(self, ct: int, start: Tensor, stop: Tensor, factor: Tensor) -> tuple[np.ndarray, list[Tensor]]:
+        """Summed-table rows at the coarse voxel boundaries of one crop, and the boundaries per axis.
+
+        Boundaries: ``start, start + f, ...`` clipped to ``stop`` (the last coarse voxel may be partial);
+        every box sum is below ``2**32``, so the table's sums modulo ``2**32`` give it exactly.
+        """
         corners = [(s + torch.arange(0, int(e - s) + int(f), int(f))).clamp_max(e) for s, e, f in zip(start, stop, factor)]
         file = self._checked_file(ct, "weights")
-        rows = file.read_planes(corners[0].tolist(), int(corners[1][0]), int(corners[1][-1]) + 1)
-        picked = torch.from_numpy(rows.astype(np.int64))[:, corners[1] - corners[1][0]][:, :, corners[2]]
-        sums = picked.diff(dim=0).diff(dim=1).diff(dim=2)  # inclusion-exclusion of the eight corners
-        return sums & 0xFFFFFFFF  # the table holds sums modulo 2**32; every box sum is below it
+        return file.read_planes(corners[0].tolist(), int(corners[1][0]), int(corners[1][-1]) + 1), corners
 
     # -------------------------------------------------------------------------------------- helpers
     def _checked_file(self, ct: int, name: str) -> _ArrayFile:
@@ -604,17 +613,27 @@ class VolumeBank:
             self._checked.add(key)
         return file
 
-    def _map(self, function, count: int) -> None:
-        """Run ``function(b)`` for ``b`` in ``range(count)`` on the read threads (created per process)."""
+    def _pipeline(self, read, use, count: int) -> None:
+        """``use(b, read(b))`` for ``b`` in order, the reads a few samples ahead on the read threads.
+
+        ``read`` only reads files (the threads wait on the disk, not on the
+        interpreter); ``use`` does the tensor work on the calling thread, so
+        torch's own threads are not oversubscribed.
+        """
         if self._read_threads == 1 or count == 1:
             for b in range(count):
-                function(b)
+                use(b, read(b))
             return
-        if self._executor is None or self._executor_pid != os.getpid():
+        if self._executor is None or self._executor_pid != os.getpid():  # threads do not survive a fork
             self._executor = ThreadPoolExecutor(self._read_threads, thread_name_prefix="onthefly-read")
             self._executor_pid = os.getpid()
-        for future in [self._executor.submit(function, b) for b in range(count)]:
-            future.result()
+        window = 2 * self._read_threads
+        pending = {b: self._executor.submit(read, b) for b in range(min(window, count))}
+        for b in range(count):
+            value = pending.pop(b).result()
+            if b + window < count:
+                pending[b + window] = self._executor.submit(read, b + window)
+            use(b, value)
 
     def _check_indices(self, volume_index, boxes, name: str) -> tuple[Tensor, Tensor]:
         volume_index = torch.as_tensor(volume_index)
