@@ -86,6 +86,18 @@ def test_crops_are_the_prepared_attenuation_and_labels(bank, cts):
     assert torch.equal(single[0], attenuation[2]) and none is None
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_any_number_of_read_threads_gives_the_same_batch(cache, bank, threads):
+    other = VolumeBank(cache, read_threads=threads)
+    volume, start = random_boxes(bank, (6, 6, 6), batch=9, seed=5)
+    factor = torch.full((9, 3), 2)
+    for one, two in zip(bank.crops(volume, start, (6, 6, 6), device="cpu", labels=True),
+                        other.crops(volume, start, (6, 6, 6), device="cpu", labels=True)):
+        assert torch.equal(one, two)
+    assert torch.equal(bank.pooled_weights(volume, start, start + 6, factor).weight,
+                       other.pooled_weights(volume, start, start + 6, factor).weight)
+
+
 def test_tissue_blocks_are_the_non_air_fraction_of_each_block(bank, cts):
     volume, start = random_boxes(bank, (8, 8, 8), batch=5, seed=1)
     first = start // 4
