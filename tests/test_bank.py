@@ -68,6 +68,8 @@ def test_description_matches_the_prepared_cts(bank, cts):
     assert (bank.weighting, bank.air_threshold_hu, bank.mu_water) == ("soft", -900.0, 0.02)
     assert [bank.name(i) for i in range(len(bank))] == [f"ct{i}" for i in range(len(cts))]
     assert bank.label_names == (None,) * len(cts)
+    assert bank.device == torch.device("cpu") and bank.to("cpu").fingerprint() == bank.fingerprint()
+    assert repr(bank).startswith("VolumeBank(6 CTs at 2 x 2 x 2 mm from ")
 
 
 def test_crops_are_the_prepared_attenuation_and_labels(bank, cts):
@@ -324,6 +326,13 @@ def test_bad_calls_are_refused_with_the_argument_named(bank, cts, tmp_path):
                                                  ("1.5g", 1_500_000_000), ("3kb", 3000)])
 def test_memory_budget_parses_bytes(value, expected):
     assert parse_bytes("memory_budget", value) == expected
+
+
+def test_bad_settings_are_refused(cache):
+    with pytest.raises(ValueError, match="mu_water: expected a positive number"):
+        VolumeBank(cache, mu_water=0.0)
+    with pytest.raises(ValueError, match="read_threads: expected an int >= 1"):
+        VolumeBank(cache, read_threads=0)
 
 
 @pytest.mark.parametrize(("value", "error"), [("two GB", ValueError), ("2 GX", ValueError), (-1, ValueError),

@@ -267,20 +267,11 @@ class VolumeBank:
             read_threads = max(1, min(4, os.cpu_count() or 1))
         if isinstance(read_threads, bool) or not isinstance(read_threads, int) or read_threads < 1:
             raise ValueError(f"read_threads: expected an int >= 1, got {read_threads!r}")
-        keepalive = None
-        if isinstance(source, (str, Path)) and not Path(source).exists() and not any(c in str(source) for c in "*?["):
-            raise FileNotFoundError(f"volumes: no such prepared folder or CT file: {source}")
-        if _is_prepared_folder(source):
-            folder = Path(source)
-        else:
-            if cache is None:
-                keepalive = _TemporaryCache()
-                folder = keepalive.path
-            else:
-                folder = Path(cache)
-            prepare(source, folder, spacing=1.0 if spacing is None else spacing, workers=workers,
-                    air_threshold_hu=-900.0 if air_threshold_hu is None else air_threshold_hu,
-                    weighting="soft" if weighting is None else weighting, on_error=on_error, progress=False)
+        folder, keepalive = _prepared_folder(
+            source, cache=cache, spacing=1.0 if spacing is None else spacing, workers=workers, on_error=on_error,
+            air_threshold_hu=-900.0 if air_threshold_hu is None else air_threshold_hu,
+            weighting="soft" if weighting is None else weighting,
+        )
         index = read_index(folder)
         settings = PreparationSettings.create(**_settings_arguments(index["settings"]))
         cts = [_BankCT.from_entry(folder, entry) for entry in index["cts"]]
@@ -677,9 +668,22 @@ def _check_size(name: str, size: Sequence[int]) -> tuple[int, int, int]:
 
 
 def _is_prepared_folder(source) -> bool:
+    """A folder with an index or a ``cts`` folder, or an empty one (not a DICOM series)."""
     return isinstance(source, (str, Path)) and Path(source).is_dir() and (
         (Path(source) / INDEX_NAME).exists() or (Path(source) / "cts").is_dir() or not any(Path(source).iterdir())
     )
+
+
+def _prepared_folder(source, *, cache, **settings) -> tuple[Path, _TemporaryCache | None]:
+    """The prepared folder ``source`` names, or one that CTs ``source`` are prepared into (and its owner if temporary)."""
+    if isinstance(source, (str, Path)) and not Path(source).exists() and not any(c in str(source) for c in "*?["):
+        raise FileNotFoundError(f"volumes: no such prepared folder or CT file: {source}")
+    if _is_prepared_folder(source):
+        return Path(source), None
+    keepalive = _TemporaryCache() if cache is None else None
+    folder = keepalive.path if keepalive is not None else Path(cache)
+    prepare(source, folder, progress=False, **settings)
+    return folder, keepalive
 
 
 def _settings_arguments(settings: dict) -> dict:
