@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -55,17 +56,16 @@ def unit_affine(b: int, spacing: float = 1.0) -> torch.Tensor:
 # The sampler: labels, untouched CTs, targets
 
 
-def test_label_matches_the_change_and_the_ct_is_untouched(chest):
+def test_label_matches_the_change_and_the_ct_is_untouched(chest, assert_same_params):
     fractured_sampler = make(chest, fractures=FractureConfig(probability=0.5), seed=2)
-    stored = fractured_sampler._attenuation.clone()
+    stored = fractured_sampler.store._attenuation.clone()
     hu = chest.hu.clone()
     batch = fractured_sampler.sample(0)
     intact = make(chest, seed=2).sample(0)
     assert batch.fracture.dtype == torch.bool and batch.fracture.shape == (6,)
     assert batch.fracture.any() and not batch.fracture.all()  # both labels occur in this batch
     # The other draws are those of a sampler without fractures.
-    for key, value in intact.params.items():
-        torch.testing.assert_close(batch.params[key], value, rtol=0, atol=0)
+    assert_same_params(replace(batch.params, fracture=None), intact.params)
     crops, intact_crops = batch.volume.attenuation[:, 0], intact.volume.attenuation[:, 0]
     for i in range(6):
         expected = chest.crop(batch.crop_start[i].tolist(), batch.crop_stop[i].tolist()).attenuation()[0]
@@ -78,7 +78,7 @@ def test_label_matches_the_change_and_the_ct_is_untouched(chest):
             assert changed == 0 and torch.equal(batch.images[i], intact.images[i])
             assert batch.fracture_center[i].isnan().all() and (batch.fracture_patch[i] == -1).all()
     # Neither the sampler's stored CT nor the caller's volume changed.
-    assert torch.equal(fractured_sampler._attenuation, stored)
+    assert torch.equal(fractured_sampler.store._attenuation, stored)
     assert torch.equal(chest.hu, hu)
     # The fractured batch differs from the intact one only by the fractures.
     torch.testing.assert_close(batch.correspondence, intact.correspondence, rtol=0, atol=0)
@@ -148,20 +148,16 @@ def test_projected_centre_falls_on_the_gap(chest, geometric):
     assert (drop[inside][distance[inside] > radius].abs() < 1e-5).all()
 
 
-def test_reproducible_and_batches_move_between_devices(chest):
+def test_reproducible_and_batches_move_between_devices(chest, assert_same_params):
     config = FractureConfig(probability=0.6)
     a = make(chest, fractures=config, seed=4).sample(3)
     b = make(chest, fractures=config, seed=4).sample(3)
     assert torch.equal(a.images, b.images) and torch.equal(a.fracture, b.fracture)
     torch.testing.assert_close(a.fracture_pixel, b.fracture_pixel, rtol=0, atol=0, equal_nan=True)
-    for key in a.params:
-        torch.testing.assert_close(a.params[key], b.params[key], rtol=0, atol=0)
-    assert {key for key in a.params if key.startswith("fracture_")} == {
-        "fracture_drawn", "fracture_normal", "fracture_tangent", "fracture_width", "fracture_extent",
-        "fracture_displacement", "fracture_position",
-    }
+    assert_same_params(a.params, b.params)
+    assert set(a.params.fracture) == {"drawn", "normal", "tangent", "width", "extent", "displacement", "position"}
     other = make(chest, fractures=config, seed=4).sample(4)
-    assert not torch.equal(other.params["fracture_normal"], a.params["fracture_normal"])
+    assert not torch.equal(other.params.fracture["normal"], a.params.fracture["normal"])
     moved = a.to("cpu")
     assert torch.equal(moved.fracture_patch, a.fracture_patch) and moved.fracture.dtype == torch.bool
     assert make(chest).sample(0).fracture is None  # without fractures, no fracture fields
@@ -203,7 +199,7 @@ def test_bone_comes_from_the_label_map_else_the_threshold(labelled):
     soft = Volume.from_tensor(torch.full((40, 40, 40), 40.0), spacing=2.0)
     none = DRRCorrespondenceSampler(volumes=[soft], fractures=FractureConfig(probability=1.0), **settings).sample(0)
     plain = DRRCorrespondenceSampler(volumes=[soft], **settings).sample(0)
-    assert none.params["fracture_drawn"].all() and not none.fracture.any()
+    assert none.params.fracture["drawn"].all() and not none.fracture.any()
     assert torch.equal(none.images, plain.images)
 
 
