@@ -340,3 +340,93 @@ def test_bad_settings_are_refused(cache):
 def test_bad_memory_budgets_are_refused(cache, value, error):
     with pytest.raises(error, match="memory_budget: expected"):
         VolumeBank(cache, memory_budget=value)
+
+
+# ---------------------------------------------------------------------------------------- the sampler
+
+TINY = dict(views=2, image_size=32, patch_size=16, crop_size=20.0, spacing=SPACING, batch_size=3, min_projection_fraction=0.0)
+
+
+def test_a_sampler_on_the_bank_makes_the_resident_samplers_batches(cache, cts):
+    from onthefly import DRRCorrespondenceSampler
+
+    on_bank = DRRCorrespondenceSampler(volumes=str(cache), seed=3, **TINY)
+    resident = DRRCorrespondenceSampler(volumes=cts, seed=3, **TINY)
+    assert isinstance(on_bank.store, VolumeBank)
+    for step in (0, 5):
+        ours, theirs = on_bank.sample(step), resident.sample(step)
+        assert torch.equal(ours.params.volume_index, theirs.params.volume_index)
+        assert torch.equal(ours.params.crop_start, theirs.params.crop_start)
+        assert torch.equal(ours.images, theirs.images)  # the same crops, bit for bit
+        torch.testing.assert_close(ours.correspondence, theirs.correspondence, atol=1e-4, rtol=0)
+    bank = VolumeBank(cache)
+    assert DRRCorrespondenceSampler(volumes=bank, seed=3, **TINY).store is bank
+
+
+def test_a_resumed_stream_on_the_bank_equals_the_uninterrupted_one(cache):
+    from onthefly import DRRCorrespondenceSampler
+
+    whole = DRRCorrespondenceSampler(volumes=VolumeBank(cache), seed=1, steps=4, **TINY)
+    uninterrupted = list(whole)
+    first = DRRCorrespondenceSampler(volumes=VolumeBank(cache), seed=1, steps=4, **TINY)
+    iterator = iter(first)
+    next(iterator), next(iterator)
+    state = first.state_dict()
+    resumed = DRRCorrespondenceSampler(volumes=VolumeBank(cache), seed=1, steps=4, **TINY)
+    resumed.load_state_dict(state)
+    for ours, theirs in zip(resumed, uninterrupted[2:], strict=True):
+        assert ours.step == theirs.step
+        assert torch.equal(ours.images, theirs.images) and torch.equal(ours.correspondence, theirs.correspondence)
+
+
+def test_the_sampler_names_a_cache_of_other_settings_a_small_ct_and_an_empty_folder(cache, tmp_path):
+    from onthefly import DRRCorrespondenceSampler
+
+    with pytest.raises(ValueError, match=r"spacing: the cache .* prepared at \[2.0, 2.0, 2.0\] mm, the sampler asks"):
+        DRRCorrespondenceSampler(volumes=str(cache), **(TINY | {"spacing": 1.5}))
+    with pytest.raises(ValueError, match="spacing: the CTs are stored at"):
+        DRRCorrespondenceSampler(volumes=VolumeBank(cache), **(TINY | {"spacing": 1.5}))
+    with pytest.raises(ValueError, match="weighting: the cache .* prepared with weighting 'soft', asked 'binary'"):
+        DRRCorrespondenceSampler(volumes=cache, weighting="binary", **TINY)
+    with pytest.raises(ValueError, match=r"crop_size: the crop of 16 x 16 x 16 voxels \(32 x 32 x 32 mm\) is larger "
+                                         r"than 5 CT\(s\): ct0 \(14 x 16 x 18 voxels\)"):
+        DRRCorrespondenceSampler(volumes=cache, **(TINY | {"crop_size": 32.0}))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="not a prepared cache"):
+        DRRCorrespondenceSampler(volumes=tmp_path / "empty", **TINY)
+
+
+def _rank_stream(rank: int, world: int, cache: str, folder: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    from onthefly import DRRCorrespondenceSampler
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    try:
+        sampler = DRRCorrespondenceSampler(volumes=cache, seed=0, **TINY)
+        batch = sampler.sample(0)
+        names = [sampler.store.name(int(i)) for i in sampler.candidates()]
+        drawn = [sampler.store.name(int(i)) for i in batch.volume_index]
+        result = {"rank": sampler.rank, "candidates": names, "drawn": drawn, "images": float(batch.images.sum())}
+        Path(folder, f"rank{rank}.json").write_text(json.dumps(result))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_draw_disjoint_shards_and_different_streams(cache, tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_stream, args=(2, str(cache), str(tmp_path)), nprocs=2, join=True)
+    first, second = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    assert (first["rank"], second["rank"]) == (0, 1)
+    assert set(first["candidates"]).isdisjoint(second["candidates"])
+    assert sorted(first["candidates"] + second["candidates"]) == sorted(f"ct{i}" for i in range(len(SHAPES)))
+    assert set(first["drawn"]) <= set(first["candidates"]) and set(second["drawn"]) <= set(second["candidates"])
+    assert first["images"] != second["images"]

@@ -53,8 +53,9 @@ from .prepare import (
     read_index,
     tail_hash,
 )
+from .store import VolumeStore
 
-__all__ = ["VolumeBank", "parse_bytes"]
+__all__ = ["VolumeBank", "parse_bytes", "is_prepared_folder"]
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -210,7 +211,7 @@ class _TissueCache:
 # ------------------------------------------------------------------------------------------------ bank
 
 
-class VolumeBank:
+class VolumeBank(VolumeStore):
     """CTs read from a prepared cache, for :class:`~onthefly.DRRCorrespondenceSampler` (``volumes=bank``).
 
     Memory does not grow with the number of CTs: crops are read from the
@@ -366,13 +367,17 @@ class VolumeBank:
         crop = torch.as_tensor(crop_voxels, dtype=torch.long).reshape(3)
         return torch.nonzero((self.shapes < crop).any(1)).flatten().tolist()
 
-    def check_crop(self, crop_voxels: Sequence[int] | Tensor) -> None:
-        """``ValueError`` naming the CTs smaller than a crop of ``crop_voxels`` ``(3,)`` voxels, with both sizes."""
+    def check_crop(self, crop_voxels: Sequence[int] | Tensor, spacing: Sequence[float] | None = None) -> None:
+        """``ValueError`` naming the CTs smaller than a crop of ``crop_voxels`` ``(3,)`` voxels, with both sizes.
+
+        ``spacing`` (mm, default: the bank's) only sets the crop's size in mm in the message.
+        """
         small = self.too_small(crop_voxels)
         if not small:
             return
         crop = [int(c) for c in torch.as_tensor(crop_voxels).reshape(3)]
-        crop_mm = " x ".join(f"{c * s:g}" for c, s in zip(crop, self.settings.spacing))
+        spacing = self.settings.spacing if spacing is None else [float(s) for s in spacing]
+        crop_mm = " x ".join(f"{c * s:g}" for c, s in zip(crop, spacing))
         listed = "; ".join(f"{self.name(i)} ({' x '.join(map(str, self._cts[i].shape))} voxels)" for i in small[:5])
         more = f" and {len(small) - 5} more" if len(small) > 5 else ""
         raise ValueError(
@@ -405,8 +410,9 @@ class VolumeBank:
         return bank
 
     def to(self, device: torch.device | str) -> "VolumeBank":
-        """The same bank with :meth:`pooled_weights` on ``device``."""
-        return self._subset(range(len(self)), "device", torch.device(device))
+        """The same bank serving ``device`` (``self`` if it already does)."""
+        device = torch.device(device)
+        return self if device == self.device else self._subset(range(len(self)), "device", device)
 
     def shard(self, rank: int, world: int) -> "VolumeBank":
         """CTs ``rank, rank + world, ...``: disjoint banks for the ``world`` ranks of a distributed run."""
@@ -486,7 +492,7 @@ class VolumeBank:
 
     # -------------------------------------------------------------------------------------- batches
     def crops(
-        self, volume_index: Tensor, start: Tensor, size: Sequence[int], *, device, labels: bool = False
+        self, volume_index: Tensor, start: Tensor, size: Sequence[int], *, device=None, labels: bool = False
     ) -> tuple[Tensor, Tensor | None]:
         """Crops ``[start, start + size)`` of CTs ``volume_index``, as attenuation on ``device``.
 
@@ -494,7 +500,7 @@ class VolumeBank:
             volume_index: ``(B,)`` CPU long.
             start: ``(B, 3)`` CPU long voxel indices; every box must lie inside its CT.
             size: ``(d, h, w)`` voxels.
-            device: where the crops go.
+            device: where the crops go (default: :attr:`device`).
             labels: also return the label maps' crops (needs :attr:`has_labels`).
 
         Returns:
@@ -507,7 +513,7 @@ class VolumeBank:
         if labels and not self.has_labels:
             missing = next(self.name(i) for i, ct in enumerate(self._cts) if "labels" not in ct.files)
             raise ValueError(f"labels: every CT needs a label map, and {missing} has none")
-        device = torch.device(device)
+        device = self.device if device is None else torch.device(device)
         on_host = device.type == "cpu"
         batch = volume_index.shape[0]
         pinned = not on_host and device.type == "cuda"
@@ -667,8 +673,11 @@ def _check_size(name: str, size: Sequence[int]) -> tuple[int, int, int]:
     return values
 
 
-def _is_prepared_folder(source) -> bool:
-    """A folder with an index or a ``cts`` folder, or an empty one (not a DICOM series)."""
+def is_prepared_folder(source) -> bool:
+    """Whether ``source`` names a prepared folder: one with an index or a ``cts`` folder, or an empty one.
+
+    (Any other folder is a DICOM series.)
+    """
     return isinstance(source, (str, Path)) and Path(source).is_dir() and (
         (Path(source) / INDEX_NAME).exists() or (Path(source) / "cts").is_dir() or not any(Path(source).iterdir())
     )
@@ -678,7 +687,7 @@ def _prepared_folder(source, *, cache, **settings) -> tuple[Path, _TemporaryCach
     """The prepared folder ``source`` names, or one that CTs ``source`` are prepared into (and its owner if temporary)."""
     if isinstance(source, (str, Path)) and not Path(source).exists() and not any(c in str(source) for c in "*?["):
         raise FileNotFoundError(f"volumes: no such prepared folder or CT file: {source}")
-    if _is_prepared_folder(source):
+    if is_prepared_folder(source):
         return Path(source), None
     keepalive = _TemporaryCache() if cache is None else None
     folder = keepalive.path if keepalive is not None else Path(cache)

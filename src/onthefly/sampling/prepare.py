@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from .._checks import check_choice
 from ..correspondence import WEIGHTINGS, voxel_weights
 from ..volume import Volume
+from .store import TISSUE_BLOCK_MM
 
 __all__ = [
     "PreparationSettings",
@@ -66,7 +67,6 @@ __all__ = [
     "INDEX_NAME",
     "WEIGHT_SCALE",
     "MAX_BOX_VOXELS",
-    "TISSUE_BLOCK_MM",
 ]
 
 INDEX_NAME = "index.json"
@@ -76,8 +76,6 @@ WEIGHT_SCALE = 16383
 """Voxel weights in [0, 1] are stored as integers ``round(w * WEIGHT_SCALE)``."""
 MAX_BOX_VOXELS = (2**32 - 1) // WEIGHT_SCALE
 """Largest box (voxels) whose weight sum the modulo-2**32 table gives exactly: 262,160 (64^3)."""
-TISSUE_BLOCK_MM = 8.0
-"""Edge of the tissue blocks (mm) used to reject degenerate draws."""
 LIST_SUFFIXES = (".txt", ".csv", ".lst", ".list")
 _INT16 = np.iinfo(np.int16)
 _TAIL_BYTES = 65536
