@@ -432,7 +432,11 @@ class VolumeBank(VolumeStore):
         share of CTs is not yet reached.
 
         Example:
-            >>> train, held_out = bank.split((0.8, 0.2), seed=0)  # doctest: +SKIP
+            >>> from onthefly import Volume
+            >>> cts = [Volume.from_tensor(torch.full((8, 8, 8), 40.0 + i), spacing=2.0) for i in range(5)]
+            >>> train, held_out = VolumeBank(cts, spacing=2.0).split((0.8, 0.2), seed=0)
+            >>> len(train), len(held_out)
+            (4, 1)
         """
         shares = [float(f) for f in fractions]
         if len(shares) < 1 or any(not math.isfinite(f) or f <= 0 for f in shares) or abs(sum(shares) - 1) > 1e-6:
