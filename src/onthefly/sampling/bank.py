@@ -322,9 +322,6 @@ class VolumeBank(VolumeStore):
             )
 
     # ---------------------------------------------------------------------------------- description
-    def __len__(self) -> int:
-        return len(self._cts)
-
     def __repr__(self) -> str:
         spacing = " x ".join(f"{s:g}" for s in self.settings.spacing)
         return f"VolumeBank({len(self)} CTs at {spacing} mm from {self.folder})"
@@ -463,12 +460,8 @@ class VolumeBank(VolumeStore):
         return tuple(self._subset(sorted(chosen), "fractions") for chosen in members)
 
     # -------------------------------------------------------------------------------------- drawing
-    def available(self, step: int, candidates: Tensor) -> Tensor:
-        """The CTs batch ``step`` may draw from: all ``candidates`` (the bank keeps no rounds of resident CTs)."""
-        return candidates
-
-    def prefetch(self, steps: range) -> None:
-        """No-op: crops are read when a batch is made (the stream's prefetcher overlaps that with training)."""
+    # available() and prefetch() are VolumeStore's: every candidate may be drawn at every step (no rounds of
+    # resident CTs), and crops are read when a batch is made (the Prefetcher overlaps that with training).
 
     def tissue_blocks(self, volume_index: Tensor, first_block: Tensor, count: Sequence[int]) -> Tensor:
         """Non-air fraction of tissue blocks ``[first_block, first_block + count)`` of CT ``volume_index[b]``.
