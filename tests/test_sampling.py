@@ -231,3 +231,12 @@ def test_convention_shard_gives_each_rank_its_own_cts(small_ct):
     assert candidate_volumes(sampler.store, rank=1, world=4, shard=None).tolist() == [0, 1, 2]  # too few CTs
     with pytest.raises(ValueError, match="shard"):
         candidate_volumes(sampler.store, rank=1, world=4, shard=True)
+
+
+def test_prefetcher_threads_apply_to_its_own_thread_only(small_ct):
+    before = torch.get_num_threads()
+    sampler = make(small_ct, steps=2)
+    assert [batch.step for batch in Prefetcher(sampler, threads=1)] == [0, 1]
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        Prefetcher(sampler, threads=0)

@@ -30,6 +30,9 @@ class Prefetcher:
         depth: batches made ahead of the one in use (at least 1).
         start: first step (default: the sampler's position, so a resumed sampler continues).
         stop: end step, exclusive (default: the sampler's ``steps``, or endless).
+        threads: intra-op threads of the background thread on the CPU (``torch.set_num_threads``
+            there only; the caller's threads are unchanged). Default: torch's setting. On a CPU
+            whose cores the training step already fills, fewer threads here avoid oversubscription.
 
     Yields the batches of steps ``start, start + 1, ...`` in order, exactly
     those ``sampler.sample(step)`` gives; after yielding batch ``s`` the
@@ -43,9 +46,13 @@ class Prefetcher:
         [0, 1, 2]
     """
 
-    def __init__(self, sampler, *, depth: int = 2, start: int | None = None, stop: int | None = None) -> None:
+    def __init__(self, sampler, *, depth: int = 2, start: int | None = None, stop: int | None = None,
+                 threads: int | None = None) -> None:
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise ValueError(f"depth: expected an int >= 1 (batches made ahead), got {depth!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads: expected an int >= 1 or None, got {threads!r}")
+        self.threads = threads
         for name, value in (("start", start), ("stop", stop)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name}: expected an int >= 0 or None, got {value!r}")
@@ -84,6 +91,8 @@ class Prefetcher:
     def _work(self, start: int, batches: queue.Queue, stopping: threading.Event, device: torch.device) -> None:
         step = start
         stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)  # this thread's OpenMP team only
         try:
             while not stopping.is_set() and (self.stop is None or step < self.stop):
                 if stream is None:
