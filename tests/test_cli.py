@@ -160,3 +160,18 @@ def test_cuda_without_cuda_is_refused_by_the_cli(tiny_run, tmp_path, monkeypatch
         main(["train", "correspondence", *tiny_run, "--device", "cuda", "--output", str(tmp_path)])
     with pytest.raises(SystemExit, match="--device: expected cpu, cuda or cuda:N"):
         main(["train", "correspondence", *tiny_run, "--device", "gpu0", "--output", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_prepare_then_train_on_the_prepared_folder(tiny_run, tmp_path, capsys):
+    sources = [tiny_run[tiny_run.index("--volumes") + 1], tiny_run[tiny_run.index("--eval-volumes") + 1]]
+    folder = tmp_path / "prepared"
+    assert main(["prepare", *sources, "--output", str(folder), "--spacing", "5"]) == 0
+    assert json.loads(capsys.readouterr().out)["prepared"] == 2
+    flags = tiny_run[: tiny_run.index("--volumes")]
+    # One prepared folder: a fifth of its patients (here one of the two CTs) is held out for evaluation.
+    assert main(["train", "correspondence", *flags, "--volumes", str(folder), "--output", str(tmp_path / "run")]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps_done"] == 2 and summary["final_eval"] is not None
+    with pytest.raises(SystemExit, match="prepared folder alone"):
+        main(["train", "correspondence", *flags, "--volumes", str(folder), sources[0], "--output", str(tmp_path / "x")])

@@ -1,4 +1,4 @@
-"""Command line: ``onthefly demo``, ``onthefly preview``, ``onthefly train correspondence``.
+"""Command line: ``onthefly demo``, ``onthefly preview``, ``onthefly train correspondence``, ``onthefly prepare``.
 
 Angles are in degrees here only; the library works in radians.
 """
@@ -106,9 +106,11 @@ TRUNK_FLAGS = ("backbone", "patch_size", "d_model", "heads", "layers")
 def _add_train_options(parser: argparse.ArgumentParser, task: str = "correspondence") -> None:
     data = parser.add_argument_group("data (DRRCorrespondenceSampler)")
     data.add_argument("--volumes", nargs="+",
-                      help="training CT paths (NIfTI, NRRD, DICOM folders); default: the bundled chest CT's inferior 60 %%")
+                      help="training CT paths (NIfTI, NRRD, DICOM folders), or one folder made by 'onthefly prepare' "
+                           "(read as a VolumeBank); default: the bundled chest CT's inferior 60 %%")
     data.add_argument("--eval-volumes", nargs="+",
-                      help="held-out CT paths (default: the bundled CT's superior 40 %%, never seen in training)")
+                      help="held-out CT paths or one prepared folder (default: the bundled CT's superior 40 %%, never "
+                           "seen in training; with a prepared --volumes folder, a fifth of its patients)")
     data.add_argument("--views", type=int, default=2, help="views per sample")
     data.add_argument("--image-size", type=int, default=256, help="detector pixels per side (height = width)")
     data.add_argument("--patch-size", type=int, default=16, help="patch edge, pixels (the backbone's stride)")
@@ -192,10 +194,15 @@ def _samplers_from_args(args: argparse.Namespace, **extra):
     from .train import split_volume
 
     if args.volumes:
-        train_volumes = [Volume.from_file(p) for p in args.volumes]
-        if not args.eval_volumes:
-            raise SystemExit("--eval-volumes: give held-out CTs with --volumes (evaluation never reuses training CTs)")
-        eval_volumes = [Volume.from_file(p) for p in args.eval_volumes]
+        train_volumes = _ct_sources(args.volumes, "--volumes", args.spacing)
+        if args.eval_volumes:
+            eval_volumes = _ct_sources(args.eval_volumes, "--eval-volumes", args.spacing)
+        elif not isinstance(train_volumes, list):  # a prepared folder: hold out a fifth of its patients
+            held_out = max(0.2, 1.0 / len(train_volumes))  # at least one CT
+            train_volumes, eval_volumes = train_volumes.split((1.0 - held_out, held_out), seed=args.seed)
+        else:
+            raise SystemExit("--eval-volumes: give held-out CTs with --volumes (evaluation never reuses training CTs), "
+                             "or give --volumes a prepared folder (a fifth of its patients is held out)")
     else:
         train_part, eval_part = split_volume(example_volume(labels=True), fraction=0.6)
         train_volumes, eval_volumes = [train_part], [eval_part]
@@ -209,6 +216,18 @@ def _samplers_from_args(args: argparse.Namespace, **extra):
         volumes=eval_volumes, seed=args.seed + 10_000, augmentation=None, **common,
         **({"alpha": (math.pi, 2 * math.pi)} if held_out else {}))
     return train_sampler, eval_sampler
+
+
+def _ct_sources(paths: list[str], flag: str, spacing: float):
+    """CT files as volumes, or one prepared folder (``onthefly prepare``) as a :class:`~onthefly.sampling.bank.VolumeBank`."""
+    from .sampling.bank import VolumeBank, is_prepared_folder
+
+    prepared = [path for path in paths if is_prepared_folder(path)]
+    if not prepared:
+        return [Volume.from_file(path) for path in paths]
+    if len(paths) > 1:
+        raise SystemExit(f"{flag}: give one prepared folder alone (or CT files), got {len(paths)} paths")
+    return VolumeBank(paths[0], spacing=spacing)
 
 
 def _command_settings(args: argparse.Namespace) -> dict:
@@ -356,6 +375,56 @@ def train_from_args(args: argparse.Namespace, *, given: set[str] | None = None) 
     return train_correspondence(model_config, train_sampler, _train_config(args), eval_sampler=eval_sampler)
 
 
+def _add_prepare_parser(commands) -> None:
+    prepare = commands.add_parser(
+        "prepare", help="resample CTs once into a folder the sampler reads (for many CTs; see VolumeBank)",
+        formatter_class=_HelpFormatter)
+    prepare.add_argument("sources", nargs="+", metavar="CT",
+                         help="CT files (NIfTI, NRRD, MHA), DICOM series folders, globs, or list files "
+                              "(.txt/.csv: one 'ct[,labels[,patient]]' per line)")
+    prepare.add_argument("--output", required=True, help="the prepared folder (an unfinished one is resumed)")
+    prepare.add_argument("--spacing", type=float, nargs="+", default=[1.0],
+                         help="voxel spacing in mm, one value or three: the sampler's --spacing")
+    prepare.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    prepare.add_argument("--air-threshold", type=float, default=-900.0, help="HU at or below which a voxel is air")
+    prepare.add_argument("--weighting", choices=["soft", "binary"], default="soft", help="correspondence voxel weights")
+    prepare.add_argument("--patient-pattern",
+                         help="regular expression whose first group, searched in a CT's path, is its patient id "
+                              "(default: every CT its own patient)")
+    prepare.add_argument("--overwrite", action="store_true", help="prepare again a folder made with other settings")
+    prepare.add_argument("--strict", action="store_true", help="exit with status 1 when a CT cannot be read")
+
+
+def _prepare_from_args(args: argparse.Namespace) -> int:
+    """Run ``onthefly prepare``; print a JSON summary; unreadable CTs are named on stderr."""
+    import re
+    import sys
+    import warnings
+
+    from .sampling.preparation import prepare
+
+    patient_id = None
+    if args.patient_pattern:
+        pattern = re.compile(args.patient_pattern)
+
+        def patient_id(name: str) -> str:
+            match = pattern.search(name)
+            if match is None:
+                raise SystemExit(f"--patient-pattern: {args.patient_pattern!r} does not match the CT {name}")
+            return match.group(1) if match.groups() else match.group(0)
+
+    spacing = args.spacing[0] if len(args.spacing) == 1 else args.spacing
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the failures are printed below
+        report = prepare(args.sources, args.output, spacing=spacing, workers=args.workers,
+                         air_threshold_hu=args.air_threshold, weighting=args.weighting, patient_id=patient_id,
+                         overwrite=args.overwrite)
+    for name, reason in report.failed:
+        print(f"onthefly prepare: could not read {name}: {reason}", file=sys.stderr)
+    print(json.dumps(report.summary(), indent=2))
+    return 1 if report.failed and args.strict else 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onthefly", description=__doc__, formatter_class=_HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -386,6 +455,7 @@ def _parser() -> argparse.ArgumentParser:
                                         formatter_class=_HelpFormatter))
     _add_train_options(tasks.add_parser("classifier", help="the multi-view fracture classifier (simulated fractures)",
                                         formatter_class=_HelpFormatter), task="classifier")
+    _add_prepare_parser(commands)
     return parser
 
 
@@ -405,6 +475,9 @@ def _given_flags(argv: list[str] | None) -> set[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+
+    if args.command == "prepare":
+        return _prepare_from_args(args)
 
     if args.command == "train":
         train = train_from_args if args.task == "correspondence" else train_classifier_from_args
