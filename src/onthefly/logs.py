@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
@@ -90,7 +91,7 @@ class Progress:
         self.mode = progress_mode(mode, self.stream)
         self.total, self.description, self.unit = total, description, unit
         self.initial = self.done = initial
-        self.began = time.perf_counter()
+        self._clock: tuple[float, int] | None = None  # (time, steps done) at the first update: the rate counts from it
         self._bar = None
         if self.mode == "bar":
             from tqdm.auto import tqdm
@@ -101,25 +102,33 @@ class Progress:
     def update(self, count: int = 1) -> None:
         """``count`` more steps are done."""
         self.done += count
+        if self._clock is None:  # the end of the first step: the rate counts from here
+            self._clock = (time.perf_counter(), self.done)
         if self._bar is not None:
             self._bar.update(count)
 
     def rate(self) -> float | None:
-        """Steps per second since the start (``None`` before the first step)."""
-        elapsed = time.perf_counter() - self.began
-        steps = self.done - self.initial
+        """Steps per second since the first :meth:`update` (``None`` until a second one).
+
+        What ran before the loop's first step ended (loading, a first evaluation, the first
+        step's warm-up) does not count; what runs between steps (evaluations, checkpoints) does.
+        """
+        if self._clock is None:
+            return None
+        began, done = self._clock
+        elapsed, steps = time.perf_counter() - began, self.done - done
         return steps / elapsed if steps > 0 and elapsed > 0 else None
 
-    def log(self, **values) -> None:
-        """Show ``values`` (loss, samples/s, ...): on the bar beside the count; as lines, one line now."""
+    def log(self, values: Mapping[str, object] | None = None, /, **more) -> None:
+        """Show ``values`` and ``more`` (loss, samples/s, ...): on the bar beside the count; as lines, one line now."""
         if self.mode == "off":
             return
+        shown = {key: format_value(value) for key, value in {**(values or {}), **more}.items()}
         if self._bar is not None:
-            self._bar.set_postfix({key.replace("_", " "): format_value(value) for key, value in values.items()},
-                                  refresh=True)
+            self._bar.set_postfix(shown, refresh=True)
             return
         parts = [f"{self.description}: {self.unit} {self.done}/{self.total} ({100 * self.done / max(1, self.total):.0f} %)"]
-        parts += [f"{key.replace('_', ' ')} {format_value(value)}" for key, value in values.items()]
+        parts += [f"{key} {value}" for key, value in shown.items()]
         rate = self.rate()
         if rate is not None:
             parts.append(f"{1 / rate:.3g} s/{self.unit}")

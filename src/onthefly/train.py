@@ -516,10 +516,10 @@ class _RunLog:
         _write_row(self.output, self.columns, row)
         if "loss" not in row:
             return
-        shown = {"loss": f"{row['loss']:.4f}", "samples_per_s": f"{row['samples_per_s']:.1f}"}
+        shown = {"loss": f"{row['loss']:.4f}", "samples/s": f"{row['samples_per_s']:.1f}"}
         if last_eval:
             shown[f"held-out {self.task.score}"] = f"{last_eval[self.task.score]:.3f}"
-        self.progress.log(**shown)
+        self.progress.log(shown)
         if self.board is not None:
             first = row["step"] - len(losses) + 1
             for offset, loss in enumerate(losses):

@@ -135,18 +135,18 @@ def run_demo(args: argparse.Namespace, argv=None) -> int:
     summary["views_png"] = str(save_views(images[0], folder / "views.png", titles=titles, colorbar=True))
     print(json.dumps(strict_json(summary), indent=2), flush=True)
     if not args.no_train:
-        summary["training"] = _demo_training(folder / "train", args.steps, quiet=args.quiet)
+        summary["training"] = _demo_training(folder / "train", args.steps, quiet=args.quiet,
+                                             eval_batches=args.eval_batches)
     write_json(folder / "summary.json", summary)
     return 0
 
 
 DEMO_TRAINING_FLAGS = ["--model", "small", "--image-size", "128", "--patch-size", "16", "--crop-size", "120",
-                       "--spacing", "2", "--batch-size", "8", "--lr", "1e-3", "--eval-batches", "4",
-                       "--log-every", "10", "--device", "cpu"]
+                       "--spacing", "2", "--batch-size", "8", "--lr", "1e-3", "--log-every", "10", "--device", "cpu"]
 """The demo's training run, as flags of ``onthefly train correspondence`` (plus --steps and the periods)."""
 
 
-def _demo_training(folder: Path, steps: int, *, quiet: bool = False) -> dict:
+def _demo_training(folder: Path, steps: int, *, quiet: bool = False, eval_batches: int = 4) -> dict:
     """Train the small correspondence model on the bundled CT and report loss and held-out AP."""
     from .training import _add_train_options, train_from_args
 
@@ -155,6 +155,7 @@ def _demo_training(folder: Path, steps: int, *, quiet: bool = False) -> dict:
     parser.set_defaults(task="correspondence")
     period = str(max(1, steps // 6))
     args = parser.parse_args([*DEMO_TRAINING_FLAGS, "--steps", str(steps), "--eval-every", period,
+                              "--eval-batches", str(eval_batches),
                               "--checkpoint-every", period, "--output", str(folder), *(["--quiet"] if quiet else [])])
     print(f"Training the small correspondence model for {steps} steps on the bundled CT's inferior 60 % "
           "(primary angles 0-180 deg); evaluating on its superior 40 % (180-360 deg), never seen in training.",
@@ -179,6 +180,8 @@ def add_picture_parsers(commands) -> None:
     demo.add_argument("--output", default="outputs/demo", help="folder for the pictures, train/ and summary.json")
     demo.add_argument("--steps", type=positive(int), default=600,
                       help="training steps of the small correspondence model (about 0.5 s each on a 2-core CPU)")
+    demo.add_argument("--eval-batches", type=positive(int), default=4,
+                      help="held-out batches of 8 samples per evaluation (the same ones each time)")
     demo.add_argument("--no-train", action="store_true", help="only render the pictures")
     demo.add_argument("--quiet", action="store_true", help="no progress bar: one plain line per 10 steps on stderr")
     demo.add_argument("--volume", help="CT path (NIfTI, NRRD, MHA, DICOM folder); default: the bundled chest CT")
