@@ -418,7 +418,7 @@ def format_report(report: dict) -> str:
             continue
         lines.append(label + [
             f"{row['drrs_per_s']:.3g} ({row['drrs_per_s_min']:.3g}-{row['drrs_per_s_max']:.3g})",
-            f"{row['ms_per_view']:.3g}",
+            f"{row['ms_per_view']:.3g}" if row["ms_per_view"] < 1000 else f"{row['ms_per_view']:.0f}",
             f"{row['process_peak_bytes'] / GB:.2f}",
             "-" if row["device_peak_bytes"] is None else f"{row['device_peak_bytes'] / GB:.2f}",
             "-" if "relative_l1" not in row else f"{100 * row['relative_l1']:.3f} %",

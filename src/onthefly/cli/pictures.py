@@ -179,7 +179,7 @@ def add_picture_parsers(commands) -> None:
                                             "a small correspondence model on it", formatter_class=HelpFormatter)
     demo.add_argument("--output", default="outputs/demo", help="folder for the pictures, train/ and summary.json")
     demo.add_argument("--steps", type=positive(int), default=600,
-                      help="training steps of the small correspondence model (about 0.5 s each on a 2-core CPU)")
+                      help="training steps of the small correspondence model (0.5-0.7 s each on a 2-core CPU)")
     demo.add_argument("--eval-batches", type=positive(int), default=4,
                       help="held-out batches of 8 samples per evaluation (the same ones each time)")
     demo.add_argument("--no-train", action="store_true", help="only render the pictures")
