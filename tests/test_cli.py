@@ -211,15 +211,40 @@ def test_train_help_shows_defaults_and_every_flag_explains_itself(capsys):
         assert shown in text
     units = {"--crop-size": "mm", "--spacing": "mm", "--image-size": "pixels", "--patch-size": "pixels",
              "--steps": "steps", "--checkpoint-every": "steps", "--eval-every": "steps", "--log-every": "steps",
-             "--fracture-probability": "[0, 1]", "--d-model": "channels"}
-    trains = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
-    tasks = next(a for a in trains._actions if isinstance(a, argparse._SubParsersAction)).choices
-    for task in tasks.values():
-        for action in task._actions:
-            assert action.help, f"{action.option_strings} has no help"
+             "--fracture-probability": "[0, 1]", "--d-model": "channels", "--alpha": "degrees", "--beta": "degrees",
+             "--sid": "mm", "--sdd": "mm", "--size": "pixels", "--pixel-spacing": "mm", "--geometric": "[0, 1]"}
+    for command in _commands(_parser()):
+        for action in command._actions:
+            assert action.help, f"{command.prog} {action.option_strings or action.dest} has no help"
             for flag in action.option_strings:
                 if flag in units:
-                    assert units[flag] in action.help, f"{flag}: no unit in {action.help!r}"
+                    assert units[flag] in action.help, f"{command.prog} {flag}: no unit in {action.help!r}"
+
+
+def _commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every command's parser (``onthefly demo``, ``onthefly train correspondence``, ...)."""
+    found = []
+    for action in parser._actions:  # argparse has no public way to walk its sub-parsers
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                children = _commands(sub)
+                found += children or [sub]
+    return found
+
+
+def test_every_command_answers_help_with_its_defaults(capsys):
+    from onthefly.cli import _parser
+
+    for command in _commands(_parser()):
+        words = command.prog.split()[1:]
+        with pytest.raises(SystemExit) as exit_code:
+            main([*words, "--help"])
+        assert exit_code.value.code == 0
+        text = capsys.readouterr().out
+        assert text.startswith(f"usage: {command.prog}")
+        if any(action.default not in (None, False, [], argparse.SUPPRESS) for action in command._actions
+               if action.option_strings and action.dest != "help"):
+            assert "(default: " in text, command.prog
 
 
 @pytest.fixture

