@@ -1,6 +1,6 @@
 """C-arm geometry: poses, detector pixels, projection matrices and rays.
 
-The convention (DESIGN.md; pinned by ``tests/test_geometry.py::test_convention_*``
+The convention (the README's Conventions section; pinned by ``tests/test_geometry.py::test_convention_*``
 and by a side-by-side render with diffdrr in ``tests/test_projector.py``):
 
 * ``R = Rz(alpha) @ Rx(beta) @ Ry(gamma)`` (radians).
