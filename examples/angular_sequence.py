@@ -1,6 +1,6 @@
 """Angular sequences on the fly: learn the transition from one projection to the next (Xray2Xray's set-up).
 
-Run: ``.venv/bin/python examples/angular_sequence.py`` (about 1-2 minutes on a
+Run: ``python examples/angular_sequence.py`` (about 1-2 minutes on a
 2-core CPU at the defaults: 300 steps); ``--steps 3`` for a smoke test.
 
 Every step draws a fresh batch from ``AngularSequenceSampler`` with the
@@ -21,7 +21,6 @@ view" baseline, and writes the figures to ``outputs/examples/angular_sequence.js
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -31,6 +30,8 @@ import torch
 from torch import nn
 
 import onthefly as otf
+from onthefly.checkpoint import write_json
+from onthefly.logs import Progress
 from onthefly.tasks import AngularSequenceSampler
 
 
@@ -62,12 +63,15 @@ def transitions(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--log-every", type=int, default=25)
-    parser.add_argument("--output", default="outputs/examples/angular_sequence.json")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--steps", type=int, default=300, help="optimisation steps (one fresh batch each)")
+    parser.add_argument("--batch-size", type=int, default=4, help="samples per step")
+    parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
+    parser.add_argument("--log-every", type=int, default=25,
+                        help="steps between progress lines (off a terminal) and bar updates of the loss")
+    parser.add_argument("--output", default="outputs/examples/angular_sequence.json", help="the summary JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar: plain progress lines on stderr")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
 
@@ -92,6 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     before = evaluate()
     history = []
     start = time.perf_counter()
+    progress = Progress(total=args.steps, description=f"train {Path(__file__).stem}",
+                        mode="lines" if args.quiet else "auto")
     for step, batch in zip(range(args.steps), sampler):
         current, angle_step, following = transitions(batch)
         loss = (model(current, angle_step) - following).abs().mean()
@@ -99,8 +105,10 @@ def main(argv: list[str] | None = None) -> dict:
         loss.backward()
         optimiser.step()
         history.append(float(loss.detach()))
-        if step % args.log_every == 0 or step == args.steps - 1:
-            print(f"step {step:4d}  next-view L1 {history[-1]:.4f}  ({time.perf_counter() - start:.0f} s)", flush=True)
+        progress.update()
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+            progress.log({"next-view L1": history[-1]})
+    progress.close()
     after = evaluate()
     window = max(1, min(10, len(history) // 2))
     summary = {
@@ -122,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"(copying the current view: {after['copy_baseline_l1']:.4f})")
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(summary, indent=2))
+    write_json(output, summary)  # strict JSON: null, never NaN
     print(f"wrote {output}")
     return summary
 

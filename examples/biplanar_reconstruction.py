@@ -1,6 +1,6 @@
 """Biplanar X-ray to CT on the fly: a PA and a lateral DRR in, the CT crop out (X-Recon's set-up).
 
-Run: ``.venv/bin/python examples/biplanar_reconstruction.py`` (about 1-2 minutes
+Run: ``python examples/biplanar_reconstruction.py`` (about 1-2 minutes
 on a 2-core CPU at the defaults: 300 steps); ``--steps 3`` for a smoke test.
 
 Every step draws a fresh batch from ``BiplanarSampler``: random 160 mm crops of
@@ -21,7 +21,6 @@ batch (another seed) before and after training, and writes the figures to
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -31,6 +30,8 @@ import torch
 from torch import nn
 
 import onthefly as otf
+from onthefly.checkpoint import write_json
+from onthefly.logs import Progress
 from onthefly.tasks import BiplanarSampler, ProjectionLoss
 
 
@@ -61,13 +62,17 @@ class TinyBiplanarNet(nn.Module):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--projection-weight", type=float, default=0.2)
-    parser.add_argument("--log-every", type=int, default=25)
-    parser.add_argument("--output", default="outputs/examples/biplanar_reconstruction.json")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--steps", type=int, default=300, help="optimisation steps (one fresh batch each)")
+    parser.add_argument("--batch-size", type=int, default=4, help="samples per step")
+    parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
+    parser.add_argument("--projection-weight", type=float, default=0.2,
+                        help="weight of the projection L1 (PA, lateral, axial DRRs) beside the voxel L1")
+    parser.add_argument("--log-every", type=int, default=25,
+                        help="steps between progress lines (off a terminal) and bar updates of the loss")
+    parser.add_argument("--output", default="outputs/examples/biplanar_reconstruction.json", help="the summary JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar: plain progress lines on stderr")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
 
@@ -99,6 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     before = evaluate()
     history = []
     start = time.perf_counter()
+    progress = Progress(total=args.steps, description=f"train {Path(__file__).stem}",
+                        mode="lines" if args.quiet else "auto")
     for step, batch in zip(range(args.steps), sampler):
         voxel, drr = losses(batch, model(batch.images))
         loss = voxel + args.projection_weight * drr
@@ -106,9 +113,10 @@ def main(argv: list[str] | None = None) -> dict:
         loss.backward()
         optimiser.step()
         history.append({"loss": float(loss.detach()), "voxel_l1": float(voxel.detach()), "projection_l1": float(drr.detach())})
-        if step % args.log_every == 0 or step == args.steps - 1:
-            print(f"step {step:4d}  loss {history[-1]['loss']:.4f}  voxel L1 {history[-1]['voxel_l1']:.4f}  "
-                  f"projection L1 {history[-1]['projection_l1']:.4f}  ({time.perf_counter() - start:.0f} s)", flush=True)
+        progress.update()
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+            progress.log({"loss": history[-1]["loss"], "voxel L1": history[-1]["voxel_l1"], "projection L1": history[-1]["projection_l1"]})
+    progress.close()
     after = evaluate()
     window = max(1, min(10, len(history) // 2))
     mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
@@ -132,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"(the batch's mean volume for every sample: voxel L1 {after['mean_volume_baseline_voxel_l1']:.4f})")
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(summary, indent=2))
+    write_json(output, summary)  # strict JSON: null, never NaN
     print(f"wrote {output}")
     return summary
 

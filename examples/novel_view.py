@@ -1,6 +1,6 @@
 """Novel-view synthesis on the fly: a source DRR and a relative pose in, the target view out (SV-DRR's set-up).
 
-Run: ``.venv/bin/python examples/novel_view.py`` (about 1-2 minutes on a
+Run: ``python examples/novel_view.py`` (about 1-2 minutes on a
 2-core CPU at the defaults: 300 steps); ``--steps 3`` for a smoke test.
 
 Every step draws a fresh batch from ``NovelViewSampler``: random 160 mm crops
@@ -22,7 +22,6 @@ view" baseline, and writes the figures to ``outputs/examples/novel_view.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -33,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import onthefly as otf
+from onthefly.checkpoint import write_json
+from onthefly.logs import Progress
 from onthefly.tasks import NovelViewBatch, NovelViewSampler
 
 
@@ -72,13 +73,17 @@ class TinyNovelViewNet(nn.Module):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--target-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--log-every", type=int, default=25)
-    parser.add_argument("--output", default="outputs/examples/novel_view.json")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--steps", type=int, default=300, help="optimisation steps (one fresh batch each)")
+    parser.add_argument("--batch-size", type=int, default=8, help="samples per step")
+    parser.add_argument("--target-size", type=int, default=64,
+                        help="target views' pixels per side (a multiple of 16; the same field of view as the source)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
+    parser.add_argument("--log-every", type=int, default=25,
+                        help="steps between progress lines (off a terminal) and bar updates of the loss")
+    parser.add_argument("--output", default="outputs/examples/novel_view.json", help="the summary JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar: plain progress lines on stderr")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
 
@@ -108,14 +113,18 @@ def main(argv: list[str] | None = None) -> dict:
     before = evaluate()
     history = []
     start = time.perf_counter()
+    progress = Progress(total=args.steps, description=f"train {Path(__file__).stem}",
+                        mode="lines" if args.quiet else "auto")
     for step, batch in zip(range(args.steps), sampler):
         loss = (predict(batch) - batch.targets[:, 0]).abs().mean()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
         history.append(float(loss.detach()))
-        if step % args.log_every == 0 or step == args.steps - 1:
-            print(f"step {step:4d}  target L1 {history[-1]:.4f}  ({time.perf_counter() - start:.0f} s)", flush=True)
+        progress.update()
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+            progress.log({"target L1": history[-1]})
+    progress.close()
     after = evaluate()
     window = max(1, min(10, len(history) // 2))
     summary = {
@@ -137,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"(copying the source view: {after['copy_baseline_l1']:.4f})")
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(summary, indent=2))
+    write_json(output, summary)  # strict JSON: null, never NaN
     print(f"wrote {output}")
     return summary
 

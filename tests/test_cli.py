@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import runpy
+import sys
 from pathlib import Path
 
 import matplotlib.image
 import pytest
+import torch
 
 from onthefly.cli import main
 
@@ -48,11 +51,149 @@ def test_bad_beta_count_is_reported():
 @pytest.mark.slow
 def test_sampler_loop_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["sampler_loop.py", "--image-size", "64", "--spacing", "4"])
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "sampler_loop.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "same batch as the uninterrupted stream: True" in out
     assert "DataLoader steps: [4, 5]" in out
     read_png(tmp_path / "outputs" / "examples" / "sampled_batch.png")
+
+
+# --------------------------------------------------------------------- render
+
+
+def usage_error(capsys, argv: list[str]) -> str:
+    """Run a command that must stop on bad input: exit status 2, the message on stderr."""
+    with pytest.raises(SystemExit) as exit_code:
+        main(argv)
+    assert exit_code.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"onthefly {argv[0]}: error: ")
+    return error
+
+
+@pytest.fixture
+def phantom_file(tmp_path, make_phantom_hu) -> str:
+    import nibabel as nib
+    import numpy as np
+
+    path = tmp_path / "phantom.nii.gz"
+    nib.save(nib.Nifti1Image(make_phantom_hu((32, 32, 32)).numpy(), np.diag([4.0, 4.0, 4.0, 1.0])), str(path))
+    return str(path)
+
+
+def test_render_writes_views_and_the_correspondence_picture(phantom_file, tmp_path, capsys):
+    output = tmp_path / "out" / "views.png"
+    assert main(["render", phantom_file, "--alpha", "0", "90", "30", "--beta", "0", "0", "10", "--image-size", "64",
+                 "--output", str(output), "--correspondence"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == [1, 3, 1, 64, 64] and summary["correspondence"] == [1, 48, 48]
+    assert summary["pixel_spacing_mm"] == pytest.approx(1.1 * 128 * 1020 / 850 / 64)  # frames the 128 mm CT
+    assert read_png(output)[..., :3].std() > 0.05
+    assert Path(summary["correspondence_png"]) == tmp_path / "out" / "views-correspondence.png"
+    read_png(tmp_path / "out" / "views-correspondence.png")
+
+
+def test_render_refuses_bad_input_with_status_2(phantom_file, tmp_path, capsys, monkeypatch):
+    output = str(tmp_path / "views.png")
+    assert "CT: path: no such file or folder" in usage_error(capsys, ["render", str(tmp_path / "none.nii"),
+                                                                      "--output", output])
+    text = tmp_path / "notes.txt"
+    text.write_text("not a CT")
+    assert "cannot be read as a CT image" in usage_error(capsys, ["render", str(text), "--output", output])
+    blocked = usage_error(capsys, ["render", phantom_file, "--output", str(text / "views.png")])
+    assert f"--output: cannot write {text / 'views.png'}: {text} is a file, not a folder" in blocked
+    assert "--output: expected a file path, got the folder" in usage_error(capsys, ["render", phantom_file,
+                                                                                    "--output", str(tmp_path)])
+    assert "--beta: expected 2 values" in usage_error(capsys, ["render", phantom_file, "--beta", "1",
+                                                               "--output", output])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "--device: cuda was asked for, but torch finds no CUDA device" in usage_error(
+        capsys, ["render", phantom_file, "--device", "cuda", "--output", output])
+    assert not (tmp_path / "views.png").exists()
+
+
+# --------------------------------------------------------------------- benchmark
+
+
+def test_benchmark_prints_a_table_and_writes_nothing_unasked(phantom_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    before = set(tmp_path.iterdir())
+    assert main(["benchmark", phantom_file, "--views", "2", "--image-size", "16", "--repeats", "2", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    header, row = captured.out.strip().splitlines()[-2:]
+    assert header.split()[:5] == ["library", "method", "dtype", "B", "x"]
+    assert row.split()[:6] == ["onthefly", "trilinear", "float32", "1", "x", "2"]
+    assert "onthefly: " in captured.err and "DRRs/s" in captured.err  # the progress lines
+    assert set(tmp_path.iterdir()) == before
+
+
+def test_benchmark_json_and_output_file(phantom_file, tmp_path, capsys):
+    output = tmp_path / "reports" / "bench.json"
+    assert main(["benchmark", phantom_file, "--views", "1", "--image-size", "16", "--repeats", "1", "--batch", "2",
+                 "--crop-size", "80", "--error", "--dtype", "float64", "--json", "--output", str(output)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads(output.read_text())
+    assert printed["rows"][0]["dtype"] == saved["rows"][0]["dtype"] == "float64"
+    assert saved["settings"]["batch"] == 2 and 0 < saved["rows"][0]["relative_l1"] < 0.2
+    assert "NaN" not in output.read_text()
+
+
+def test_benchmark_refuses_bad_input_with_status_2(phantom_file, tmp_path, capsys, monkeypatch):
+    assert "CT: path: no such file or folder" in usage_error(capsys, ["benchmark", str(tmp_path / "none.nrrd")])
+    (tmp_path / "empty").mkdir()
+    assert "holds no files" in usage_error(capsys, ["benchmark", str(tmp_path / "empty")])
+    assert "--against: expected libraries from diffdrr, got astra" in usage_error(
+        capsys, ["benchmark", phantom_file, "--against", "astra"])
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert "is a file, not a folder" in usage_error(capsys, ["benchmark", phantom_file, "--output",
+                                                             str(blocked / "bench.json")])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "--device: cuda was asked for, but torch finds no CUDA device" in usage_error(
+        capsys, ["benchmark", phantom_file, "--device", "cuda"])
+    monkeypatch.setitem(sys.modules, "diffdrr", None)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    assert "--against: diffdrr is not installed (pip install --no-deps diffdrr==0.6.1)" in usage_error(
+        capsys, ["benchmark", phantom_file, "--against", "diffdrr"])
+
+
+def test_benchmark_compile_is_run_or_said_to_be_unavailable(phantom_file, capsys):
+    from onthefly.benchmark import compile_available
+
+    argv = ["benchmark", phantom_file, "--views", "1", "--image-size", "16", "--repeats", "1", "--compile"]
+    if compile_available():
+        assert main(argv) == 0
+        assert "compiled" in capsys.readouterr().out
+    else:
+        assert "--compile: not available" in usage_error(capsys, argv)
+
+
+@pytest.mark.slow
+def test_benchmark_against_diffdrr(phantom_file, capsys):
+    pytest.importorskip("diffdrr")
+    assert main(["benchmark", phantom_file, "--views", "2", "--image-size", "16", "--repeats", "1",
+                 "--against", "diffdrr", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [row["library"] for row in rows] == ["onthefly", "diffdrr"] and rows[1]["status"] == "ok"
+
+
+# --------------------------------------------------------------------- demo
+
+
+@pytest.mark.slow
+def test_demo_shows_progress_and_ends_with_the_summary_line(tmp_path, capsys):
+    output = tmp_path / "demo"
+    assert main(["demo", "--steps", "2", "--eval-batches", "1", "--size", "64", "--pixel-spacing", "8", "--quiet",
+                 "--output", str(output)]) == 0
+    captured = capsys.readouterr()
+    last = captured.out.strip().splitlines()[-1]
+    assert last.startswith("loss ") and " -> " in last and "held-out AP" in last and "(trained)" in last
+    assert "train correspondence: step 2/2 (100 %)" in captured.err
+    summary = json.loads((output / "summary.json").read_text())
+    assert {"loss_first_10pct", "held_out_ap_untrained", "held_out_ap_trained"} <= set(summary["training"])
+    for picture in ("views.png", "correspondence_preview.png"):
+        read_png(output / picture)
 
 
 # --------------------------------------------------------------------- train
@@ -70,15 +211,40 @@ def test_train_help_shows_defaults_and_every_flag_explains_itself(capsys):
         assert shown in text
     units = {"--crop-size": "mm", "--spacing": "mm", "--image-size": "pixels", "--patch-size": "pixels",
              "--steps": "steps", "--checkpoint-every": "steps", "--eval-every": "steps", "--log-every": "steps",
-             "--fracture-probability": "[0, 1]", "--d-model": "channels"}
-    trains = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
-    tasks = next(a for a in trains._actions if isinstance(a, argparse._SubParsersAction)).choices
-    for task in tasks.values():
-        for action in task._actions:
-            assert action.help, f"{action.option_strings} has no help"
+             "--fracture-probability": "[0, 1]", "--d-model": "channels", "--alpha": "degrees", "--beta": "degrees",
+             "--sid": "mm", "--sdd": "mm", "--size": "pixels", "--pixel-spacing": "mm", "--geometric": "[0, 1]"}
+    for command in _commands(_parser()):
+        for action in command._actions:
+            assert action.help, f"{command.prog} {action.option_strings or action.dest} has no help"
             for flag in action.option_strings:
                 if flag in units:
-                    assert units[flag] in action.help, f"{flag}: no unit in {action.help!r}"
+                    assert units[flag] in action.help, f"{command.prog} {flag}: no unit in {action.help!r}"
+
+
+def _commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every command's parser (``onthefly demo``, ``onthefly train correspondence``, ...)."""
+    found = []
+    for action in parser._actions:  # argparse has no public way to walk its sub-parsers
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                children = _commands(sub)
+                found += children or [sub]
+    return found
+
+
+def test_every_command_answers_help_with_its_defaults(capsys):
+    from onthefly.cli import _parser
+
+    for command in _commands(_parser()):
+        words = command.prog.split()[1:]
+        with pytest.raises(SystemExit) as exit_code:
+            main([*words, "--help"])
+        assert exit_code.value.code == 0
+        text = capsys.readouterr().out
+        assert text.startswith(f"usage: {command.prog}")
+        if any(action.default not in (None, False, [], argparse.SUPPRESS) for action in command._actions
+               if action.option_strings and action.dest != "help"):
+            assert "(default: " in text, command.prog
 
 
 @pytest.fixture
@@ -160,3 +326,52 @@ def test_cuda_without_cuda_is_refused_by_the_cli(tiny_run, tmp_path, monkeypatch
         main(["train", "correspondence", *tiny_run, "--device", "cuda", "--output", str(tmp_path)])
     with pytest.raises(SystemExit, match="--device: expected cpu, cuda or cuda:N"):
         main(["train", "correspondence", *tiny_run, "--device", "gpu0", "--output", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_prepare_then_train_on_the_prepared_folder(tiny_run, tmp_path, capsys):
+    sources = [tiny_run[tiny_run.index("--volumes") + 1], tiny_run[tiny_run.index("--eval-volumes") + 1]]
+    folder = tmp_path / "prepared"
+    assert main(["prepare", *sources, "--output", str(folder), "--spacing", "5"]) == 0
+    assert json.loads(capsys.readouterr().out)["prepared"] == 2
+    flags = tiny_run[: tiny_run.index("--volumes")]
+    # One prepared folder: a fifth of its patients (here one of the two CTs) is held out for evaluation.
+    assert main(["train", "correspondence", *flags, "--volumes", str(folder), "--output", str(tmp_path / "run")]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps_done"] == 2 and summary["final_eval"] is not None
+    with pytest.raises(SystemExit, match="prepared folder alone"):
+        main(["train", "correspondence", *flags, "--volumes", str(folder), sources[0], "--output", str(tmp_path / "x")])
+
+
+# --------------------------------------------------------------------- progress and logs
+
+
+def test_quiet_training_logs_plain_lines_and_tensorboard_reads_back(tiny_run, tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output = tmp_path / "run"
+    assert main(["train", "correspondence", *tiny_run, "--log-every", "1", "--quiet", "--output", str(output),
+                 "--tensorboard"]) == 0
+    err = capsys.readouterr().err
+    assert "evaluate correspondence at step 0 (1 held-out batches" in err
+    lines = [line for line in err.splitlines() if line.startswith("train correspondence: step ")]
+    assert [line.split(",")[0] for line in lines] == ["train correspondence: step 1/2 (50 %)",
+                                                      "train correspondence: step 2/2 (100 %)"]
+    assert "samples/s" in lines[0] and "ETA" in lines[1]
+    events = EventAccumulator(str(output / "tensorboard")).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/samples_per_s", "eval/ap", "eval/mse"} <= scalars
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+    csv_losses = [float(row["loss"]) for row in csv.DictReader(open(output / "metrics.csv")) if row["loss"]]
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(csv_losses, rel=1e-4)
+    assert [e.step for e in events.Images("eval/prediction")] == [0, 2]
+
+
+def test_tensorboard_missing_stops_before_training(tiny_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    message = usage_error(capsys, ["train", "correspondence", *tiny_run, "--tensorboard", str(tmp_path / "tb"),
+                                   "--output", str(tmp_path / "run")])
+    assert "--tensorboard: TensorBoard logs need the tensorboard package" in message
+    assert "pip install 'onthefly[logs]'" in message
+    assert not (tmp_path / "run").exists()

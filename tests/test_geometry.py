@@ -442,3 +442,12 @@ def test_half_precision_poses_are_held_in_float32():
     carm = CArm(alpha=torch.tensor([0.5], dtype=torch.float16), sid=torch.tensor(800.0, dtype=torch.float16),
                 sdd=1000.0, height=8, pixel_spacing=1.0)
     assert carm.dtype == torch.float32
+
+
+def test_convention_one_dimensional_parameters_are_views():
+    views = CArm(alpha=torch.rand(16), sid=800.0, sdd=1000.0, height=4, pixel_spacing=1.0)
+    assert views.batch_shape == (1, 16)
+    samples = CArm(alpha=torch.rand(16, 1), sid=800.0, sdd=1000.0, height=4, pixel_spacing=1.0)
+    assert samples.batch_shape == (16, 1)
+    mixed = CArm(alpha=torch.rand(16, 1), beta=torch.rand(3), sid=800.0, sdd=1000.0, height=4, pixel_spacing=1.0)
+    assert mixed.batch_shape == (16, 3)

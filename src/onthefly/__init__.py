@@ -23,7 +23,16 @@ from .geometry import CArm, camera_to_world, patch_index, project_points, relati
 from .losses import ProjectionLoss
 from .preview import save_batch_preview, save_correspondence_preview, save_views
 from .projector import beer_lambert, render, to_display
-from .sampling import DRRBatch, DRRCorrespondenceSampler, Prefetcher, SampleParams, SamplerConfig, make_batch
+from .sampling import (
+    DRRBatch,
+    DRRCorrespondenceSampler,
+    Prefetcher,
+    SampleParams,
+    SamplerConfig,
+    VolumeBank,
+    make_batch,
+    prepare,
+)
 from .tasks import AngularSequenceSampler, BiplanarSampler, NovelViewSampler
 from .volume import (
     MU_WATER_PER_MM,
@@ -44,6 +53,8 @@ __all__ = [
     "DRRBatch",
     "DRRCorrespondenceSampler",
     "Prefetcher",
+    "VolumeBank",
+    "prepare",
     "SampleParams",
     "SamplerConfig",
     "make_batch",

@@ -66,7 +66,7 @@ RESUME_OVERRIDES = ("lr", "warmup_steps")
 the cosine schedule then continues from the resumed step with the new values."""
 
 RESUME_FREE = ("output", "resume", "stop_at", "device", "compile", "checkpoint_every", "eval_every", "eval_batches",
-               "log_every", "progress", "resume_overrides", "command", "steps")
+               "log_every", "progress", "tensorboard", "resume_overrides", "command", "steps")
 """Training settings that may differ on resume: where and how the run is driven, not what it trains
 (``steps`` may grow, to extend a run; it is checked apart)."""
 

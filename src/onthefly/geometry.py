@@ -1,6 +1,6 @@
 """C-arm geometry: poses, detector pixels, projection matrices and rays.
 
-The convention (DESIGN.md; pinned by ``tests/test_geometry.py::test_convention_*``
+The convention (the README's Conventions section; pinned by ``tests/test_geometry.py::test_convention_*``
 and by a side-by-side render with diffdrr in ``tests/test_projector.py``):
 
 * ``R = Rz(alpha) @ Rx(beta) @ Ry(gamma)`` (radians).
@@ -51,6 +51,10 @@ class CArm:
 
     Every pose parameter is a number, sequence or tensor broadcastable to
     ``(B, V)``: a scalar, ``(V,)`` or ``(B, V)``; ``isocenter`` to ``(B, V, 3)``.
+    A 1-D parameter is always read as views (``(V,)`` means one sample with
+    ``V`` views, as in NumPy broadcasting): ``CArm(alpha=torch.rand(16))`` is
+    ``B = 1, V = 16``. For 16 samples of one view each, give the unambiguous
+    ``(B, V)`` shape: ``alpha=torch.rand(16, 1)``.
 
     Args:
         alpha: primary angle, radians (rotation about +z, the patient's axis).

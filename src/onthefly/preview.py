@@ -24,23 +24,36 @@ def _figure(rows: int, columns: int, figsize: tuple[float, float]):
     return figure, figure.subplots(rows, columns, squeeze=False)
 
 
-def _save(figure, path: str | Path) -> Path:
-    figure.tight_layout()
+def _save(figure, path: str | Path, *, tight: bool = True) -> Path:
+    """Write the figure; ``tight=False`` for figures whose colour bar takes space from shared axes
+    (``tight_layout`` cannot place those; the saved box is trimmed instead)."""
+    if tight:
+        figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, **({} if tight else {"bbox_inches": "tight"}))
     return path
 
 
-def save_views(images: Tensor, path: str | Path, *, titles: Sequence[str] | None = None) -> Path:
-    """Write ``(V, 1, H, W)`` (or ``(V, H, W)``) line integrals side by side as a PNG."""
+def save_views(images: Tensor, path: str | Path, *, titles: Sequence[str] | None = None,
+               colorbar: bool = False) -> Path:
+    """Write ``(V, 1, H, W)`` (or ``(V, H, W)``) line integrals side by side as a PNG.
+
+    By default each view is scaled to ``[0, 1]`` on its own (:func:`~onthefly.projector.to_display`);
+    ``colorbar=True`` shows the line integrals themselves on one shared scale, with a colour bar.
+    """
     images = images.detach().float().reshape(-1, *images.shape[-2:]).cpu()
-    figure, axes = _figure(1, len(images), (3.2 * len(images), 3.4))
+    figure, axes = _figure(1, len(images), (3.2 * len(images) + (0.8 if colorbar else 0.0), 3.4))
+    high = max(float(images.max()), 1e-6)
     for index, (axis, image) in enumerate(zip(axes[0], images)):
-        axis.imshow(to_display(image).numpy(), cmap="gray", vmin=0, vmax=1)
+        shown = image if colorbar else to_display(image)
+        picture = axis.imshow(shown.numpy(), cmap="gray", vmin=0, vmax=high if colorbar else 1)
         axis.set_title(titles[index] if titles else f"view {index}", fontsize=10)
         axis.axis("off")
-    return _save(figure, path)
+    if colorbar:
+        bar = figure.colorbar(picture, ax=list(axes[0]), fraction=0.03, pad=0.02)
+        bar.set_label("line integral of mu (dimensionless)", fontsize=8)
+    return _save(figure, path, tight=not colorbar)
 
 
 def save_correspondence_preview(
@@ -131,8 +144,11 @@ def _draw_sample(axes, images: Tensor, correspondence: Tensor, *, patch_size: in
             overlay[..., :3] = torch.tensor(colour)
             overlay[..., 3] = 0.75 * heat
             axes[view].imshow(overlay.numpy())
-    axes[-1].imshow(correspondence.numpy(), cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+    matrix = axes[-1].imshow(correspondence.numpy(), cmap="magma", vmin=0, vmax=1, interpolation="nearest")
     axes[-1].set_title(f"C ({views} x {grid[0] * grid[1]} tokens)", fontsize=9)
+    bar = axes[-1].figure.colorbar(matrix, ax=axes[-1], fraction=0.046, pad=0.03)
+    bar.set_label("match strength C (0-1)", fontsize=7)
+    bar.ax.tick_params(labelsize=7)
     for boundary in range(1, views):
         for line in (axes[-1].axhline, axes[-1].axvline):
             line(boundary * grid[0] * grid[1] - 0.5, color="white", linewidth=0.6)

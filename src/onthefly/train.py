@@ -14,6 +14,10 @@ on batches drawn by a :class:`~onthefly.sampling.DRRCorrespondenceSampler`
 * a CSV metrics log, evaluation on a fixed seeded stream of held-out volumes
   (MSE, precision, recall, average precision; :mod:`onthefly.metrics`), and
   PNGs of predicted versus true correspondences;
+* progress (step, loss, samples/s, time left) as a bar on a terminal, or as one
+  plain line per log interval on stderr elsewhere (:class:`onthefly.logs.Progress`),
+  and optionally TensorBoard events of the same numbers and pictures
+  (``tensorboard=``; :class:`onthefly.logs.TensorBoardLog`);
 * DistributedDataParallel when launched by ``torchrun`` (gloo on CPU, nccl on
   GPU); each rank draws its own stream; only rank 0 writes files.
 
@@ -29,6 +33,7 @@ import csv
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,6 +53,7 @@ from .checkpoint import (
     save_checkpoint,
     write_json,
 )
+from .logs import PROGRESS_MODES, Progress, TensorBoardLog, format_value
 from .metrics import classification_metrics, correspondence_metrics
 from .models import ClassifierConfig, CorrespondenceConfig, CorrespondenceModel, FractureClassifier
 from .preview import save_prediction_preview
@@ -88,13 +94,18 @@ class TrainConfig:
             ones (else :class:`~onthefly.checkpoint.ConfigurationMismatchError`
             lists the fields that differ), except the settings of how the run
             is driven (``output``, ``device``, ``compile``, the periods,
-            ``stop_at``, ``progress``) and ``steps``, which may grow to extend the run.
+            ``stop_at``, ``progress``, ``tensorboard``) and ``steps``, which may grow to extend the run.
         resume_overrides: training settings a resume may change on purpose,
             from :data:`~onthefly.checkpoint.RESUME_OVERRIDES` (``"lr"``,
             ``"warmup_steps"``): the schedule continues with the new values.
         stop_at: stop after this step as if the run were killed (the checkpoint lets it resume).
         seed: model initialisation seed.
-        progress: show a progress bar (rank 0).
+        progress: how rank 0 shows progress: ``True`` or ``"auto"`` (a bar when stderr is a
+            terminal, else one plain line per ``log_every`` steps on stderr), ``"bar"``,
+            ``"lines"``, or ``False`` / ``"off"`` (nothing); see :class:`onthefly.logs.Progress`.
+        tensorboard: a folder for TensorBoard events (losses, learning rate, samples/s,
+            evaluation metrics and prediction pictures, at the steps of ``metrics.csv``), or
+            ``None``. Needs the ``tensorboard`` package (``pip install 'onthefly[logs]'``).
         prefetch: batches made ahead in a background thread while the model trains
             (:class:`~onthefly.sampling.prefetch.Prefetcher`); 0 makes each batch in the step.
         command: the command-line settings of the run (set by ``onthefly train``;
@@ -115,10 +126,11 @@ class TrainConfig:
     resume: bool = False
     stop_at: int | None = None
     seed: int = 0
-    progress: bool = True
+    progress: bool | str = True
     resume_overrides: tuple[str, ...] = ()
     command: dict | None = None
     prefetch: int = 2
+    tensorboard: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.output, (str, os.PathLike)):
@@ -133,9 +145,15 @@ class TrainConfig:
             raise ValueError("lr: expected a positive learning rate, got 0")
         if self.stop_at is not None:
             self.stop_at = check_int("stop_at", self.stop_at, minimum=1)
-        for name in ("amp", "compile", "resume", "progress"):
+        for name in ("amp", "compile", "resume"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.progress, bool) and self.progress not in PROGRESS_MODES:
+            raise ValueError(f"progress: expected True, False or one of {list(PROGRESS_MODES)}, got {self.progress!r}")
+        if self.tensorboard is not None:
+            if not isinstance(self.tensorboard, (str, os.PathLike)):
+                raise TypeError(f"tensorboard: expected a folder path or None, got {type(self.tensorboard).__name__}")
+            self.tensorboard = os.fspath(self.tensorboard)
         self.seed = check_int("seed", self.seed)
         if not isinstance(self.device, (str, torch.device)):
             raise TypeError(f"device: expected a device name such as 'cpu' or 'cuda', got {type(self.device).__name__}")
@@ -442,11 +460,83 @@ class _StepMeter:
         return result
 
 
+class _CountingSampler:
+    """A stream that ticks a progress bar at every batch it makes (the evaluation's ``sample(step)`` calls)."""
+
+    def __init__(self, sampler, progress: Progress) -> None:
+        self._sampler, self._progress = sampler, progress
+
+    def sample(self, *args, **kwargs):
+        batch = self._sampler.sample(*args, **kwargs)
+        self._progress.update()
+        return batch
+
+    def __getattr__(self, name: str):
+        return getattr(self._sampler, name)
+
+
+class _RunLog:
+    """Where rank 0 reports a run: ``metrics.csv``, the progress bar or lines, and TensorBoard events.
+
+    Other ranks get a log that writes nothing.
+    """
+
+    def __init__(self, task, config: TrainConfig, output: Path, *, start: int, main: bool) -> None:
+        self.task, self.output, self.main = task, output, main
+        self.columns = ["step", "loss", "lr", "samples_per_s", "sampler_fraction"] + [f"eval_{k}" for k in task.eval_keys]
+        self.board = TensorBoardLog(config.tensorboard, purge_step=start) if main and config.tensorboard else None
+        self.progress = Progress(total=config.steps, initial=start, description=f"train {task.name}",
+                                 mode=config.progress if main else "off")
+        self.eval_batches = config.eval_batches
+        if main:
+            prepare_metrics(output / METRICS, self.columns, resumed_step=start)
+
+    def evaluate(self, evaluate, sampler, step: int) -> dict[str, float] | None:
+        """``evaluate(counted_sampler)`` with a nested bar over its batches; the metrics, also reported."""
+        if sampler is None or not self.main:
+            return None
+        mode = "bar" if self.progress.mode == "bar" else "off"
+        began = time.perf_counter()
+        with Progress(total=self.eval_batches, description="evaluate", unit="batch", mode=mode, leave=False,
+                      stream=self.progress.stream) as bar:
+            metrics = evaluate(_CountingSampler(sampler, bar))
+        shown = ", ".join(f"{key} {format_value(value)}" for key, value in metrics.items())
+        self.progress.write(f"evaluate {self.task.name} at step {step} ({self.eval_batches} held-out batches, "
+                            f"{time.perf_counter() - began:.1f} s): {shown}")
+        if self.board is not None:
+            self.board.scalars(step, metrics, prefix="eval")
+            self.board.picture("eval/prediction", self.output / "pictures" / f"step_{step:06d}.png", step)
+        return metrics
+
+    def row(self, row: dict, losses: Sequence[float] = (), last_eval: dict | None = None) -> None:
+        """One row of ``metrics.csv`` (and TensorBoard, and the progress); ``losses``: the steps' losses
+        since the last row; ``last_eval``: the latest held-out metrics, shown beside the loss."""
+        if not self.main:
+            return
+        _write_row(self.output, self.columns, row)
+        if "loss" not in row:
+            return
+        shown = {"loss": f"{row['loss']:.4f}", "samples/s": f"{row['samples_per_s']:.1f}"}
+        if last_eval:
+            shown[f"held-out {self.task.score}"] = f"{last_eval[self.task.score]:.3f}"
+        self.progress.log(shown)
+        if self.board is not None:
+            first = row["step"] - len(losses) + 1
+            for offset, loss in enumerate(losses):
+                self.board.scalars(first + offset, {"loss": loss}, prefix="train")
+            self.board.scalars(row["step"], {key: row[key] for key in ("lr", "samples_per_s", "sampler_fraction")},
+                               prefix="train")
+
+    def close(self) -> None:
+        self.progress.close()
+        if self.board is not None:
+            self.board.close()
+
+
 def _train(task, sampler: DRRCorrespondenceSampler, config: TrainConfig, eval_sampler) -> dict:
     """The training loop shared by the tasks (see :func:`train_correspondence`)."""
     if not isinstance(sampler, DRRCorrespondenceSampler):
         raise TypeError(f"sampler: expected a DRRCorrespondenceSampler, got {type(sampler).__name__}")
-    columns = ["step", "loss", "lr", "samples_per_s", "sampler_fraction"] + [f"eval_{k}" for k in task.eval_keys]
     cluster = _cluster(config.device)
     device = cluster.device
     output = Path(config.output)
@@ -473,31 +563,24 @@ def _train(task, sampler: DRRCorrespondenceSampler, config: TrainConfig, eval_sa
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if config.amp and device.type == "cuda" else contextlib.nullcontext()
     )
+    log = _RunLog(task, config, output, start=start, main=cluster.main)
 
     def evaluate(step: int) -> dict[str, float] | None:
-        if eval_sampler is None or not cluster.main:
-            return None
-        with autocast:
-            return task.evaluate(model, eval_sampler, config.eval_batches, device,
-                                 output / "pictures" / f"step_{step:06d}.png")
+        def run(counted_sampler):
+            with autocast:
+                return task.evaluate(model, counted_sampler, config.eval_batches, device,
+                                     output / "pictures" / f"step_{step:06d}.png")
 
-    if cluster.main:
-        prepare_metrics(output / METRICS, columns, resumed_step=start)
+        return log.evaluate(run, eval_sampler, step)
+
     if cluster.main and start == 0:
         history["initial_eval"] = evaluate(0)
     if cluster.main and history["initial_eval"] is not None and start == 0:
-        _write_row(output, columns, {"step": 0, **{f"eval_{k}": v for k, v in history["initial_eval"].items()}})
+        log.row({"step": 0, **{f"eval_{k}": v for k, v in history["initial_eval"].items()}})
 
-    progress = None
-    if config.progress and cluster.main:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=config.steps, initial=start, desc=f"train {task.name}", unit="step", mininterval=1.0,
-                        disable=None)  # None: no bar when the output is not a terminal
     last_eval = history.get("last_eval")
     meter = _StepMeter(device)
     pending: list[Tensor] = []  # losses of the steps since the last log, read from the device once per interval
-    value = math.nan
     first_batch_sum = None
     step = start
     end = min(config.steps, config.stop_at) if config.stop_at is not None else config.steps
@@ -516,15 +599,15 @@ def _train(task, sampler: DRRCorrespondenceSampler, config: TrainConfig, eval_sa
             first_batch_sum = float(batch.images.double().sum())  # tells the ranks' streams apart
         meter.count(batch.batch_size * cluster.world)
         pending.append(loss.detach())
+        log.progress.update()
         done = step + 1
-        row = None
+        row, losses = None, []
         if done % config.log_every == 0 or done == end:
             losses = torch.stack(pending).float().tolist()
             history["losses"].extend(losses)
             pending.clear()
-            value = losses[-1]
             samples_per_s, sampler_fraction = meter.read()
-            row = {"step": done, "loss": value, "lr": scheduler.get_last_lr()[0],
+            row = {"step": done, "loss": losses[-1], "lr": scheduler.get_last_lr()[0],
                    "samples_per_s": samples_per_s, "sampler_fraction": sampler_fraction}
             history.setdefault("throughput", []).append(samples_per_s)
             history.setdefault("sampler_fraction", []).append(sampler_fraction)
@@ -534,15 +617,8 @@ def _train(task, sampler: DRRCorrespondenceSampler, config: TrainConfig, eval_sa
             history["last_eval"] = last_eval
             if last_eval is not None:
                 row = (row or {"step": done}) | {f"eval_{k}": v for k, v in last_eval.items()}
-        if row is not None and cluster.main:
-            _write_row(output, columns, row)
-        if progress is not None:
-            progress.update(1)
-            if row is not None:
-                shown = {"loss": f"{value:.4f}", "samples/s": f"{history['throughput'][-1]:.1f}"}
-                if last_eval:
-                    shown[task.score] = f"{last_eval[task.score]:.3f}"
-                progress.set_postfix(shown)
+        if row is not None:
+            log.row(row, losses, last_eval)
         if cluster.main and (done % config.checkpoint_every == 0 or done == end):
             history["losses"].extend(torch.stack(pending).float().tolist() if pending else [])
             pending.clear()
@@ -553,8 +629,7 @@ def _train(task, sampler: DRRCorrespondenceSampler, config: TrainConfig, eval_sa
                     "world": cluster.world, "model_config": task.model_config.to_dict(), "task": task.name,
                     "train_config": asdict(config), "history": history,
                 }, checkpoint_path)
-    if progress is not None:
-        progress.close()
+    log.close()
 
     summary = _summary(history, model, task.model_config, config, cluster, sampler,
                        finished_steps=step + 1 if end > start else start)

@@ -16,6 +16,7 @@
 A batch flows top-down once: ``sampler.sample(step) == sampler.make_batch(sampler.draw(step))``.
 """
 
+from .bank import VolumeBank
 from .batch import BiplanarBatch, DRRBatch, NovelViewBatch, SequenceBatch, require_fields
 from .config import SamplerConfig
 from .draw import DegenerateDrawWarning, draw
@@ -23,6 +24,7 @@ from .layouts import AngularSequence, BiplanarViews, IndependentViews, SourceAnd
 from .make import BatchMaker, make_batch
 from .params import SampleParams
 from .prefetch import Prefetcher
+from .preparation import prepare
 from .store import ResidentStore, VolumeStore
 from .stream import DRRCorrespondenceSampler
 from .targets import DRRTarget, NovelViewTarget, SequenceTarget, TargetBuilder, VolumeTarget
@@ -48,9 +50,11 @@ __all__ = [
     "SourceAndTargets",
     "TargetBuilder",
     "ViewLayout",
+    "VolumeBank",
     "VolumeStore",
     "VolumeTarget",
     "draw",
     "make_batch",
+    "prepare",
     "require_fields",
 ]

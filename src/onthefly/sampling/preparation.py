@@ -1,0 +1,628 @@
+"""The prepared CT cache: every CT resampled once, stored for random crop reads, and indexed.
+
+``prepare(sources, output, spacing=1.0)`` (or ``onthefly prepare CT... --output DIR``)
+reads each CT, resamples it to the sampler's spacing and writes, per CT, a
+folder ``cts/<key>/`` of plain NumPy ``.npy`` files (C order, no compression):
+
+* ``hu.npy``: ``(D, H, W)`` int16 Hounsfield units on the prepared grid (the
+  resampled HU rounded to the nearest integer: at most 0.5 HU, i.e.
+  ``0.5 mu_water / 1000`` = 1e-5 / mm of attenuation at 0.02 / mm, away from the
+  float values).
+* ``labels.npy``: ``(D, H, W)`` int16 label map, when the CT has one.
+* ``tissue.npy``: ``(d, h, w)`` float32 non-air fraction (``HU > air_threshold_hu``)
+  of blocks of about 8 mm, the host-side grid the sampler uses to reject
+  degenerate draws.
+* ``weights.npy``: ``(D + 1, H + 1, W + 1)`` uint32 summed-volume table of the
+  correspondence voxel weights quantised to integers
+  ``q = round(w * WEIGHT_SCALE)``, stored modulo ``2**32``. Box sums by
+  inclusion-exclusion are exact modulo ``2**32``, hence exact for every box of
+  at most ``MAX_BOX_VOXELS`` voxels (the pooled weights of a coarse voxel cost
+  eight reads, whatever its size); the quantisation moves a pooled weight by at
+  most ``0.5 / WEIGHT_SCALE`` (3e-5).
+* ``entry.json``: the CT's index entry, written last: it marks the CT complete.
+
+``index.json`` lists the entries in the order of the sources, with the
+preparation settings and the CTs that could not be read; it is written when a
+preparation finishes (and removed when one starts), so a folder with an index is
+a finished cache. A killed preparation resumes: CTs with an ``entry.json`` of
+the same settings and an unchanged source are skipped.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import uuid
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .._checks import check_choice
+from ..correspondence import WEIGHTINGS, voxel_weights
+from ..volume import Volume
+from .store import TISSUE_BLOCK_MM
+
+__all__ = [
+    "PreparationSettings",
+    "PreparationReport",
+    "CTSource",
+    "prepare",
+    "expand_sources",
+    "read_index",
+    "INDEX_NAME",
+    "WEIGHT_SCALE",
+    "MAX_BOX_VOXELS",
+]
+
+INDEX_NAME = "index.json"
+FORMAT = "onthefly-prepared-cts"
+FORMAT_VERSION = 1
+WEIGHT_SCALE = 16383
+"""Voxel weights in [0, 1] are stored as integers ``round(w * WEIGHT_SCALE)``."""
+MAX_BOX_VOXELS = (2**32 - 1) // WEIGHT_SCALE
+"""Largest box (voxels) whose weight sum the modulo-2**32 table gives exactly: 262,160 (64^3)."""
+LIST_SUFFIXES = (".txt", ".csv", ".lst", ".list")
+_INT16 = np.iinfo(np.int16)
+_TAIL_BYTES = 65536
+
+
+@dataclass(frozen=True)
+class PreparationSettings:
+    """What a prepared CT depends on besides its source; CTs prepared with other settings are redone.
+
+    Attributes:
+        spacing: ``(3,)`` voxel edges in mm every CT is resampled to (CTs already
+            within 1 % of it are kept as they are, as the sampler does).
+        air_threshold_hu: voxels at or below are air (tissue blocks, weights).
+        weighting: ``"soft"`` or ``"binary"`` correspondence voxel weights.
+    """
+
+    spacing: tuple[float, float, float]
+    air_threshold_hu: float = -900.0
+    weighting: str = "soft"
+    tissue_block_mm: float = TISSUE_BLOCK_MM
+    weight_scale: int = WEIGHT_SCALE
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        spacing = tuple(float(s) for s in self.spacing)
+        if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+            raise ValueError(f"spacing: expected one or three positive numbers (mm), got {self.spacing!r}")
+        object.__setattr__(self, "spacing", spacing)
+        if not isinstance(self.air_threshold_hu, (int, float)) or not math.isfinite(self.air_threshold_hu):
+            raise ValueError(f"air_threshold_hu: expected a finite number (HU), got {self.air_threshold_hu!r}")
+        object.__setattr__(self, "air_threshold_hu", float(self.air_threshold_hu))
+        check_choice("weighting", self.weighting, WEIGHTINGS)
+
+    @classmethod
+    def create(cls, spacing, *, air_threshold_hu: float = -900.0, weighting: str = "soft") -> "PreparationSettings":
+        """Settings from a spacing given as one number or three (mm)."""
+        try:
+            values = torch.as_tensor(spacing, dtype=torch.float64).reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            values = None
+        if values is None or isinstance(spacing, (str, bool)) or values.numel() not in (1, 3):
+            raise ValueError(f"spacing: expected one or three positive numbers (mm), got {spacing!r}")
+        return cls(spacing=tuple(values.expand(3).tolist()), air_threshold_hu=air_threshold_hu, weighting=weighting)
+
+    def to_json(self) -> dict:
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+    @property
+    def tissue_block(self) -> tuple[int, int, int]:
+        """Voxels per tissue-block edge: ``round(tissue_block_mm / spacing)``, at least 1."""
+        return tuple(max(1, round(self.tissue_block_mm / s)) for s in self.spacing)
+
+
+@dataclass(frozen=True)
+class CTSource:
+    """One CT to prepare.
+
+    Attributes:
+        name: how messages and the index name it (the CT's path, or ``"<volume 3>"``).
+        path: CT file or DICOM series folder; ``None`` for a CT held in memory.
+        labels: optional label-map file on the CT's grid.
+        patient: patient id (CTs of one patient never land on both sides of a split);
+            default: the CT's own name (every CT its own patient).
+        item: a :class:`~onthefly.volume.Volume` or torchio ``Subject`` held in memory.
+    """
+
+    name: str
+    path: Path | None = None
+    labels: Path | None = None
+    patient: str | None = None
+    item: object = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def key(self) -> str:
+        """Folder name of this CT in the cache: its file stem and a hash of its identity."""
+        if self.path is not None:
+            identity = f"{self.path.resolve()}|{self.labels.resolve() if self.labels else ''}"
+            stem = self.path.name.split(".")[0] or "ct"
+        else:
+            identity = _memory_identity(self.item)
+            stem = "volume"
+        digest = hashlib.blake2b(identity.encode(), digest_size=6).hexdigest()
+        return f"{re.sub(r'[^A-Za-z0-9_-]+', '_', stem)[:40]}-{digest}"
+
+    def stat(self) -> dict | None:
+        """Size and modification time of the source file(s), to tell a changed source; ``None`` in memory."""
+        if self.path is None:
+            return None
+        paths = [self.path] + ([self.labels] if self.labels else [])
+        stats = []
+        for path in paths:
+            members = sorted(path.iterdir()) if path.is_dir() else [path]
+            stats += [(m.name, m.stat().st_size, m.stat().st_mtime_ns) for m in members if m.exists()]
+        return {"files": len(stats), "digest": hashlib.blake2b(repr(stats).encode(), digest_size=8).hexdigest()}
+
+
+@dataclass
+class PreparationReport:
+    """What :func:`prepare` did.
+
+    Attributes:
+        output: the prepared folder.
+        prepared: names of the CTs prepared in this run.
+        skipped: names of the CTs already prepared with the same settings.
+        failed: ``(name, reason)`` of the CTs that could not be prepared.
+    """
+
+    output: Path
+    prepared: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {"output": str(self.output), "prepared": len(self.prepared), "skipped": len(self.skipped),
+                "failed": [{"ct": name, "reason": reason} for name, reason in self.failed]}
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+
+def expand_sources(sources, *, patient_id: Callable[[str], str] | None = None) -> list[CTSource]:
+    """The CTs that ``sources`` name, in order.
+
+    Args:
+        sources: one item or a sequence of items, each a CT file (NIfTI, NRRD,
+            MHA, ...), a DICOM series folder, a glob pattern (sorted matches), a
+            list file (``.txt``, ``.csv``, ``.lst``, ``.list``: one CT per line,
+            ``ct[,labels[,patient]]``, relative to the list's folder, ``#``
+            comments), a :class:`~onthefly.volume.Volume`, a torchio ``Subject``
+            or ``SubjectsDataset``, or a :class:`CTSource`.
+        patient_id: maps a CT's name (its path) to its patient id, for CTs whose
+            patient is not given otherwise (default: each CT its own patient).
+
+    A path that does not exist stays in the list (it is reported as unreadable
+    when prepared); a glob that matches nothing raises ``ValueError``.
+    """
+    items = list(sources) if isinstance(sources, (list, tuple)) else [sources]
+    expanded: list[CTSource] = []
+    for index, item in enumerate(items):
+        expanded.extend(_expand_item(item, index))
+    if patient_id is not None:
+        expanded = [_with_patient(s, patient_id) for s in expanded]
+    seen: dict[str, str] = {}
+    for source in expanded:
+        key = source.key
+        if key in seen:
+            raise ValueError(f"sources: the CT {source.name} is listed twice (also as {seen[key]})")
+        seen[key] = source.name
+    return expanded
+
+
+def _with_patient(source: CTSource, patient_id: Callable[[str], str]) -> CTSource:
+    if source.patient is not None:
+        return source
+    return CTSource(source.name, source.path, source.labels, str(patient_id(source.name)), source.item)
+
+
+def _expand_item(item, index: int) -> list[CTSource]:
+    import torchio as tio
+
+    if isinstance(item, CTSource):
+        return [item]
+    if isinstance(item, Volume):
+        return [CTSource(name=f"<volume {index}>", item=item)]
+    if isinstance(item, tio.Subject):
+        return [_subject_source(item, f"<subject {index}>")]
+    if isinstance(item, tio.SubjectsDataset):
+        return [_subject_source(s, f"<subject {index}.{i}>") for i, s in enumerate(item.dry_iter())]
+    if isinstance(item, (str, Path)):
+        return _expand_path(Path(item), str(item))
+    raise TypeError(
+        f"sources[{index}]: expected a path, glob, list file, Volume, torchio Subject or SubjectsDataset, "
+        f"got {type(item).__name__}"
+    )
+
+
+def _expand_path(path: Path, text: str) -> list[CTSource]:
+    if path.is_file() and path.name.lower().endswith(LIST_SUFFIXES):
+        return _read_list_file(path)
+    if not path.exists() and any(char in text for char in "*?["):
+        matches = sorted(glob.glob(text, recursive=True))
+        if not matches:
+            raise ValueError(f"sources: the pattern {text!r} matches no file")
+        return [CTSource(name=m, path=Path(m)) for m in matches]
+    return [CTSource(name=text, path=path)]
+
+
+def _read_list_file(path: Path) -> list[CTSource]:
+    sources = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        columns = [c.strip() for c in re.split(r"[,\t]", line)]
+        if len(columns) > 3 or not columns[0]:
+            raise ValueError(f"sources: {path} line {number}: expected 'ct[,labels[,patient]]', got {line!r}")
+        ct = _relative_to(path.parent, columns[0])
+        labels = _relative_to(path.parent, columns[1]) if len(columns) > 1 and columns[1] else None
+        patient = columns[2] if len(columns) > 2 and columns[2] else None
+        sources.append(CTSource(name=str(ct), path=ct, labels=labels, patient=patient))
+    return sources
+
+
+def _relative_to(folder: Path, text: str) -> Path:
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else folder / path
+
+
+def _subject_source(subject, fallback: str) -> CTSource:
+    images = subject.get_images(intensity_only=True)
+    path = getattr(images[0], "path", None) if len(images) == 1 else None
+    name = str(path) if isinstance(path, (str, Path)) else fallback
+    patient = subject.get("patient") if isinstance(subject.get("patient"), str) else None
+    return CTSource(name=name, patient=patient, item=subject)
+
+
+def _memory_identity(item) -> str:
+    """A content hash of a CT held in memory (its HU, labels and affine)."""
+    volume = _subject_volume(item) if not isinstance(item, Volume) else item
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(volume.hu.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(volume.affine.cpu().numpy().tobytes())
+    if volume.labels is not None:
+        digest.update(volume.labels.cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _subject_volume(subject) -> Volume:
+    names = subject.get("label_names")
+    return Volume.from_torchio(subject, label_names=names if isinstance(names, dict) else None)
+
+
+# ------------------------------------------------------------------------------------- one CT, on disk
+
+
+def _read_source(source: CTSource) -> Volume:
+    if isinstance(source.item, Volume):
+        return source.item
+    if source.item is not None:
+        return _subject_volume(source.item)
+    return Volume.from_file(source.path, labels=source.labels)
+
+
+def _as_int16(name: str, values: torch.Tensor, what: str) -> np.ndarray:
+    """``values`` rounded to int16, or ``ValueError`` when they leave the int16 range (no silent clamp)."""
+    low, high = (float(v) for v in torch.aminmax(values))
+    if low < _INT16.min - 0.5 or high > _INT16.max + 0.5:
+        raise ValueError(f"{name}: {what} span [{low:g}, {high:g}], outside the int16 range stored in the cache")
+    return torch.round(values).to(torch.int16).contiguous().numpy()
+
+
+def tissue_grid(hu: torch.Tensor, block: Sequence[int], air_threshold_hu: float) -> torch.Tensor:
+    """``(d, h, w)`` float32 non-air fraction of each ``block`` of ``hu`` ``(D, H, W)`` (partial blocks at the far edges)."""
+    tissue = (hu > air_threshold_hu).float()
+    return F.avg_pool3d(tissue[None, None], tuple(block), ceil_mode=True)[0, 0]
+
+
+def weight_table(hu: torch.Tensor, *, weighting: str, air_threshold_hu: float) -> np.ndarray:
+    """``(D+1, H+1, W+1)`` uint32 summed-volume table of ``round(w * WEIGHT_SCALE)``, modulo ``2**32``.
+
+    ``table[i, j, k]`` sums the quantised weights of voxels ``[0, i) x [0, j) x [0, k)``;
+    built one slab of planes at a time so no float64 volume is made.
+    """
+    depth, height, width = hu.shape
+    table = np.zeros((depth + 1, height + 1, width + 1), dtype=np.uint32)
+    planes = max(1, (32 * 2**20) // max(1, height * width * 4))
+    for first in range(0, depth, planes):
+        slab = hu[first : first + planes].float()
+        weights = voxel_weights(slab, weighting=weighting, air_threshold_hu=air_threshold_hu)
+        table[first + 1 : first + 1 + slab.shape[0], 1:, 1:] = torch.round(weights * WEIGHT_SCALE).to(torch.int32).numpy()
+    for axis in range(3):
+        np.cumsum(table, axis=axis, dtype=np.uint32, out=table)  # unsigned: wraps modulo 2**32, by definition
+    return table
+
+
+def _file_record(path: Path, folder: Path) -> dict:
+    """What the bank checks before reading a prepared array: place, layout, size and a hash of its tail."""
+    array = np.load(path, mmap_mode="r")
+    record = {"path": path.relative_to(folder).as_posix(), "offset": int(array.offset), "dtype": array.dtype.str,
+              "shape": list(array.shape), "size": path.stat().st_size, "tail": tail_hash(path)}
+    del array
+    return record
+
+
+def tail_hash(path: Path) -> str:
+    """Hash of the last 64 KiB of a file (a cheap check that it was not rewritten)."""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - _TAIL_BYTES))
+        return hashlib.blake2b(handle.read(), digest_size=8).hexdigest()
+
+
+def _content_hash(hu: np.ndarray, labels: np.ndarray | None, affine: torch.Tensor) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr(hu.shape).encode())
+    digest.update(hu.tobytes())
+    digest.update(affine.numpy().astype("<f8").tobytes())
+    if labels is not None:
+        digest.update(labels.tobytes())
+    return digest.hexdigest()
+
+
+def _resampled(volume: Volume, spacing: tuple[float, float, float]) -> Volume:
+    target = torch.tensor(spacing, dtype=torch.float64)
+    if torch.allclose(volume.spacing, target, rtol=0.01, atol=0):
+        return volume
+    return volume.resample(list(spacing))
+
+
+def prepare_one(source: CTSource, output: Path, settings: PreparationSettings) -> dict:
+    """Prepare one CT into ``output/cts/<key>/`` and return its index entry (raises if it cannot be read)."""
+    volume = _resampled(_read_source(source), settings.spacing)
+    hu = _as_int16("hu", volume.hu[0], "the resampled HU")
+    labels = None if volume.labels is None else _as_int16("labels", volume.labels[0].float(), "the label values")
+    hu_tensor = torch.from_numpy(hu)
+    arrays = {
+        "hu": hu,
+        "tissue": tissue_grid(hu_tensor, settings.tissue_block, settings.air_threshold_hu).numpy(),
+        "weights": weight_table(hu_tensor, weighting=settings.weighting, air_threshold_hu=settings.air_threshold_hu),
+    }
+    if labels is not None:
+        arrays["labels"] = labels
+    key = source.key
+    final = output / "cts" / key
+    staging = output / "cts" / f"{key}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    for name, array in arrays.items():
+        np.save(staging / f"{name}.npy", array)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    names = volume.label_names
+    entry = {
+        "key": key, "source": source.name, "patient": source.patient or source.name, "shape": list(hu.shape),
+        "affine": volume.affine.tolist(), "spacing": volume.spacing.tolist(),
+        "label_names": None if names is None else {str(k): v for k, v in names.items()},
+        "content_hash": _content_hash(hu, labels, volume.affine), "source_stat": source.stat(),
+        "settings": settings.to_json(), "files": {name: _file_record(final / f"{name}.npy", output) for name in arrays},
+    }
+    _write_json(final / "entry.json", entry)
+    return entry
+
+
+def _write_json(path: Path, value) -> None:
+    """Write JSON atomically (a temporary file, then a rename), so a kill leaves the old file or the new one."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    temporary.write_text(json.dumps(value, indent=1))
+    os.replace(temporary, path)
+
+
+# ----------------------------------------------------------------------------------------- the folder
+
+
+def _finished_entry(source: CTSource, output: Path, settings: PreparationSettings) -> dict | None:
+    """The entry of a CT already prepared with these settings from an unchanged source, else ``None``."""
+    path = output / "cts" / source.key / "entry.json"
+    try:
+        entry = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if entry.get("settings") != settings.to_json() or entry.get("source") != source.name:
+        return None
+    if source.path is not None and entry.get("source_stat") != source.stat():
+        return None
+    for record in entry.get("files", {}).values():
+        file = output / record["path"]
+        if not file.is_file() or file.stat().st_size != record["size"]:
+            return None
+    return entry
+
+
+def _check_folder(output: Path, settings: PreparationSettings, overwrite: bool) -> None:
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"output: expected a folder, got the file {output}")
+    index = output / INDEX_NAME
+    if index.exists() and not overwrite:
+        try:
+            previous = json.loads(index.read_text()).get("settings")
+        except ValueError:
+            previous = None
+        if previous is not None and previous != settings.to_json():
+            raise ValueError(
+                f"output: {output} holds CTs prepared with settings {previous}; asked {settings.to_json()}: "
+                "choose another folder, or pass overwrite=True (--overwrite) to prepare them again"
+            )
+    for stale in (output / "cts").glob("*.tmp-*") if (output / "cts").is_dir() else []:
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed preparation
+
+
+def read_index(folder: str | Path) -> dict:
+    """The ``index.json`` of a prepared folder, checked for its format.
+
+    Raises ``FileNotFoundError`` for a folder that does not exist or holds no
+    index (never prepared, or a preparation that did not finish), and
+    ``ValueError`` for an index of another format or version.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"volumes: no such folder: {folder}")
+    path = folder / INDEX_NAME
+    if not path.is_file():
+        unfinished = (folder / "cts").is_dir()
+        raise FileNotFoundError(
+            f"volumes: {folder} has no {INDEX_NAME}: "
+            + ("its preparation did not finish; run `onthefly prepare` again with the same CTs (it resumes)"
+               if unfinished else "it is not a prepared cache (make one with `onthefly prepare CT... --output DIR`)")
+        )
+    try:
+        index = json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"volumes: {path} is not valid JSON ({error}); prepare the folder again") from error
+    if index.get("format") != FORMAT or index.get("version") != FORMAT_VERSION:
+        raise ValueError(
+            f"volumes: {path} has format {index.get('format')!r} version {index.get('version')!r}; "
+            f"expected {FORMAT!r} version {FORMAT_VERSION}: prepare the folder again"
+        )
+    return index
+
+
+# ------------------------------------------------------------------------------------------- prepare
+
+
+def prepare(
+    sources,
+    output: str | Path,
+    *,
+    spacing: float | Sequence[float] = 1.0,
+    workers: int = 1,
+    air_threshold_hu: float = -900.0,
+    weighting: str = "soft",
+    patient_id: Callable[[str], str] | None = None,
+    on_error: str = "skip",
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> PreparationReport:
+    """Resample CTs once to ``spacing`` and store them in ``output`` for :class:`~onthefly.sampling.bank.VolumeBank`.
+
+    Args:
+        sources: CTs, as :func:`expand_sources` takes them (files, DICOM folders,
+            globs, list files, Volumes, torchio Subjects).
+        output: the prepared folder (created; an unfinished one is resumed).
+        spacing: voxel edge(s) in mm, the sampler's ``spacing``.
+        workers: parallel worker processes (1: in this process).
+        air_threshold_hu, weighting: as the sampler's (tissue blocks and weights depend on them).
+        patient_id: maps a CT's path to its patient id (see :func:`expand_sources`).
+        on_error: ``"skip"``: CTs that cannot be read are reported (a warning
+            naming each) and left out; ``"raise"``: the same, then ``ValueError``
+            naming them once the others are prepared.
+        overwrite: prepare into a folder that holds CTs of other settings (they are redone).
+        progress: show a progress bar (default: when stderr is a terminal).
+
+    Returns:
+        a :class:`PreparationReport`; ``output/index.json`` lists the prepared CTs.
+
+    Example:
+        >>> import tempfile
+        >>> ct = Volume.from_tensor(torch.full((8, 8, 8), 40.0), spacing=2.0)
+        >>> report = prepare([ct], tempfile.mkdtemp(), spacing=4.0)
+        >>> len(report.prepared), read_index(report.output)["cts"][0]["shape"]
+        (1, [4, 4, 4])
+    """
+    settings = PreparationSettings.create(spacing, air_threshold_hu=air_threshold_hu, weighting=weighting)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers: expected an int >= 1 (worker processes), got {workers!r}")
+    check_choice("on_error", on_error, ("skip", "raise"))
+    listed = expand_sources(sources, patient_id=patient_id)
+    if not listed:
+        raise ValueError("sources: expected at least one CT, got none")
+    output = Path(output)
+    _check_folder(output, settings, overwrite)
+    (output / "cts").mkdir(parents=True, exist_ok=True)
+    (output / INDEX_NAME).unlink(missing_ok=True)  # an index marks a finished preparation
+    report = PreparationReport(output=output)
+    entries: dict[int, dict] = {}
+    todo = []
+    for position, source in enumerate(listed):
+        entry = _finished_entry(source, output, settings)
+        if entry is None:
+            todo.append(position)
+        else:
+            entries[position] = entry
+            report.skipped.append(source.name)
+    _run(listed, todo, output, settings, workers, entries, report, progress)
+    ordered = [entries[p] for p in sorted(entries)]
+    index = {"format": FORMAT, "version": FORMAT_VERSION, "settings": settings.to_json(), "cts": ordered,
+             "failed": [{"source": name, "reason": reason} for name, reason in report.failed]}
+    _write_json(output / INDEX_NAME, index)
+    _report_failures(report, on_error)
+    return report
+
+
+def _report_failures(report: PreparationReport, on_error: str) -> None:
+    if not report.failed:
+        return
+    lines = "\n".join(f"  {name}: {reason}" for name, reason in report.failed)
+    message = f"{len(report.failed)} CT(s) could not be prepared and were left out:\n{lines}"
+    if on_error == "raise":
+        raise ValueError(f"sources: {message}")
+    warnings.warn(message, stacklevel=3)
+
+
+def _progress_bar(total: int, progress: bool | None):
+    from tqdm.auto import tqdm
+
+    quiet = not sys.stderr.isatty() if progress is None else not progress
+    return tqdm(total=total, desc="prepare", unit="CT", disable=quiet, mininterval=1.0)
+
+
+def _run(listed, todo, output, settings, workers, entries, report, progress) -> None:
+    """Prepare the CTs at positions ``todo``, in this process or in ``workers`` processes."""
+    with _progress_bar(len(todo), progress) as bar:
+        if workers == 1 or len(todo) <= 1:
+            for position in todo:
+                _record(position, listed[position], _attempt(listed[position], output, settings), entries, report)
+                bar.update()
+            return
+        context = multiprocessing.get_context("spawn")  # no fork of a process with torch threads
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        try:
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+                futures = {pool.submit(_attempt, listed[p], output, settings): p for p in todo}
+                for future in as_completed(futures):
+                    position = futures[future]
+                    _record(position, listed[position], future.result(), entries, report)
+                    bar.update()
+        except BrokenProcessPool:
+            failed = {name for name, _ in report.failed}
+            reason = "a worker process died (killed, or out of memory); run prepare again to retry"
+            report.failed += [(listed[p].name, reason) for p in todo if p not in entries and listed[p].name not in failed]
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _attempt(source: CTSource, output: Path, settings: PreparationSettings) -> tuple[bool, object]:
+    """``(True, entry)``, or ``(False, reason)`` when the CT cannot be read or prepared."""
+    try:
+        return True, prepare_one(source, output, settings)
+    except Exception as error:  # noqa: BLE001 - any reader failure is reported with the CT's name
+        return False, f"{type(error).__name__}: {error}"
+
+
+def _record(position: int, source: CTSource, outcome: tuple[bool, object], entries: dict, report) -> None:
+    ok, value = outcome
+    if ok:
+        entries[position] = value
+        report.prepared.append(source.name)
+    else:
+        report.failed.append((source.name, str(value)))
+
