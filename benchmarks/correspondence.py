@@ -35,7 +35,6 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -154,12 +153,14 @@ def accuracy(ct: otf.Volume, quick: bool) -> list[dict]:
     factor = torch.clamp(torch.round(PATCH * pixel * sid / sdd / ct.spacing), min=1).long().expand(batch, 3)
     pooled = table.pool(torch.zeros(batch, dtype=torch.long), boxes[:, 0], boxes[:, 1], factor)
 
-    def matrix(rays):
-        start = time.perf_counter()
-        result = otf.patch_correspondence(pooled, carm, patch_size=PATCH, rays_per_patch=rays, memory_budget=2**30)
-        return result, time.perf_counter() - start
+    def matrix(rays, warm: bool = True):
+        def call():
+            return otf.patch_correspondence(pooled, carm, patch_size=PATCH, rays_per_patch=rays, memory_budget=2**30)
 
-    reference, reference_s = matrix(16 if quick else 64)
+        times, result = time_calls(call, warmup=int(warm), min_repeats=1, max_repeats=1, budget_s=0.0)
+        return result, times[0]
+
+    reference, reference_s = matrix(16 if quick else 64, warm=False)
     rows = []
     for rays in (2, 4, 8, 16, None):
         result, seconds = matrix(rays)

@@ -126,12 +126,17 @@ def coarse_grid_affine(affine: Tensor, factor: Tensor) -> Tensor:
         >>> coarse_grid_affine(torch.eye(4, dtype=torch.float64), torch.tensor([2, 2, 2]))[:3, 3]
         tensor([0.5000, 0.5000, 0.5000], dtype=torch.float64)
     """
+    return affine.to(device=factor.device, dtype=torch.float64) @ _coarse_to_fine(factor)
+
+
+def _coarse_to_fine(factor: Tensor) -> Tensor:
+    """``(..., 4, 4)`` maps from coarse voxel index to fine voxel index (coarse voxel centres)."""
     factor = factor.to(torch.float64)
     matrix = torch.zeros(*factor.shape[:-1], 4, 4, dtype=torch.float64, device=factor.device)
     matrix[..., [0, 1, 2], [0, 1, 2]] = factor
     matrix[..., :3, 3] = (factor - 1) / 2
     matrix[..., 3, 3] = 1.0
-    return affine.to(device=factor.device, dtype=torch.float64) @ matrix
+    return matrix
 
 
 @dataclass(frozen=True, eq=False)

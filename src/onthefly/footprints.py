@@ -66,7 +66,7 @@ _CORNERS = torch.tensor(list(itertools.product((-0.5, 0.5), repeat=3)), dtype=to
 def footprint_bytes_per_voxel(views: int, window: int, rays_per_patch: int | None) -> int:
     """Bytes of intermediate tensors per coarse voxel in :func:`voxel_footprints` (an estimate)."""
     if rays_per_patch is None:
-        return 4 * views * window * window * 24 * 8 + 2048 * views
+        return 4 * views * window * window * 12 * 8 + 2048 * views
     return 4 * 12 * views * window * window * rays_per_patch * rays_per_patch + 2048 * views
 
 
