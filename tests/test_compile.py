@@ -140,3 +140,34 @@ def test_gpu_benchmark_smoke_run(tmp_path):
             assert math.isfinite(row["seconds"]) and row["seconds"] > 0
         else:
             assert row["reason"]
+
+
+@pytest.mark.slow
+def test_sampler_compile_option_equals_eager_and_compiles_once():
+    from torch._dynamo.utils import counters
+
+    from onthefly import DRRCorrespondenceSampler, Volume
+
+    ct = Volume.from_tensor(torch.linspace(-1000.0, 800.0, 24**3).reshape(24, 24, 24), spacing=5.0)
+    settings = dict(volumes=[ct], views=2, image_size=32, patch_size=16, crop_size=80.0, spacing=5.0, batch_size=2,
+                    seed=1, min_tissue_fraction=0.0, min_projection_fraction=0.0, augmentation=None)
+    eager, compiled = DRRCorrespondenceSampler(**settings), DRRCorrespondenceSampler(compile=True, **settings)
+    assert compiled.config.fingerprint() == eager.config.fingerprint()  # how a batch is computed, not what it holds
+    compiled.sample(0)
+    before = counters["stats"]["unique_graphs"]
+    for step in (1, 2):
+        expected, got = eager.sample(step), compiled.sample(step)
+        torch.testing.assert_close(got.images, expected.images, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got.correspondence, expected.correspondence, atol=2e-5, rtol=0)
+    assert counters["stats"]["unique_graphs"] == before  # later batches reuse the first batch's compilations
+
+
+def test_geometric_augmentation_has_no_graph_breaks():
+    from onthefly.augment import _geometric, image_operation_maps
+
+    images, correspondence = torch.rand(2, 2, 1, 16, 16), torch.rand(2, 32, 32)
+    operation = torch.tensor([[1, 3], [0, 5]])
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(_geometric)(images, operation, correspondence, 4, image_operation_maps(16, 16),
+                                                  image_operation_maps(4, 4))
+    assert explained.graph_break_count == 0, explained.break_reasons

@@ -182,3 +182,41 @@ def test_exact_matrix_agrees_with_many_rays_on_the_bundled_ct(ct):
     assert int(reference.sum()) > 50
     assert float((strong & reference).sum() / (strong | reference).sum()) >= 0.97
     assert float((exact - dense).abs().max()) < 0.05
+
+
+def test_footprint_window_equals_the_largest_shadow_corner_by_corner():
+    """The lattice shortcut of :func:`footprint_window` against each voxel's 8 projected corners, per sample."""
+    import itertools
+
+    from onthefly import project_points
+    from onthefly.footprints import footprint_window
+
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(24):
+        batch, views = 1 + trial % 3, 1 + (trial // 3) % 3
+        draw = lambda *shape: torch.rand(*shape, generator=generator, dtype=torch.float64)  # noqa: E731
+        sid = 200 + 600 * draw(batch, views)
+        patch = (4, 8, 16)[trial % 3]
+        size = patch * (1 + trial % 5)
+        carm = CArm(alpha=6.28 * draw(batch, views), beta=draw(batch, views) - 0.5, sid=sid,
+                    sdd=sid + 100 + 300 * draw(batch, views), height=size, pixel_spacing=0.5 + 3 * float(draw(1)),
+                    isocenter=(draw(batch, views, 3) - 0.5) * 50)
+        grid = tuple(1 + int(n) for n in 5 * draw(3))
+        affine = torch.eye(4, dtype=torch.float64).repeat(batch, 1, 1)
+        affine[:, :3, :3] *= 3 + 20 * draw(batch, 1, 1)
+        affine[:, :3, 3] = (draw(batch, 3) - 0.5) * 80
+        largest = 1
+        offsets = torch.tensor(list(itertools.product((-0.5, 0.5), repeat=3)), dtype=torch.float64)
+        limit = torch.tensor([size // patch] * 2, dtype=torch.float64)
+        for sample in range(batch):
+            for index in itertools.product(*[range(n) for n in grid]):
+                world = (torch.tensor(index, dtype=torch.float64) + offsets) @ affine[sample, :3, :3].T
+                pixels, depth = project_points(carm.select(sample), (world + affine[sample, :3, 3])[None],
+                                               return_depth=True)
+                if bool((depth <= 1e-6).any()):
+                    continue
+                first = torch.floor((pixels.amin(-2) + 0.5) / patch)
+                last = torch.floor((pixels.amax(-2) + 0.5) / patch)
+                start = torch.minimum(torch.maximum(first, torch.full_like(first, -1.0)), limit)
+                largest = max(largest, int((torch.minimum(last, limit) - start + 1).max()))
+        assert footprint_window(carm, affine, grid, patch) == largest, trial

@@ -539,7 +539,8 @@ class VolumeBank(VolumeStore):
         rows = file.read_planes(planes, corner[1], corner[1] + size[1])
         return rows[:, :, corner[2] : corner[2] + size[2]]
 
-    def pooled_weights(self, volume_index: Tensor, start: Tensor, stop: Tensor, factor: Tensor) -> CoarseWeights:
+    def pooled_weights(self, volume_index: Tensor, start: Tensor, stop: Tensor, factor: Tensor, *,
+                       grid_shape: tuple[int, int, int] | None = None) -> CoarseWeights:
         """Correspondence weights of crops ``[start, stop)`` average-pooled by ``factor``, on :attr:`device`.
 
         As :meth:`~onthefly.correspondence.WeightIntegral.pool`: each sample's
@@ -552,6 +553,8 @@ class VolumeBank(VolumeStore):
             start, stop: ``(B, 3)`` CPU long crop boxes inside each CT.
             factor: ``(B, 3)`` CPU long fine voxels per coarse voxel edge (at most
                 ``MAX_BOX_VOXELS`` fine voxels per coarse voxel).
+            grid_shape: the coarse grid ``(d, h, w)`` to fill (at least every
+                sample's; the rest is air), for static shapes; default the batch's largest.
 
         Returns:
             :class:`~onthefly.correspondence.CoarseWeights`: weight ``(B, d, h, w)``,
@@ -568,7 +571,12 @@ class VolumeBank(VolumeStore):
             raise ValueError(f"factor: expected pooling factors >= 1 with at most {MAX_BOX_VOXELS} voxels per "
                              f"coarse voxel, got {factor.tolist()}")
         cells = -(-(stop - start) // factor)  # (B, 3) coarse voxels per sample
-        weight = torch.zeros(start.shape[0], *cells.amax(0).tolist())
+        grid = cells.amax(0).tolist()
+        if grid_shape is not None:
+            if len(grid_shape) != 3 or any(int(g) < n for g, n in zip(grid_shape, grid)):
+                raise ValueError(f"grid_shape: expected at least {tuple(grid)} coarse voxels, got {grid_shape!r}")
+            grid = [int(g) for g in grid_shape]
+        weight = torch.zeros(start.shape[0], *grid)
 
         def read(b: int) -> tuple[np.ndarray, list[Tensor]]:
             return self._table_corners(int(volume_index[b]), start[b], stop[b], factor[b])

@@ -92,8 +92,9 @@ class SamplerConfig:
         weighting, air_threshold_hu: correspondence voxel weights
             (:func:`~onthefly.correspondence.voxel_weights`); the threshold also
             decides what the degenerate-draw checks count as tissue.
-        rays_per_patch: ``None`` for the default footprints, else the sampled
-            footprints' rays per patch side (:func:`~onthefly.correspondence.patch_correspondence`).
+        rays_per_patch: ``None`` for the exact footprints (the default), else the
+            sampled footprints' rays per patch side, an approximation
+            (:func:`~onthefly.correspondence.patch_correspondence`).
         min_tissue_fraction: a crop whose non-air fraction is lower is redrawn.
         min_projection_fraction: a sample with a view in which tissue covers a
             smaller share of the patches is redrawn.
@@ -107,6 +108,10 @@ class SamplerConfig:
         mu_water: attenuation of water (1/mm).
         shard: under ``torch.distributed``, give each rank a disjoint share of
             the CTs (``None``: when there are at least as many CTs as ranks).
+        compile: render and compute the correspondence through ``torch.compile``
+            (static shapes: one compilation per stage, again only if a batch
+            needs a larger footprint window than any before). Worth it on a GPU;
+            on a CPU Inductor's code is slower than the eager path today.
 
     Example:
         >>> config = SamplerConfig(views=3, image_size=128, batch_size=4)
@@ -143,6 +148,7 @@ class SamplerConfig:
     method: str = "trilinear"
     mu_water: float = MU_WATER_PER_MM
     shard: bool | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -219,6 +225,8 @@ class SamplerConfig:
         set_(self, "mu_water", _number("mu_water", self.mu_water, low=1e-6, high=10.0, unit=" (1/mm)"))
         if self.shard is not None and not isinstance(self.shard, bool):
             raise TypeError(f"shard: expected True, False or None, got {self.shard!r}")
+        if not isinstance(self.compile, bool):
+            raise TypeError(f"compile: expected a bool, got {self.compile!r}")
 
     def _structure_names(self) -> tuple[str | int, ...] | None:
         if self.structures is None:
@@ -259,6 +267,14 @@ class SamplerConfig:
         """``(H/k, W/k)`` patches per view."""
         return (self.height // self.patch_size, self.width // self.patch_size)
 
+    def coarse_grid(self) -> tuple[int, int, int]:
+        """Coarse voxels per axis that hold any crop's correspondence grid (at the smallest pooling factor)."""
+        sid_low, _ = self.sid.bounds()
+        _, sdd_high = self.sdd.bounds()
+        backprojected = self.patch_size * self.pixel_spacing * sid_low / sdd_high
+        factors = [max(1, round(backprojected / step)) for step in self.spacing]
+        return tuple(-(-count // factor) for count, factor in zip(self.crop_voxels(), factors))
+
     def crop_voxels(self) -> tuple[int, int, int]:
         """Voxels per crop edge at the sampler's spacing (at least one)."""
         return tuple(max(1, round(size / step)) for size, step in zip(self.crop_size, self.spacing))
@@ -268,8 +284,12 @@ class SamplerConfig:
         return dataclasses.replace(self, **changes)
 
     def describe(self) -> dict:
-        """The configuration as plain JSON-able values (distributions, layout and target by their fields)."""
-        return {item.name: describe(getattr(self, item.name)) for item in dataclasses.fields(self)}
+        """The stream-defining settings as plain JSON-able values (distributions, layout and target by their fields).
+
+        ``compile`` is left out: it changes how a batch is computed, not what it holds.
+        """
+        return {item.name: describe(getattr(self, item.name)) for item in dataclasses.fields(self)
+                if item.name != "compile"}
 
     def fingerprint(self) -> str:
         """A stable hash of :meth:`describe` (same settings, same fingerprint, across runs and machines)."""

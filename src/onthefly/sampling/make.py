@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from ..augment import _geometric, _intensity, image_operation_maps
-from ..correspondence import default_rays_per_patch, patch_correspondence
+from ..correspondence import coarse_grid_affine, patch_correspondence
+from ..footprints import footprint_window
 from ..fractures import apply_fractures, bone_label_lookup, bone_mask, fracture_window
 from ..geometry import CArm, patch_index
 from ..projector import render, to_display
@@ -83,6 +84,7 @@ class BatchMaker:
         if config.fractures is not None:
             from_labels = [False] * len(store) if self.bone_from_labels is None else self.bone_from_labels.tolist()
             self.bone_source = tuple("labels" if labelled else "threshold" for labelled in from_labels)
+        self.window = 1  # the largest footprint window a compiled batch has needed (grows, never shrinks)
         self.fracture_window = (
             fracture_window(config.fractures, store.spacing) if config.fractures is not None else None
         )
@@ -111,10 +113,12 @@ class BatchMaker:
                 # The crops come from checked CTs: no value check on the way (it would read the device).
                 volume = VolumeBatch(attenuation=crops[:, None], affine=crop_affine.to(device), mu_water=config.mu_water,
                                      validate=False)
-                images = to_display(render(volume, carm, method=config.method, mu_water=config.mu_water))
+                images = to_display(render(volume, carm, method=config.method, mu_water=config.mu_water,
+                                           compile=config.compile))
                 projected = self._structures(params, labels, crop_affine, carm_host) if self.structures else None
             with stage("correspondence"):
-                correspondence = self._correspondence(params, carm) if config.correspondence else None
+                correspondence = (self._correspondence(params, carm, carm_host, crop_affine)
+                                  if config.correspondence else None)
             with stage("augmentation"):
                 images, correspondence, projected = self._augment(params, images, correspondence, projected)
         batch = DRRBatch(
@@ -165,15 +169,23 @@ class BatchMaker:
         paths = render(volume, repeated, method=config.method)  # (B*S, V, 1, H, W)
         return paths.view(batch, count, config.views, config.height, config.width).transpose(1, 2)
 
-    def _correspondence(self, params: SampleParams, carm: CArm) -> Tensor:
+    def _correspondence(self, params: SampleParams, carm: CArm, carm_host: CArm, crop_affine: Tensor) -> Tensor:
         config = self.config
+        if not config.compile:
+            coarse = self.store.pooled_weights(params.volume_index, params.crop_start, params.crop_stop,
+                                               params.coarse_factor)
+            return patch_correspondence(coarse, carm, patch_size=config.patch_size,
+                                        rays_per_patch=config.rays_per_patch)
+        # Static shapes for torch.compile: the grid that holds any crop's, and a footprint window that only grows
+        # (a larger window gives the same matrix; a new one means one more compilation).
+        grid = config.coarse_grid()
         coarse = self.store.pooled_weights(params.volume_index, params.crop_start, params.crop_stop,
-                                           params.coarse_factor)
-        rays = config.rays_per_patch
-        if rays is None:
-            backprojected = (config.patch_size * config.pixel_spacing * params.sid / params.sdd).amin(1)
-            rays = default_rays_per_patch(backprojected, coarse.voxel_size, config.patch_size)
-        return patch_correspondence(coarse, carm, patch_size=config.patch_size, rays_per_patch=rays)
+                                           params.coarse_factor, grid_shape=grid)
+        needed = footprint_window(carm_host, coarse_grid_affine(crop_affine, params.coarse_factor), grid,
+                                  config.patch_size)
+        self.window = max(self.window, needed)
+        return patch_correspondence(coarse, carm, patch_size=config.patch_size, rays_per_patch=config.rays_per_patch,
+                                    window=self.window, compile=True)
 
     def _augment(self, params: SampleParams, images: Tensor, correspondence: Tensor | None,
                  projected: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:

@@ -85,8 +85,13 @@ class VolumeStore:
         """Crops ``[start, start + size)``: attenuation ``(B, d, h, w)`` float32 1/mm and labels ``(B, d, h, w)`` int16."""
         raise NotImplementedError
 
-    def pooled_weights(self, volume_index: Tensor, start: Tensor, stop: Tensor, factor: Tensor) -> CoarseWeights:
-        """The correspondence weights of each crop average-pooled by ``factor`` ``(B, 3)`` (see :func:`pool_weights`)."""
+    def pooled_weights(self, volume_index: Tensor, start: Tensor, stop: Tensor, factor: Tensor, *,
+                       grid_shape: tuple[int, int, int] | None = None) -> CoarseWeights:
+        """The correspondence weights of each crop average-pooled by ``factor`` ``(B, 3)`` (see :func:`pool_weights`).
+
+        ``grid_shape``, when given, is the coarse grid to fill (at least every
+        crop's; the rest is air): the same shape every batch, for ``torch.compile``.
+        """
         raise NotImplementedError
 
     def prefetch(self, steps: range) -> None:
@@ -208,8 +213,9 @@ class ResidentStore(VolumeStore):
             label_crops = None if label_crops is None else label_crops.to(device)
         return attenuation, label_crops
 
-    def pooled_weights(self, volume_index: Tensor, start: Tensor, stop: Tensor, factor: Tensor) -> CoarseWeights:
-        return self._integral.pool(volume_index, start, stop, factor)
+    def pooled_weights(self, volume_index: Tensor, start: Tensor, stop: Tensor, factor: Tensor, *,
+                       grid_shape: tuple[int, int, int] | None = None) -> CoarseWeights:
+        return self._integral.pool(volume_index, start, stop, factor, grid_shape=grid_shape)
 
 
 def _crop_index(volume_index: Tensor, start: Tensor, size: tuple[int, int, int]) -> tuple[Tensor, ...]:
