@@ -451,3 +451,9 @@ def test_convention_one_dimensional_parameters_are_views():
     assert samples.batch_shape == (16, 1)
     mixed = CArm(alpha=torch.rand(16, 1), beta=torch.rand(3), sid=800.0, sdd=1000.0, height=4, pixel_spacing=1.0)
     assert mixed.batch_shape == (16, 3)
+
+
+def test_half_precision_infinity_is_refused():
+    # 1e5 mm, the bound, is itself infinite in float16: the check compares in float64.
+    with pytest.raises(ValueError, match="sdd"):
+        CArm(sid=800.0, sdd=torch.tensor(float("inf"), dtype=torch.float16), height=4, pixel_spacing=1.0)

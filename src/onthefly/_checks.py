@@ -84,8 +84,8 @@ def check_range(name: str, tensor: Tensor, low: float, high: float, unit: str) -
     if tensor.numel() == 0:
         return
     values = tensor.detach()
-    smallest, largest = torch.aminmax(values)  # NaN propagates; no full-size temporary
-    if bool((smallest >= low) & (largest <= high)):
+    smallest, largest = (bound.double() for bound in torch.aminmax(values))  # NaN propagates; no full-size temporary
+    if bool((smallest >= low) & (largest <= high)):  # in float64: a half-precision bound would round to inf
         return
     values = values.double()
     finite = torch.isfinite(values)
