@@ -17,7 +17,17 @@ from .correspondence import (
     voxel_weights,
 )
 from .distributions import CardinalAngles, PerView, Uniform
-from .fractures import FractureConfig, FractureResult, apply_fractures, bone_label_lookup, bone_mask, draw_fractures
+from .fractures import (
+    FractureConfig,
+    FractureParams,
+    FractureResult,
+    apply_fractures,
+    bone_label_lookup,
+    bone_weight_table,
+    bone_weights,
+    draw_fractures,
+    fracture_visibility,
+)
 from .geometry import CArm, project_points, rotation_matrix
 from .preview import save_batch_preview, save_correspondence_preview, save_views
 from .projector import beer_lambert, render, to_display
@@ -46,6 +56,7 @@ __all__ = [
     "ProjectionLoss",
     "PerView",
     "FractureConfig",
+    "FractureParams",
     "FractureResult",
     "Uniform",
     "CoarseWeights",
@@ -56,8 +67,10 @@ __all__ = [
     "attenuation_to_hu",
     "apply_fractures",
     "bone_label_lookup",
-    "bone_mask",
+    "bone_weight_table",
+    "bone_weights",
     "draw_fractures",
+    "fracture_visibility",
     "beer_lambert",
     "correspondence_map",
     "epipolar_line",
