@@ -65,11 +65,11 @@ def onthefly_worker(quick: bool, batches: int) -> dict:
         totals.append(time.perf_counter() - begin)
         splits.append(timings)
     memory = probe.report()
-    params = {key: batch.params[key].tolist() for key in ("alpha", "beta", "gamma", "sid", "sdd")}
+    params = {key: getattr(batch.params, key).tolist() for key in ("alpha", "beta", "gamma", "sid", "sdd")}
     return {
         "status": "ok", "build_s": build_s, "batch_s": totals, "splits": splits, "memory": memory,
         "pixel_spacing": sampler.pixel_spacing, "params": params, "torch_threads": torch.get_num_threads(),
-        "redrawn_degenerate": int(batch.params["degenerate"].sum()),
+        "redrawn_degenerate": int(batch.params.degenerate.sum()),
     }
 
 

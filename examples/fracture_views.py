@@ -56,16 +56,16 @@ def main() -> None:
     drop = intact_render - fractured_render
     pixel = batch.fracture_pixel[sample]  # (V, 2) (row, column)
     print(f"sample {sample}: centre {batch.fracture_center[sample].tolist()} mm, "
-          f"width {float(batch.params['fracture_width'][sample]):.1f} mm, "
-          f"extent {float(batch.params['fracture_extent'][sample]):.1f} mm, "
-          f"displacement {float(batch.params['fracture_displacement'][sample]):.1f} mm")
+          f"width {float(batch.params.fracture["width"][sample]):.1f} mm, "
+          f"extent {float(batch.params.fracture["extent"][sample]):.1f} mm, "
+          f"displacement {float(batch.params.fracture["displacement"][sample]):.1f} mm")
 
     views, zoom = batch.views, 32
     figure, axes = plt.subplots(4, views, figsize=(3.0 * views, 12.4), squeeze=False)
     limit = float(drop.abs().max())
     for v in range(views):
         row, col = pixel[v].tolist()
-        alpha = math.degrees(float(batch.params["alpha"][sample, v]))
+        alpha = math.degrees(float(batch.params.alpha[sample, v]))
         axes[0, v].imshow(batch.images[sample, v, 0].numpy(), cmap="gray", vmin=0, vmax=1)
         axes[0, v].plot(col, row, "+", color="tab:red", markersize=10, markeredgewidth=1.0)
         axes[0, v].set_xlim(-0.5, 255.5)

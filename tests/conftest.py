@@ -86,3 +86,34 @@ def ct() -> Volume:
 def ct_small(ct) -> Volume:
     """The bundled CT resampled to about 6 mm voxels (60 x 60 x 55), for fast renders of real anatomy."""
     return ct.resample(6.0)
+
+
+def _assert_same_params(a, b) -> None:
+    """Two :class:`onthefly.SampleParams` hold bit-identical values (every tensor, layout extra and group)."""
+    import dataclasses
+
+    def flat(params):
+        values = {}
+        for item in dataclasses.fields(params):
+            value = getattr(params, item.name)
+            if dataclasses.is_dataclass(value):
+                values.update({f"{item.name}.{k.name}": getattr(value, k.name) for k in dataclasses.fields(value)})
+            elif isinstance(value, dict):
+                values.update({f"{item.name}.{k}": v for k, v in value.items()})
+            else:
+                values[item.name] = value
+        return values
+
+    first, second = flat(a), flat(b)
+    assert first.keys() == second.keys()
+    for key, value in first.items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(value, second[key], rtol=0, atol=0, msg=lambda m, key=key: f"{key}: {m}")
+        else:
+            assert value == second[key], key
+
+
+@pytest.fixture(scope="session")
+def assert_same_params():
+    """``assert_same_params(a, b)``: two drawn parameter sets are bit-identical."""
+    return _assert_same_params

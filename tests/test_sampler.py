@@ -20,8 +20,10 @@ from onthefly import (
     patch_correspondence,
     render,
 )
+from conftest import _assert_same_params
 from onthefly.augment import apply_geometric, image_operation_maps
 from onthefly.correspondence import IMAGE_OPERATIONS, permute_views_patches
+from onthefly.sampling import draw
 
 SMALL = dict(views=2, image_size=32, patch_size=8, crop_size=150.0, spacing=6.0, batch_size=3)
 
@@ -40,8 +42,7 @@ def make(small_ct, **changes) -> DRRCorrespondenceSampler:
 def assert_same_batch(a: DRRBatch, b: DRRBatch) -> None:
     torch.testing.assert_close(a.images, b.images, rtol=0, atol=0)
     torch.testing.assert_close(a.correspondence, b.correspondence, rtol=0, atol=0)
-    for key in a.params:
-        torch.testing.assert_close(a.params[key], b.params[key], rtol=0, atol=0)
+    _assert_same_params(a.params, b.params)
 
 
 # ---------------------------------------------------------------------------
@@ -59,10 +60,10 @@ def test_batch_shapes_ranges_and_consistency_with_the_library(small_ct):
     assert torch.isfinite(batch.correspondence).all()
     torch.testing.assert_close(batch.correspondence, batch.correspondence.transpose(1, 2))
     assert batch.correspondence.max() <= 1 and batch.correspondence.min() >= 0
-    assert not batch.params["degenerate"].any()
+    assert not batch.params.degenerate.any()
     # The correspondence equals the library's own, computed from the crops themselves.
     crops = [small_ct.crop(batch.crop_start[i].tolist(), batch.crop_stop[i].tolist()) for i in range(b)]
-    edge = (batch.params["coarse_factor"][:, 0].double() * 6.0).tolist()
+    edge = (batch.params.coarse_factor[:, 0].double() * 6.0).tolist()
     for i in range(b):
         expected = patch_correspondence(
             crops[i], batch.carm.select(i), patch_size=8, coarse_voxel_size=edge[i], rays_per_patch=3
@@ -89,9 +90,9 @@ def test_same_seed_same_batches_other_seed_or_rank_differs(small_ct):
     other_seed = make(small_ct, seed=4).sample(0)
     other_rank = make(small_ct, seed=3, rank=1).sample(0)
     for other in (other_seed, other_rank):
-        assert not torch.equal(other.params["alpha"], first[0].params["alpha"])
+        assert not torch.equal(other.params.alpha, first[0].params.alpha)
         assert not torch.equal(other.images, first[0].images)
-    assert not torch.equal(first[0].params["alpha"], first[1].params["alpha"])
+    assert not torch.equal(first[0].params.alpha, first[1].params.alpha)
 
 
 def test_resume_continues_the_exact_stream(small_ct):
@@ -153,32 +154,31 @@ def test_drawn_parameters_lie_in_their_ranges(a0, a_width, b0, b_width, sid0, si
     sid = (sid0, sid0 + sid_width)
     sdd = (sid[1] + gap, sid[1] + gap + 100.0)
     sampler = _range_sampler()
-    sampler.alpha = Uniform(a0, a0 + a_width)
-    sampler.beta = Uniform(b0, b0 + b_width)
-    sampler.sid, sampler.sdd = Uniform(*sid), Uniform(*sdd)
-    sampler.isocenter_jitter = jitter
-    sampler.seed = seed
-    params = sampler.draw(0)
-    assert ((params["alpha"] >= a0) & (params["alpha"] <= a0 + a_width)).all()
-    assert ((params["beta"] >= b0) & (params["beta"] <= b0 + b_width)).all()
-    assert ((params["sid"] >= sid[0]) & (params["sid"] <= sid[1])).all()
-    assert ((params["sdd"] >= sdd[0]) & (params["sdd"] <= sdd[1])).all()
-    assert (params["sdd"] > params["sid"]).all()
-    assert (params["crop_start"] >= 0).all() and (params["crop_stop"] <= sampler.shapes[params["volume"]]).all()
-    centre_index = (params["crop_start"] + params["crop_stop"] - 1).double() / 2
-    affine = sampler.affines[params["volume"]]
+    config = sampler.config.replace(alpha=Uniform(a0, a0 + a_width), beta=Uniform(b0, b0 + b_width), sid=Uniform(*sid),
+                                    sdd=Uniform(*sdd), isocenter_jitter=jitter)
+    store = sampler.store
+    params = draw(config, store, 0, seed=seed)  # the drawing stage alone, a pure function of its inputs
+    assert ((params.alpha >= a0) & (params.alpha <= a0 + a_width)).all()
+    assert ((params.beta >= b0) & (params.beta <= b0 + b_width)).all()
+    assert ((params.sid >= sid[0]) & (params.sid <= sid[1])).all()
+    assert ((params.sdd >= sdd[0]) & (params.sdd <= sdd[1])).all()
+    assert (params.sdd > params.sid).all()
+    assert (params.crop_start >= 0).all() and (params.crop_stop <= store.shapes[params.volume_index]).all()
+    centre_index = (params.crop_start + params.crop_stop - 1).double() / 2
+    affine = store.affines[params.volume_index]
     centre = (centre_index[:, None, :] @ affine[:, :3, :3].transpose(1, 2))[:, 0] + affine[:, :3, 3]
-    assert (params["isocenter"] - centre[:, None, :]).abs().max() <= jitter + 1e-9
+    assert (params.isocenter - centre[:, None, :]).abs().max() <= jitter + 1e-9
     aug = Augmentation()
-    assert (params["aug_brightness"].abs() <= aug.brightness).all()
-    assert ((params["aug_contrast"] >= 1 - aug.contrast) & (params["aug_contrast"] <= 1 + aug.contrast)).all()
+    assert (params.augmentation.brightness.abs() <= aug.brightness).all()
+    assert ((params.augmentation.contrast >= 1 - aug.contrast) & (params.augmentation.contrast <= 1 + aug.contrast)).all()
+    torch.testing.assert_close(draw(config, store, 0, seed=seed).alpha, params.alpha, rtol=0, atol=0)
 
 
 _RANGE = {}
 
 
 def _range_sampler() -> DRRCorrespondenceSampler:
-    """One small sampler reused by the hypothesis test (its distributions are swapped per example)."""
+    """One small sampler reused by the hypothesis test (its configuration is replaced per example)."""
     if "sampler" not in _RANGE:
         hu = torch.full((40, 40, 40), 40.0)
         _RANGE["sampler"] = DRRCorrespondenceSampler(
@@ -208,17 +208,17 @@ def test_degenerate_crops_are_redrawn():
         min_tissue_fraction=0.5, augmentation=None,
     )
     params = sampler.draw(0)
-    assert not params["degenerate"].any()
-    assert (params["tissue_fraction"] >= 0.5).all()
+    assert not params.degenerate.any()
+    assert (params.tissue_fraction >= 0.5).all()
     # The exact tissue fraction of each crop (from the volume) agrees with the host estimate's verdict.
-    for start, stop in zip(params["crop_start"], params["crop_stop"]):
+    for start, stop in zip(params.crop_start, params.crop_stop):
         box = hu[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]]
         assert (box > -900).float().mean() > 0.3
     unchecked = DRRCorrespondenceSampler(
         volumes=[volume], views=2, image_size=32, patch_size=8, crop_size=60.0, spacing=3.0, batch_size=16,
         min_tissue_fraction=0.0, min_projection_fraction=0.0, augmentation=None,
     )
-    assert (unchecked.draw(0)["tissue_fraction"] < 0.5).any()  # without the check, air crops occur
+    assert (unchecked.draw(0).tissue_fraction < 0.5).any()  # without the check, air crops occur
 
 
 # ---------------------------------------------------------------------------
@@ -232,7 +232,7 @@ def test_geometric_augmentation_permutes_images_and_correspondence(small_ct):
     )
     flipped = flipped_sampler.sample(0)
     assert (flipped.operations > 0).all()
-    torch.testing.assert_close(flipped.params["alpha"], plain.params["alpha"])  # same geometry draws
+    torch.testing.assert_close(flipped.params.alpha, plain.params.alpha)  # same geometry draws
     expected_images, expected_c = apply_geometric(
         plain.images, flipped.operations, correspondence=plain.correspondence, patch_size=8
     )
@@ -288,7 +288,7 @@ def test_intensity_augmentation_keeps_correspondence_and_range(small_ct):
     assert not torch.allclose(strong.images, plain.images)
     assert strong.images.min() >= 0 and strong.images.max() <= 1
     # Inverted views correlate negatively with the plain render.
-    inverted = strong.params["aug_invert"]
+    inverted = strong.params.augmentation.invert
     if inverted.any():
         b, v = inverted.nonzero()[0].tolist()
         a, p = strong.images[b, v].flatten(), plain.images[b, v].flatten()
@@ -380,7 +380,7 @@ def test_per_view_distributions_and_no_correspondence(small_ct):
 
     sampler = make(small_ct, views=3, alpha=PerView([0.0, (1.5, 1.6), 3.0]), correspondence=False, augmentation=None)
     batch = sampler.sample(0)
-    alpha = batch.params["alpha"]
+    alpha = batch.params.alpha
     assert (alpha[:, 0] == 0).all() and ((alpha[:, 1] >= 1.5) & (alpha[:, 1] <= 1.6)).all() and (alpha[:, 2] == 3).all()
     assert batch.correspondence is None and batch.images.shape[1] == 3
     with pytest.raises(ValueError, match="alpha"):

@@ -90,7 +90,7 @@ def test_convention_camera_frame_is_source_u_v_principal():
 def test_convention_biplanar_views_are_pa_and_lateral(small_ct, lateral, side):
     sampler = make(BiplanarSampler, small_ct, angle_jitter=0.0, lateral=lateral, volume_size=4)
     params = sampler.draw(0)
-    rays = central_rays(sampler._carm(params))
+    rays = central_rays(params.carm(height=sampler.height, width=sampler.width, pixel_spacing=sampler.pixel_spacing))
     # PA: the source is posterior (-y); lateral "left": the source at the patient's right (+x), detector at the left.
     torch.testing.assert_close(rays[:, 0], torch.tensor([0.0, -1.0, 0.0], dtype=F64).expand(3, 3), atol=1e-12, rtol=0)
     torch.testing.assert_close(rays[:, 1], torch.tensor([side, 0.0, 0.0], dtype=F64).expand(3, 3), atol=1e-12, rtol=0)
@@ -102,11 +102,11 @@ def test_biplanar_central_rays_are_orthogonal_within_the_jitter(small_ct):
     deviations = []
     for step in range(3):
         params = sampler.draw(step)
-        rays = central_rays(sampler._carm(params))
+        rays = central_rays(params.carm(height=sampler.height, width=sampler.width, pixel_spacing=sampler.pixel_spacing))
         angle = torch.arccos((rays[:, 0] * rays[:, 1]).sum(-1).clamp(-1, 1))
         assert ((angle - math.pi / 2).abs() <= 4 * jitter + 1e-9).all()
-        offsets = params["alpha"] - torch.tensor([math.pi, -math.pi / 2], dtype=F64)
-        for values in (offsets, params["beta"], params["gamma"]):
+        offsets = params.alpha - torch.tensor([math.pi, -math.pi / 2], dtype=F64)
+        for values in (offsets, params.beta, params.gamma):
             assert (values.abs() <= jitter + 1e-12).all()
         deviations.append((angle - math.pi / 2).abs())
     assert torch.cat(deviations).max() > 0.1 * jitter  # the jitter is used
@@ -247,25 +247,25 @@ def test_projection_loss_bad_inputs():
 def test_sequence_even_angles_step_by_arc_over_t(small_ct):
     sampler = make(AngularSequenceSampler, small_ct, views=6, arc=(1.0, 3.0), batch_size=4)
     params = sampler.draw(0)
-    alpha = params["alpha"]
+    alpha = params.alpha
     steps = alpha.diff(dim=1)
-    torch.testing.assert_close(steps, (params["arc"] / 6)[:, None].expand(4, 5))
-    torch.testing.assert_close(alpha[:, 0], params["start"])
-    assert ((params["arc"] >= 1.0) & (params["arc"] <= 3.0)).all()
-    assert ((params["start"] >= 0) & (params["start"] <= 2 * math.pi)).all()
+    torch.testing.assert_close(steps, (params.layout["arc"] / 6)[:, None].expand(4, 5))
+    torch.testing.assert_close(alpha[:, 0], params.layout["start"])
+    assert ((params.layout["arc"] >= 1.0) & (params.layout["arc"] <= 3.0)).all()
+    assert ((params.layout["start"] >= 0) & (params.layout["start"] <= 2 * math.pi)).all()
     # One C-arm per sample: beta, gamma, sid, sdd and the isocenter are shared by the views.
     for name in ("beta", "gamma", "sid", "sdd"):
-        assert (params[name] == params[name][:, :1]).all()
-    assert (params["isocenter"] == params["isocenter"][:, :1]).all()
+        assert (getattr(params, name) == getattr(params, name)[:, :1]).all()
+    assert (params.isocenter == params.isocenter[:, :1]).all()
     full = make(AngularSequenceSampler, small_ct, views=8, batch_size=2).draw(0)
-    torch.testing.assert_close(full["alpha"].diff(dim=1), torch.full((2, 7), 2 * math.pi / 8, dtype=F64))
+    torch.testing.assert_close(full.alpha.diff(dim=1), torch.full((2, 7), 2 * math.pi / 8, dtype=F64))
 
 
 def test_sequence_random_angles_are_sorted_within_the_arc(small_ct):
     sampler = make(AngularSequenceSampler, small_ct, views=7, angular_spacing="random", arc=1.5, batch_size=8)
     for step in range(3):
         params = sampler.draw(step)
-        alpha, start = params["alpha"], params["start"][:, None]
+        alpha, start = params.alpha, params.layout["start"][:, None]
         assert (alpha.diff(dim=1) >= 0).all()
         assert ((alpha >= start) & (alpha < start + 1.5)).all()
         assert alpha.diff(dim=1).std() > 0  # not evenly spaced
@@ -276,9 +276,9 @@ def test_sequence_around_x_sweeps_beta(small_ct):
     batch = sampler.sample(0)
     assert isinstance(batch, SequenceBatch)
     assert batch.images.shape == (3, 4, 1, 32, 32) and batch.angles.shape == (3, 4) and batch.length == 4
-    torch.testing.assert_close(batch.angles, batch.params["beta"].float())
-    torch.testing.assert_close(batch.params["beta"], (-0.5 + torch.arange(4, dtype=F64) / 4).expand(3, 4))
-    assert (batch.params["alpha"] == batch.params["alpha"][:, :1]).all()
+    torch.testing.assert_close(batch.angles, batch.params.beta.float())
+    torch.testing.assert_close(batch.params.beta, (-0.5 + torch.arange(4, dtype=F64) / 4).expand(3, 4))
+    assert (batch.params.alpha == batch.params.alpha[:, :1]).all()
 
 
 def test_convention_chest_sequence_starts_at_pa_with_standing_distances(small_ct):
@@ -286,13 +286,13 @@ def test_convention_chest_sequence_starts_at_pa_with_standing_distances(small_ct
     assert CHEST_SDD_MM > CHEST_SID_MM
     batch = sampler.sample(0)
     params = batch.params
-    assert (params["sid"] == CHEST_SID_MM).all() and (params["sdd"] == CHEST_SDD_MM).all()
-    assert (params["alpha"][:, 0] == math.pi).all() and (params["beta"] == 0).all()
+    assert (params.sid == CHEST_SID_MM).all() and (params.sdd == CHEST_SDD_MM).all()
+    assert (params.alpha[:, 0] == math.pi).all() and (params.beta == 0).all()
     rays = central_rays(batch.carm)
     torch.testing.assert_close(rays[:, 0], torch.tensor([0.0, -1.0, 0.0], dtype=F64).expand(3, 3), atol=1e-6, rtol=0)
     # Explicit settings win over the chest defaults.
     custom = make(AngularSequenceSampler, small_ct, views=3, chest=True, sid=1500.0, sdd=1700.0).draw(0)
-    assert (custom["sid"] == 1500.0).all() and (custom["sdd"] == 1700.0).all()
+    assert (custom.sid == 1500.0).all() and (custom.sdd == 1700.0).all()
 
 
 # ---------------------------------------------------------------------------
@@ -319,12 +319,12 @@ def test_novel_view_relative_pose_maps_source_frame_to_target_frames(small_ct):
     torch.testing.assert_close(target_origin, seen_from_source, atol=2e-3, rtol=1e-5)
     # Relative angles are the drawn ones; the C-arm only turns (gamma, sid, sdd and isocenter shared).
     params = batch.params
-    expected = torch.stack([params["relative_alpha"], params["relative_beta"], torch.zeros(3, 2, dtype=F64)], -1)
+    expected = torch.stack([params.layout["relative_alpha"], params.layout["relative_beta"], torch.zeros(3, 2, dtype=F64)], -1)
     torch.testing.assert_close(batch.relative_angles.double(), expected, atol=1e-6, rtol=0)
-    assert ((params["relative_alpha"].abs() <= math.pi / 2) & (params["relative_beta"].abs() <= 0.2)).all()
+    assert ((params.layout["relative_alpha"].abs() <= math.pi / 2) & (params.layout["relative_beta"].abs() <= 0.2)).all()
     for name in ("gamma", "sid", "sdd"):
-        assert (params[name] == params[name][:, :1]).all()
-    assert (params["isocenter"] == params["isocenter"][:, :1]).all()
+        assert (getattr(params, name) == getattr(params, name)[:, :1]).all()
+    assert (params.isocenter == params.isocenter[:, :1]).all()
 
 
 def test_novel_view_correspondence_blocks(small_ct):
@@ -373,16 +373,15 @@ def test_novel_view_augments_the_source_only(small_ct):
         (NovelViewSampler, dict(targets=1, target_size=16), "targets"),
     ],
 )
-def test_same_seed_same_batches(small_ct, cls, settings, field):
+def test_same_seed_same_batches(small_ct, cls, settings, field, assert_same_params):
     first = make(cls, small_ct, seed=3, **settings)
     batch = next(iter(first))
     assert type(batch) is type(first.sample(0)) and batch.step == 0
     again = make(cls, small_ct, seed=3, **settings).sample(0)
     other = make(cls, small_ct, seed=4, **settings).sample(0)
     torch.testing.assert_close(getattr(batch, field), getattr(again, field), rtol=0, atol=0)
-    for key in batch.params:
-        torch.testing.assert_close(batch.params[key], again.params[key], rtol=0, atol=0)
-    assert not torch.equal(batch.params["alpha"], other.params["alpha"])
+    assert_same_params(batch.params, again.params)
+    assert not torch.equal(batch.params.alpha, other.params.alpha)
     assert first.state_dict(after=batch)["step"] == 1
 
 

@@ -1,9 +1,10 @@
 """onthefly: multi-view X-ray training data rendered inside the training loop.
 
-Data flow: volume -> geometry -> projector -> correspondence -> sampler (augment) -> models.
+Data flow: volume -> geometry -> projector -> correspondence -> (augment, fractures) ->
+sampling (config -> store -> draw -> make -> stream) -> models -> training.
 """
 
-from .augment import Augmentation
+from .augment import Augmentation, AugmentationParams
 from .correspondence import (
     CoarseWeights,
     WeightIntegral,
@@ -28,11 +29,12 @@ from .fractures import (
     draw_fractures,
     fracture_visibility,
 )
-from .geometry import CArm, project_points, rotation_matrix
+from .geometry import CArm, camera_to_world, patch_index, project_points, relative_camera_pose, rotation_matrix
+from .losses import ProjectionLoss
 from .preview import save_batch_preview, save_correspondence_preview, save_views
 from .projector import beer_lambert, render, to_display
-from .sampler import DRRBatch, DRRCorrespondenceSampler
-from .tasks import AngularSequenceSampler, BiplanarSampler, NovelViewSampler, ProjectionLoss
+from .sampling import DRRBatch, DRRCorrespondenceSampler, Prefetcher, SampleParams, SamplerConfig, make_batch
+from .tasks import AngularSequenceSampler, BiplanarSampler, NovelViewSampler
 from .volume import (
     MU_WATER_PER_MM,
     Volume,
@@ -46,10 +48,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Augmentation",
+    "AugmentationParams",
     "CArm",
     "CardinalAngles",
     "DRRBatch",
     "DRRCorrespondenceSampler",
+    "Prefetcher",
+    "SampleParams",
+    "SamplerConfig",
+    "make_batch",
+    "camera_to_world",
+    "patch_index",
+    "relative_camera_pose",
     "AngularSequenceSampler",
     "BiplanarSampler",
     "NovelViewSampler",

@@ -69,7 +69,7 @@ def _preview(args: argparse.Namespace) -> dict:
 
 
 def _sampled_preview(args: argparse.Namespace) -> dict:
-    from .sampler import DRRCorrespondenceSampler
+    from .sampling import DRRCorrespondenceSampler
 
     volumes = [_load_volume(args.volume)]
     sampler = DRRCorrespondenceSampler(
@@ -140,7 +140,7 @@ def _add_train_options(parser: argparse.ArgumentParser, task: str = "corresponde
 
 def _samplers_from_args(args: argparse.Namespace, **extra):
     """The training and held-out samplers the data options describe (``extra``: more sampler settings)."""
-    from .sampler import DRRCorrespondenceSampler
+    from .sampling import DRRCorrespondenceSampler
     from .train import split_volume
 
     if args.volumes:

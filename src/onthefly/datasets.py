@@ -8,7 +8,7 @@ for example ``MURA-v1.1/train/XR_WRIST/patient00001/study1_positive/image1.png``
 ``split`` is ``train`` or ``valid``; a study is one multi-view exam, labelled
 1 (abnormal) when its folder ends in ``_positive`` and 0 when it ends in
 ``_negative``. :class:`MuraStudies` turns each study into ``V`` views shaped
-like the DRR batches of :mod:`onthefly.sampler`, so a multi-view classifier
+like the DRR batches of :mod:`onthefly.sampling`, so a multi-view classifier
 trained on DRRs can be fine-tuned and evaluated on real radiographs.
 
 Conventions:
@@ -226,13 +226,14 @@ class MuraStudies(Dataset):
     iterator is created; ``persistent_workers=True`` keeps the workers' copies
     at the epoch they started with.
 
-    Example:
-        >>> studies = MuraStudies("MURA-v1.1", split="valid", regions="WRIST", views=2, image_size=256)
-        >>> item = studies[0]
-        >>> item["images"].shape, item["label"].shape, item["view_mask"].shape
+    Example (needs the MURA folder, which is not shipped, so the doctest run skips it;
+    ``tests/test_datasets.py`` runs the same calls on a generated folder):
+        >>> studies = MuraStudies("MURA-v1.1", split="valid", regions="WRIST", views=2, image_size=256)  # doctest: +SKIP
+        >>> item = studies[0]  # doctest: +SKIP
+        >>> item["images"].shape, item["label"].shape, item["view_mask"].shape  # doctest: +SKIP
         (torch.Size([2, 1, 256, 256]), torch.Size([]), torch.Size([2]))
-        >>> loader = DataLoader(studies, batch_size=8, collate_fn=collate_studies)
-        >>> next(iter(loader))["images"].shape
+        >>> loader = DataLoader(studies, batch_size=8, collate_fn=collate_studies)  # doctest: +SKIP
+        >>> next(iter(loader))["images"].shape  # doctest: +SKIP
         torch.Size([8, 2, 1, 256, 256])
     """
 

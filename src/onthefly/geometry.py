@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ._checks import as_tensor, check_finite, check_positive, check_positive_int
 
-__all__ = ["CArm", "rotation_matrix", "project_points"]
+__all__ = ["CArm", "rotation_matrix", "project_points", "patch_index", "camera_to_world", "relative_camera_pose"]
 
 
 def rotation_matrix(alpha: Tensor, beta: Tensor, gamma: Tensor) -> Tensor:
@@ -271,3 +271,73 @@ def project_points(carm: CArm, points: Tensor, *, return_depth: bool = False) ->
     depth = projected[..., 2]
     pixels = projected[..., :2] / depth[..., None]
     return (pixels, depth) if return_depth else pixels
+
+
+def patch_index(pixels: Tensor, image_size: tuple[int, int], patch_size: int) -> Tensor:
+    """The patch holding each pixel position: row-major over the ``(H/k, W/k)`` grid, ``-1`` outside the view.
+
+    Args:
+        pixels: ``(..., 2)`` (row, column) coordinates (integers are pixel centres).
+        image_size: ``(H, W)`` pixels.
+        patch_size: ``k``.
+
+    Returns:
+        ``(...)`` long; NaN coordinates give ``-1``.
+
+    Example:
+        >>> patch_index(torch.tensor([[0.0, 0.0], [15.6, 16.0], [-0.6, 3.0]]), (32, 32), 16)
+        tensor([ 0,  3, -1])
+    """
+    row = torch.floor((pixels[..., 0] + 0.5) / patch_size)
+    col = torch.floor((pixels[..., 1] + 0.5) / patch_size)
+    rows, cols = image_size[0] // patch_size, image_size[1] // patch_size
+    inside = (row >= 0) & (row < rows) & (col >= 0) & (col < cols)  # False for NaN
+    return torch.where(inside, row * cols + col, torch.full_like(row, -1.0)).long()
+
+
+def camera_to_world(carm: CArm) -> Tensor:
+    """``(B, V, 4, 4)`` rigid camera-to-world transforms (mm) of every view.
+
+    The camera frame: origin at the X-ray source; ``x`` along the detector's
+    column axis ``u`` (increasing column), ``y`` along its row axis ``v``
+    (increasing row), ``z = x cross y`` along the principal ray, from the
+    source towards the detector (the usual computer-vision camera: x right,
+    y down, z forward). In terms of ``R``: ``x = -R[:, 0]``, ``y = -R[:, 2]``,
+    ``z = -R[:, 1]``. A point with camera coordinates ``p`` is at world
+    ``T[:3, :3] @ p + T[:3, 3]``.
+
+    Example:
+        >>> carm = CArm(alpha=torch.tensor([0.0, 1.5708]), sid=800.0, sdd=1000.0, height=8, pixel_spacing=1.0)
+        >>> camera_to_world(carm).shape
+        torch.Size([1, 2, 4, 4])
+    """
+    rotation = carm.rotation()
+    axes = torch.stack([-rotation[..., :, 0], -rotation[..., :, 2], -rotation[..., :, 1]], -1)  # columns x, y, z
+    transform = torch.zeros(*carm.batch_shape, 4, 4, dtype=carm.dtype, device=carm.device)
+    transform[..., :3, :3] = axes
+    transform[..., :3, 3] = carm.source_positions()
+    transform[..., 3, 3] = 1.0
+    return transform
+
+
+def _rigid_inverse(transform: Tensor) -> Tensor:
+    rotation_t = transform[..., :3, :3].transpose(-1, -2)
+    inverse = torch.zeros_like(transform)
+    inverse[..., :3, :3] = rotation_t
+    inverse[..., :3, 3] = -(rotation_t @ transform[..., :3, 3:])[..., 0]
+    inverse[..., 3, 3] = 1.0
+    return inverse
+
+
+def relative_camera_pose(carm: CArm, *, source: int = 0) -> Tensor:
+    """``(B, V, 4, 4)``: the rigid transform from view ``source``'s camera frame to each view's camera frame.
+
+    ``T_rel[b, v] = inverse(camera_to_world[b, v]) @ camera_to_world[b, source]``:
+    a point with coordinates ``p`` in the source camera frame has coordinates
+    ``T_rel[b, v] @ p`` in view ``v``'s camera frame (mm; the identity for ``v = source``).
+    """
+    views = carm.batch_shape[1]
+    if isinstance(source, bool) or not isinstance(source, int) or not 0 <= source < views:
+        raise ValueError(f"source: expected a view index in [0, {views}), got {source!r}")
+    transforms = camera_to_world(carm)
+    return _rigid_inverse(transforms) @ transforms[:, source : source + 1]

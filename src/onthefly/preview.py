@@ -16,34 +16,31 @@ __all__ = ["save_batch_preview", "save_correspondence_preview", "save_prediction
 _COLOURS = ((0.95, 0.25, 0.2), (0.2, 0.75, 0.95), (0.55, 0.95, 0.3), (0.95, 0.75, 0.15), (0.8, 0.4, 0.95))
 
 
-def _pyplot():
-    import matplotlib
+def _figure(rows: int, columns: int, figsize: tuple[float, float]):
+    """A figure and its ``(rows, columns)`` axes, drawn by matplotlib's Agg canvas (no pyplot, no global backend)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(rows, columns, squeeze=False)
 
 
-def _save(plt, figure, path: str | Path) -> Path:
+def _save(figure, path: str | Path) -> Path:
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return path
 
 
 def save_views(images: Tensor, path: str | Path, *, titles: Sequence[str] | None = None) -> Path:
     """Write ``(V, 1, H, W)`` (or ``(V, H, W)``) line integrals side by side as a PNG."""
-    plt = _pyplot()
     images = images.detach().float().reshape(-1, *images.shape[-2:]).cpu()
-    figure, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 3.4), squeeze=False)
+    figure, axes = _figure(1, len(images), (3.2 * len(images), 3.4))
     for index, (axis, image) in enumerate(zip(axes[0], images)):
         axis.imshow(to_display(image).numpy(), cmap="gray", vmin=0, vmax=1)
         axis.set_title(titles[index] if titles else f"view {index}", fontsize=10)
         axis.axis("off")
-    return _save(plt, figure, path)
+    return _save(figure, path)
 
 
 def save_correspondence_preview(
@@ -66,28 +63,24 @@ def save_correspondence_preview(
         patches: ``(row, col)`` patches of view 0 (default: three spread over the body).
         titles: one per view.
     """
-    plt = _pyplot()
     views = images.reshape(-1, *images.shape[-2:]).shape[0]
-    figure, axes = plt.subplots(1, views + 1, figsize=(3.4 * (views + 1), 3.7), squeeze=False)
-    _draw_sample(plt, axes[0], images, correspondence, patch_size=patch_size, patches=patches, titles=titles)
-    return _save(plt, figure, path)
+    figure, axes = _figure(1, views + 1, (3.4 * (views + 1), 3.7))
+    _draw_sample(axes[0], images, correspondence, patch_size=patch_size, patches=patches, titles=titles)
+    return _save(figure, path)
 
 
 def save_batch_preview(batch, path: str | Path, *, samples: int = 4) -> Path:
-    """Write a PNG grid of a sampled :class:`~onthefly.sampler.DRRBatch`: one row per sample
+    """Write a PNG grid of a sampled :class:`~onthefly.sampling.batch.DRRBatch`: one row per sample
     (its views with correspondence overlays, then its matrix), titled with the drawn angles."""
-    plt = _pyplot()
     count = min(samples, batch.batch_size)
     views = batch.views
-    figure, axes = plt.subplots(count, views + 1, figsize=(3.0 * (views + 1), 3.2 * count), squeeze=False)
+    figure, axes = _figure(count, views + 1, (3.0 * (views + 1), 3.2 * count))
+    alpha, beta = torch.rad2deg(batch.params.alpha).tolist(), torch.rad2deg(batch.params.beta).tolist()
     for row in range(count):
-        titles = [
-            f"#{row} view {v}: {torch.rad2deg(batch.params['alpha'][row, v]).item():.0f}/"
-            f"{torch.rad2deg(batch.params['beta'][row, v]).item():.0f} deg" for v in range(views)
-        ]
-        _draw_sample(plt, axes[row], batch.images[row], batch.correspondence[row], patch_size=batch.patch_size,
+        titles = [f"#{row} view {v}: {alpha[row][v]:.0f}/{beta[row][v]:.0f} deg" for v in range(views)]
+        _draw_sample(axes[row], batch.images[row], batch.correspondence[row], patch_size=batch.patch_size,
                      titles=titles)
-    return _save(plt, figure, path)
+    return _save(figure, path)
 
 
 def save_prediction_preview(
@@ -99,21 +92,22 @@ def save_prediction_preview(
     and the true matrix; bottom row: the predicted ones for the same patches.
     ``images`` is ``(V, 1, H, W)``, ``predicted`` and ``target`` ``(V*N, V*N)``.
     """
-    plt = _pyplot()
     views = images.reshape(-1, *images.shape[-2:]).shape[0]
     grid = (images.shape[-2] // patch_size, images.shape[-1] // patch_size)
     patches = _default_patches(target.detach().float().cpu(), grid, views)
-    figure, axes = plt.subplots(2, views + 1, figsize=(3.0 * (views + 1), 7.0), squeeze=False)
+    figure, axes = _figure(2, views + 1, (3.0 * (views + 1), 7.0))
     for row, (matrix, name) in enumerate(((target, "true"), (predicted, "predicted"))):
         titles = [f"{name}: view {v}" for v in range(views)]
-        _draw_sample(plt, axes[row], images, matrix, patch_size=patch_size, patches=patches, titles=titles)
+        _draw_sample(axes[row], images, matrix, patch_size=patch_size, patches=patches, titles=titles)
     if title:
         figure.suptitle(title, fontsize=10)
-    return _save(plt, figure, path)
+    return _save(figure, path)
 
 
-def _draw_sample(plt, axes, images: Tensor, correspondence: Tensor, *, patch_size: int, patches=None, titles=None) -> None:
+def _draw_sample(axes, images: Tensor, correspondence: Tensor, *, patch_size: int, patches=None, titles=None) -> None:
     """Draw one sample's views (with overlays) and its matrix into ``V + 1`` axes."""
+    from matplotlib.patches import Rectangle
+
     images = images.detach().float().reshape(-1, *images.shape[-2:]).cpu()
     correspondence = correspondence.detach().float().cpu()
     views, height, width = images.shape
@@ -127,7 +121,7 @@ def _draw_sample(plt, axes, images: Tensor, correspondence: Tensor, *, patch_siz
     for number, (row, col) in enumerate(patches):
         colour = _COLOURS[number % len(_COLOURS)]
         axes[0].add_patch(
-            plt.Rectangle((col * patch_size - 0.5, row * patch_size - 0.5), patch_size, patch_size,
+            Rectangle((col * patch_size - 0.5, row * patch_size - 0.5), patch_size, patch_size,
                           fill=False, edgecolor=colour, linewidth=2)
         )
         for view in range(1, views):

@@ -1,7 +1,7 @@
 """Training and evaluation on the sampler's stream: the correspondence model and the fracture classifier.
 
 :func:`train_correspondence` trains a :class:`~onthefly.models.CorrespondenceModel`
-on batches drawn by a :class:`~onthefly.sampler.DRRCorrespondenceSampler`
+on batches drawn by a :class:`~onthefly.sampling.DRRCorrespondenceSampler`
 (nothing stored), with Adam and a cosine schedule, and:
 
 * checkpoints (model, optimiser, schedule, stream position) written
@@ -38,7 +38,7 @@ from torch import Tensor
 from .metrics import classification_metrics, correspondence_metrics
 from .models import ClassifierConfig, CorrespondenceConfig, CorrespondenceModel, FractureClassifier
 from .preview import save_prediction_preview
-from .sampler import DRRCorrespondenceSampler
+from .sampling import DRRCorrespondenceSampler, Prefetcher, require_fields
 from .volume import Volume
 
 __all__ = [
@@ -74,6 +74,8 @@ class TrainConfig:
         stop_at: stop after this step as if the run were killed (the checkpoint lets it resume).
         seed: model initialisation seed.
         progress: show a progress bar (rank 0).
+        prefetch: batches made ahead in a background thread while the model trains
+            (:class:`~onthefly.sampling.prefetch.Prefetcher`); 0 makes each batch in the step.
     """
 
     output: str = "outputs/train"
@@ -91,13 +93,14 @@ class TrainConfig:
     stop_at: int | None = None
     seed: int = 0
     progress: bool = True
+    prefetch: int = 2
 
     def __post_init__(self) -> None:
         for name in ("steps", "checkpoint_every", "log_every", "eval_batches"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        for name in ("warmup_steps", "eval_every"):
+        for name in ("warmup_steps", "eval_every", "prefetch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
@@ -266,6 +269,9 @@ def train_correspondence(
         and after training, and (under torchrun) whether the ranks' parameters agree.
     """
     task = _CorrespondenceTask(model_config)
+    for name, item in (("sampler", sampler), ("eval_sampler", eval_sampler)):
+        if item is not None:
+            require_fields(item, ("correspondence",), consumer=f"train_correspondence ({name})")
     if isinstance(sampler, DRRCorrespondenceSampler) and sampler.patch_size != model_config.patch_size:
         raise ValueError(
             f"model_config: patch_size {model_config.patch_size} differs from the sampler's {sampler.patch_size}"
@@ -346,14 +352,56 @@ def train_classifier(
             correspondence model's predicted ``C`` instead of the true one (training
             always uses the true ``C``).
     """
+    needed = ("fracture", "correspondence") if model_config.attention_guidance else ("fracture",)
     for name, item in (("sampler", sampler), ("eval_sampler", eval_sampler)):
         if isinstance(item, DRRCorrespondenceSampler) and getattr(item, "fractures", None) is None:
             raise ValueError(f"{name}: the classifier needs fracture labels: build it with fractures=FractureConfig(...)")
+        if item is not None:
+            require_fields(item, needed if name == "sampler" else ("fracture",), consumer=f"train_classifier ({name})")
     if isinstance(sampler, DRRCorrespondenceSampler) and sampler.patch_size != model_config.patch_size:
         raise ValueError(
             f"model_config: patch_size {model_config.patch_size} differs from the sampler's {sampler.patch_size}"
         )
     return _train(_ClassifierTask(model_config, init_from, guidance_model), sampler, config, eval_sampler)
+
+
+class _StepMeter:
+    """Samples per second and the share of step time spent waiting for batches, since the last :meth:`read`.
+
+    Reads the clock only (no device synchronisation) except in :meth:`read`,
+    once per log interval; time inside :meth:`excluded` blocks (evaluation,
+    checkpoints) does not count.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._reset()
+
+    def _reset(self) -> None:
+        self.began, self.waited, self.skipped, self.samples, self.mark = time.perf_counter(), 0.0, 0.0, 0, 0.0
+
+    def waiting(self) -> None:
+        self.mark = time.perf_counter()
+
+    def working(self) -> None:
+        self.waited += time.perf_counter() - self.mark
+
+    def count(self, samples: int) -> None:
+        self.samples += samples
+
+    @contextlib.contextmanager
+    def excluded(self):
+        began = time.perf_counter()
+        yield
+        self.skipped += time.perf_counter() - began
+
+    def read(self) -> tuple[float, float]:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = max(time.perf_counter() - self.began - self.skipped, 1e-9)
+        result = (self.samples / elapsed, min(1.0, self.waited / elapsed))
+        self._reset()
+        return result
 
 
 def _train(task, sampler: DRRCorrespondenceSampler, config: TrainConfig, eval_sampler) -> dict:
@@ -367,8 +415,9 @@ def _train(task, sampler: DRRCorrespondenceSampler, config: TrainConfig, eval_sa
     if cluster.main:
         (output / "pictures").mkdir(parents=True, exist_ok=True)
 
-    torch.manual_seed(config.seed)
-    model = task.build().to(device)
+    with torch.random.fork_rng(devices=[]):  # the model's initial weights from the run's seed, global RNG untouched
+        torch.manual_seed(config.seed)
+        model = task.build().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
     start = 0
@@ -413,40 +462,42 @@ def _train(task, sampler: DRRCorrespondenceSampler, config: TrainConfig, eval_sa
         progress = tqdm(total=config.steps, initial=start, desc=f"train {task.name}", unit="step", mininterval=1.0,
                         disable=None)  # None: no bar when the output is not a terminal
     last_eval = history.get("last_eval")
-    window_seconds, window_samples, sampler_seconds = 0.0, 0, 0.0  # step time only (not evaluation or saving)
+    meter = _StepMeter(device)
+    pending: list[Tensor] = []  # losses of the steps since the last log, read from the device once per interval
+    value = math.nan
     first_batch_sum = None
     step = start
     end = min(config.steps, config.stop_at) if config.stop_at is not None else config.steps
+    batches = iter(Prefetcher(sampler, depth=config.prefetch, start=start, stop=end)) if config.prefetch else None
     for step in range(start, end):
-        began = time.perf_counter()
-        batch = sampler.sample(step).to(device)
-        drawn = time.perf_counter()
+        meter.waiting()
+        batch = (next(batches) if batches is not None else sampler.sample(step)).to(device)
+        meter.working()
         with autocast:
             loss = task.loss(trained, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        finished = time.perf_counter()
         if step == start:
             first_batch_sum = float(batch.images.double().sum())  # tells the ranks' streams apart
-        sampler_seconds += drawn - began
-        window_seconds += finished - began
-        window_samples += batch.batch_size * cluster.world
-        value = float(loss.detach())
-        history["losses"].append(value)
+        meter.count(batch.batch_size * cluster.world)
+        pending.append(loss.detach())
         done = step + 1
         row = None
         if done % config.log_every == 0 or done == end:
+            losses = torch.stack(pending).float().tolist()
+            history["losses"].extend(losses)
+            pending.clear()
+            value = losses[-1]
+            samples_per_s, sampler_fraction = meter.read()
             row = {"step": done, "loss": value, "lr": scheduler.get_last_lr()[0],
-                   "samples_per_s": window_samples / window_seconds, "sampler_fraction": sampler_seconds / window_seconds}
-            history.setdefault("throughput", []).append(row["samples_per_s"])
-            history.setdefault("sampler_fraction", []).append(row["sampler_fraction"])
-            window_seconds, window_samples, sampler_seconds = 0.0, 0, 0.0
+                   "samples_per_s": samples_per_s, "sampler_fraction": sampler_fraction}
+            history.setdefault("throughput", []).append(samples_per_s)
+            history.setdefault("sampler_fraction", []).append(sampler_fraction)
         if config.eval_every and (done % config.eval_every == 0 or done == config.steps):
-            last_eval = evaluate(done)
+            with meter.excluded():
+                last_eval = evaluate(done)
             history["last_eval"] = last_eval
             if last_eval is not None:
                 row = (row or {"step": done}) | {f"eval_{k}": v for k, v in last_eval.items()}
@@ -454,19 +505,21 @@ def _train(task, sampler: DRRCorrespondenceSampler, config: TrainConfig, eval_sa
             _write_row(output, columns, row)
         if progress is not None:
             progress.update(1)
-            shown = {"loss": f"{value:.4f}"}
-            if history.get("throughput"):
-                shown["samples/s"] = f"{history['throughput'][-1]:.1f}"
-            if last_eval:
-                shown[task.score] = f"{last_eval[task.score]:.3f}"
-            progress.set_postfix(shown)
+            if row is not None:
+                shown = {"loss": f"{value:.4f}", "samples/s": f"{history['throughput'][-1]:.1f}"}
+                if last_eval:
+                    shown[task.score] = f"{last_eval[task.score]:.3f}"
+                progress.set_postfix(shown)
         if cluster.main and (done % config.checkpoint_every == 0 or done == end):
-            _atomic_save({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "step": done, "sampler": sampler.state_dict() | {"step": done}, "world": cluster.world,
-                "model_config": task.model_config.to_dict(), "task": task.name, "train_config": asdict(config),
-                "history": history,
-            }, checkpoint_path)
+            history["losses"].extend(torch.stack(pending).float().tolist() if pending else [])
+            pending.clear()
+            with meter.excluded():
+                _atomic_save({
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "step": done, "sampler": sampler.state_dict() | {"step": done},
+                    "world": cluster.world, "model_config": task.model_config.to_dict(), "task": task.name,
+                    "train_config": asdict(config), "history": history,
+                }, checkpoint_path)
     if progress is not None:
         progress.close()
 

@@ -23,7 +23,7 @@ Units: world millimetres and radians; attenuation in 1/mm
 Nothing here is differentiable (the bone point is a discrete choice); use it under ``torch.no_grad()``.
 """
 
-from .bone import bone_label_lookup, bone_weight_table, bone_weight_tables, bone_weights
+from .bone import bone_label_lookup, bone_weight_reader, bone_weight_table, bone_weight_tables, bone_weights
 from .config import BONE_STRUCTURES, DEFAULT_BONE_WEIGHTS, FractureConfig, fracture_window
 from .cut import FractureResult, apply_fractures
 from .draw import FractureParams, draw_fractures
@@ -45,6 +45,7 @@ __all__ = [
     "VisibilityProbe",
     "apply_fractures",
     "bone_label_lookup",
+    "bone_weight_reader",
     "bone_weight_table",
     "bone_weight_tables",
     "bone_weights",

@@ -7,8 +7,7 @@ reads and shapes fixed by the inputs' shapes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +16,8 @@ from torch import Tensor
 from ..volume import MU_WATER_PER_MM, hu_to_attenuation  # noqa: F401 (doctest)
 from .config import FractureConfig, attenuation_of
 
-__all__ = ["BoneCrops", "BoneMaps", "bone_label_lookup", "bone_weight_table", "bone_weight_tables", "bone_weights"]
+__all__ = ["bone_label_lookup", "bone_weight_reader", "bone_weight_table", "bone_weight_tables", "bone_weights",
+           "choose_bone_points"]
 
 
 def _name_matches(name: str, pattern: str) -> bool:
@@ -70,7 +70,7 @@ def bone_weight_tables(label_names: Sequence[Mapping[int, str] | None], config: 
 
     Raises:
         ValueError: when ``config.bones`` names bones explicitly and none of
-            them matches a label of any CT that has label names (naming them).
+            them matches a label of any CT (naming them), or no CT has label names.
 
     Example:
         >>> bone_weight_tables([{1: "rib_left_1"}, None], FractureConfig(bones=["rib"])).tolist()
@@ -78,6 +78,9 @@ def bone_weight_tables(label_names: Sequence[Mapping[int, str] | None], config: 
     """
     tables = [bone_weight_table(names, config) for names in label_names]
     labelled = [table for table, names in zip(tables, label_names) if names]
+    if config.bones is not None and not labelled:
+        raise ValueError(f"bones: naming bones ({[key for key, _ in config.bones]}) needs CTs with label maps; "
+                         "none of the CTs has one (leave bones=None to find bone by the HU threshold)")
     if config.bones is not None and labelled and not any(bool((table > 0).any()) for table in labelled):
         wanted = [key for key, weight in config.bones if weight > 0]
         known = sorted({name for names in label_names if names for name in names.values()})
@@ -99,27 +102,59 @@ def bone_label_lookup(label_names: Mapping[int, str] | None, structures: Sequenc
     return bone_weight_table(label_names, config, size=size) > 0
 
 
-def bone_weights(attenuation: Tensor, *, config: FractureConfig, labels: Tensor | None = None,
-                 table: Tensor | None = None, mu_water: float = MU_WATER_PER_MM, quantized: bool = False) -> Tensor:
-    """Per-voxel chance of being the bone point.
+def bone_weight_reader(attenuation: Tensor, *, config: FractureConfig, labels: Tensor | None = None,
+                       table: Tensor | None = None, mu_water: float = MU_WATER_PER_MM) -> Callable[[tuple], Tensor]:
+    """A function giving the bone-point weights of the crops at any voxels (an advanced index ``(sample, d, h, w)``).
 
     A voxel of a labelled CT weighs its label's weight (:func:`bone_weight_table`);
     a voxel of a CT without (matching) labels weighs 1 where it is denser than
-    ``config.bone_hu``, else 0. Compute it once per CT (``quantized``, one byte
-    per voxel) and crop it with the CT, or per batch from label crops.
+    ``config.bone_hu``, else 0. Arguments as :func:`bone_weights`.
+    """
+    if attenuation.dim() != 4:
+        raise ValueError(f"attenuation: expected shape (B, D, H, W), got {tuple(attenuation.shape)}")
+    threshold = attenuation_of(config.bone_hu, mu_water)
+    if labels is None:
+        return lambda index: (attenuation[index] > threshold).float()
+    if table is None:
+        raise ValueError("table: required with labels (per-label weights from bone_weight_table)")
+    if labels.shape != attenuation.shape:
+        raise ValueError(f"labels: expected the shape of attenuation {tuple(attenuation.shape)}, got {tuple(labels.shape)}")
+    batch = attenuation.shape[0]
+    table = table.to(device=attenuation.device, dtype=torch.float32)
+    table = table[None].expand(batch, -1) if table.dim() == 1 else table
+    if table.dim() != 2 or table.shape[0] != batch:
+        raise ValueError(f"table: expected shape (L,) or ({batch}, L), got {tuple(table.shape)}")
+    labelled = table.amax(1) > 0  # (B,) CTs whose labels name a bone
+
+    def read(index: tuple) -> Tensor:
+        ids = labels[index].long()
+        ids = torch.where((ids >= 0) & (ids < table.shape[1]), ids, 0)  # unknown ids weigh as the background
+        rows = index[0].expand_as(ids)
+        dense = (attenuation[index] > threshold).float()
+        return torch.where(labelled[rows], table[rows, ids], dense)
+
+    return read
+
+
+def bone_weights(attenuation: Tensor, *, config: FractureConfig, labels: Tensor | None = None,
+                 table: Tensor | None = None, mu_water: float = MU_WATER_PER_MM) -> Tensor:
+    """Per-voxel chance of being the bone point, over whole crops.
+
+    A voxel of a labelled CT weighs its label's weight (:func:`bone_weight_table`);
+    a voxel of a CT without (matching) labels weighs 1 where it is denser than
+    ``config.bone_hu``, else 0. (:func:`apply_fractures` reads these weights at
+    a few voxels only; this function is for looking at them.)
 
     Args:
-        attenuation: ``(B, D, H, W)`` crops or CTs, 1/mm.
+        attenuation: ``(B, D, H, W)`` crops, 1/mm.
         config: the fracture settings (``bone_hu``).
-        labels: ``(B, D, H, W)`` integer label maps, or ``None``.
+        labels: ``(B, D, H, W)`` integer label crops, or ``None``.
         table: with ``labels``: ``(L,)`` or ``(B, L)`` weights (one row per
             sample's CT); a row of zeros (no matching label) falls back to the threshold.
         mu_water: attenuation of water, 1/mm.
-        quantized: return ``uint8`` weights, scaled so that the largest table weight
-            (at least 1) is 255.
 
     Returns:
-        ``(B, D, H, W)`` float32 weights (or ``uint8``), 0 where no bone point may fall.
+        ``(B, D, H, W)`` float32 weights, 0 where no bone point may fall.
 
     Example:
         >>> hu = torch.tensor([[[[0.0, 500.0, 500.0, 500.0]]]])
@@ -128,99 +163,10 @@ def bone_weights(attenuation: Tensor, *, config: FractureConfig, labels: Tensor 
         >>> bone_weights(hu_to_attenuation(hu), config=FractureConfig(), labels=labels, table=table).tolist()
         [[[[0.0, 0.0, 1.0, 0.10000000149011612]]]]
     """
-    if attenuation.dim() != 4:
-        raise ValueError(f"attenuation: expected shape (B, D, H, W), got {tuple(attenuation.shape)}")
-    dense = attenuation > attenuation_of(config.bone_hu, mu_water)
-    if labels is None:
-        weights, largest = dense.float(), 1.0
-    else:
-        if table is None:
-            raise ValueError("table: required with labels (per-label weights from bone_weight_table)")
-        if labels.shape != attenuation.shape:
-            raise ValueError(f"labels: expected the shape of attenuation {tuple(attenuation.shape)}, "
-                             f"got {tuple(labels.shape)}")
-        batch = attenuation.shape[0]
-        table = table.to(device=attenuation.device, dtype=torch.float32)
-        table = table[None].expand(batch, -1) if table.dim() == 1 else table
-        if table.dim() != 2 or table.shape[0] != batch:
-            raise ValueError(f"table: expected shape (L,) or ({batch}, L), got {tuple(table.shape)}")
-        labelled = (table.amax(1) > 0).view(-1, 1, 1, 1)  # CTs whose labels name a bone
-        length = table.shape[1]
-        ids = labels.reshape(batch, -1).long()
-        ids = torch.where((ids >= 0) & (ids < length), ids, 0)  # out-of-table ids weigh 0 (as the background)
-        weights = torch.where(labelled, table.gather(1, ids).view(attenuation.shape), dense.float())
-        largest = max(float(table.max()), 1.0)
-    if quantized:
-        return (weights * (255.0 / largest)).round_().to(torch.uint8)
-    return weights
-
-
-# ---------------------------------------------------------------------------- per-CT maps
-
-
-@dataclass(frozen=True)
-class BoneMaps:
-    """What a store of ``n`` CTs keeps for fractures, built once (:meth:`build`), on the store's device.
-
-    With it, a batch chooses its bone points without a pass over its crops:
-    first a block of ``block^3`` voxels among the blocks wholly inside the
-    crop (by their summed weight), then a voxel inside that block.
-
-    Attributes:
-        tables: ``(n, L)`` float32 per-label weights (:func:`bone_weight_tables`); a row
-            of zeros marks a CT without matching labels (it uses the HU threshold).
-        blocks: ``(n, Db, Hb, Wb)`` float32 summed bone-point weight of each block.
-        block: block edge, voxels.
-        labels: ``(n, D, H, W)`` integer label maps (the store's own tensor), or ``None``.
-    """
-
-    tables: Tensor
-    blocks: Tensor
-    block: int
-    labels: Tensor | None = None
-
-    @classmethod
-    def build(cls, attenuation: Tensor, label_names: Sequence[Mapping[int, str] | None], config: FractureConfig, *,
-              labels: Tensor | None = None, block: int = 8, mu_water: float = MU_WATER_PER_MM) -> "BoneMaps":
-        """The maps of a store's stacked CTs ``attenuation (n, D, H, W)`` (1/mm) and ``labels``.
-
-        Raises ``ValueError`` (naming them) when ``config.bones`` names bones none of the CTs' labels has.
-        """
-        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-            raise ValueError(f"block: expected a positive int (voxels), got {block!r}")
-        tables = bone_weight_tables(label_names, config).to(attenuation.device)
-        blocks = []
-        for index in range(attenuation.shape[0]):  # one CT at a time: no full-size float copy of the store
-            crop_labels = None if labels is None else labels[index : index + 1]
-            weights = bone_weights(attenuation[index : index + 1], config=config, labels=crop_labels,
-                                   table=tables[index] if labels is not None else None, mu_water=mu_water)
-            blocks.append(F.avg_pool3d(weights[None], block, ceil_mode=True)[0, 0] * block**3)
-        return cls(tables=tables, blocks=torch.stack(blocks), block=block, labels=labels)
-
-    def crops(self, volume_index: Tensor, crop_start: Tensor) -> "BoneCrops":
-        """The maps seen from ``B`` crops: CT ``volume_index (B,)``, first voxel ``crop_start (B, 3)``."""
-        return BoneCrops(maps=self, volume_index=volume_index, crop_start=crop_start)
-
-
-@dataclass(frozen=True)
-class BoneCrops:
-    """:class:`BoneMaps` seen from ``B`` crops (pass it as ``bone`` to :func:`apply_fractures`)."""
-
-    maps: BoneMaps
-    volume_index: Tensor  # (B,) long
-    crop_start: Tensor  # (B, 3) long, voxel of the CT at the crop's index 0
-
-    def to(self, device: torch.device | str) -> "BoneCrops":
-        return BoneCrops(maps=self.maps, volume_index=self.volume_index.to(device), crop_start=self.crop_start.to(device))
-
-    def labels(self, index: tuple[Tensor, ...]) -> Tensor | None:
-        """Label values at crop voxels ``index`` (an advanced index whose first entry is the sample)."""
-        if self.maps.labels is None:
-            return None
-        rows = self.volume_index.to(self.maps.labels.device)[index[0]]
-        start = self.crop_start.to(self.maps.labels.device)
-        shifted = [index[a + 1] + start[:, a].view(-1, *([1] * (index[a + 1].dim() - 1))) for a in range(3)]
-        return self.maps.labels[(rows, *shifted)]
+    read = bone_weight_reader(attenuation, config=config, labels=labels, table=table, mu_water=mu_water)
+    index = [torch.arange(n, device=attenuation.device) for n in attenuation.shape]
+    return read((index[0].view(-1, 1, 1, 1), index[1].view(1, -1, 1, 1), index[2].view(1, 1, -1, 1),
+                 index[3].view(1, 1, 1, -1)))
 
 
 # ---------------------------------------------------------------------------- the bone point
@@ -229,77 +175,61 @@ class BoneCrops:
 def _pick(weights: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """Index ``(..., K)`` of the entry of ``weights (..., M)`` holding cumulative weight ``target (..., K)``,
     and what is left of ``target`` inside it (float64)."""
-    running = weights.to(torch.float64).cumsum(-1)
+    weights = weights.to(torch.float64)
+    running = weights.cumsum(-1)
     index = torch.searchsorted(running, target, right=True).clamp_max(weights.shape[-1] - 1)
-    before = running.gather(-1, index) - weights.to(torch.float64).gather(-1, index)
-    return index, target - before
+    return index, target - (running.gather(-1, index) - weights.gather(-1, index))
 
 
-def choose_bone_points(weights: Tensor, position: Tensor) -> tuple[Tensor, Tensor]:
-    """The voxel at cumulative weight ``position * total`` of each crop, in D-major order.
+def _unravel(flat: Tensor, shape: Sequence[int]) -> Tensor:
+    """Row-major indices ``(..., 3)`` of flat positions in ``shape``."""
+    return torch.stack([flat // (shape[1] * shape[2]), (flat // shape[2]) % shape[1], flat % shape[2]], -1)
 
-    Two levels of running sums (over slices, then within the chosen slice)
-    instead of one over the whole crop.
+
+def choose_bone_points(weights_at: Callable[[tuple[Tensor, ...]], Tensor], shape: Sequence[int], position: Tensor,
+                       *, lattice: int = 4) -> tuple[Tensor, Tensor]:
+    """Bone points: a voxel chosen with probability about proportional to its weight, without a pass over the crops.
+
+    First a cell of ``lattice^3`` voxels, weighted by the voxel at its centre
+    (the crops' weights read on a lattice), then a voxel of that cell by its
+    weight: cumulative weight ``position * total`` at each level. A bone as
+    thin as ``lattice`` voxels is found; a crop whose lattice misses every
+    bone counts as without bone.
 
     Args:
-        weights: ``(B, D, H, W)`` non-negative weights (float, uint8 or bool).
+        weights_at: the weights ``(B, ...)`` at voxels given as an advanced index
+            ``(sample, d, h, w)`` of broadcastable long tensors.
+        shape: ``(B, D, H, W)`` of the crops.
         position: ``(B, K)`` in ``[0, 1)``.
+        lattice: cell edge, voxels.
 
     Returns:
-        ``index (B, K, 3)`` long voxel indices and ``has_bone (B,)`` bool (a
-        positive total weight); where there is none the index is 0.
+        ``index (B, K, 3)`` long crop voxel indices and ``has_bone (B,)`` bool.
+
+    Example:
+        >>> weights = torch.zeros(1, 8, 8, 8); weights[0, 5, 2, 6] = 1.0
+        >>> index, has_bone = choose_bone_points(lambda i: weights[i], weights.shape, torch.tensor([[0.3]]), lattice=1)
+        >>> index.tolist(), has_bone.tolist()
+        ([[[5, 2, 6]]], [True])
     """
-    batch, depth, height, width = weights.shape
-    candidates = position.shape[1]
-    per_slice = weights.float().sum((2, 3))  # (B, D)
-    total = per_slice.to(torch.float64).sum(1)
-    layer, within = _pick(per_slice, position.to(torch.float64) * total[:, None])
-    rows = torch.arange(batch, device=weights.device)[:, None].expand(-1, candidates)
-    cell, _ = _pick(weights[rows, layer].reshape(batch, candidates, -1), within[..., None])
-    cell = cell[..., 0]
-    index = torch.stack([layer, torch.div(cell, width, rounding_mode="floor"), cell % width], -1)
-    return index, total > 0
-
-
-def choose_bone_points_in_blocks(bone: BoneCrops, attenuation: Tensor, position: Tensor, *,
-                                 threshold: float) -> tuple[Tensor, Tensor]:
-    """:func:`choose_bone_points` from a store's :class:`BoneMaps`: a block, then a voxel in it.
-
-    Only blocks wholly inside the crop count, so a bone point lies at least
-    up to one block away from the crop's faces. Arguments: the crops' view of
-    the maps, the crops ``attenuation (B, D, H, W)`` (for CTs without labels:
-    dense voxels above ``threshold``, 1/mm) and ``position (B, K)``.
-    """
-    maps, size = bone.maps, bone.maps.block
-    batch, candidates = position.shape
-    device = attenuation.device
-    volume, start = bone.volume_index.to(device), bone.crop_start.to(device)
-    count = [max(n // size - 1, 1) for n in attenuation.shape[1:]]  # blocks inside every crop of this size
-    first = torch.div(start + size - 1, size, rounding_mode="floor")  # (B, 3) first whole block
-    limits = maps.blocks.shape[1:]
-    axes = [(first[:, a, None] + torch.arange(count[a], device=device)).clamp_max(limits[a] - 1) for a in range(3)]
-    grid = maps.blocks[volume[:, None, None, None], axes[0][:, :, None, None], axes[1][:, None, :, None],
-                       axes[2][:, None, None, :]].reshape(batch, -1)
-    total = grid.to(torch.float64).sum(-1)
-    cell, within = _pick(grid, position.to(torch.float64) * total[:, None])
-    block_index = torch.stack([cell // (count[1] * count[2]), (cell // count[2]) % count[1], cell % count[2]], -1)
-    corner = (first[:, None] + block_index) * size - start[:, None]  # (B, K, 3) crop index of the block's corner
-    steps = torch.arange(size, device=device)
-    voxels = [(corner[..., a, None] + steps).clamp(0, attenuation.shape[1 + a] - 1) for a in range(3)]  # (B, K, s)
-    index = (torch.arange(batch, device=device).view(-1, 1, 1, 1, 1), voxels[0][..., :, None, None],
-             voxels[1][..., None, :, None], voxels[2][..., None, None, :])
-    weights = (attenuation[index] > threshold).float()  # (B, K, s, s, s)
-    labels = bone.labels(index)
-    if labels is not None:
-        table = maps.tables.to(device)[volume]  # (B, L)
-        ids = labels.long().reshape(batch, -1)
-        ids = torch.where((ids >= 0) & (ids < table.shape[1]), ids, 0)  # unknown ids weigh as the background
-        labelled = (table.amax(1) > 0).view(-1, 1, 1, 1, 1)
-        weights = torch.where(labelled, table.gather(1, ids).view(weights.shape), weights)
-    voxel, _ = _pick(weights.reshape(batch, candidates, -1), within[..., None])
-    voxel = voxel[..., 0]
-    offset = torch.stack([voxel // (size * size), (voxel // size) % size, voxel % size], -1)
-    return corner + offset, total > 0
+    batch, *dims = shape
+    device = position.device
+    cells = [max(n // lattice, 1) for n in dims]
+    rows = torch.arange(batch, device=device)
+    centres = [torch.arange(c, device=device) * lattice + min(lattice, n) // 2 for c, n in zip(cells, dims)]
+    coarse = weights_at((rows.view(-1, 1, 1, 1), centres[0].view(1, -1, 1, 1), centres[1].view(1, 1, -1, 1),
+                         centres[2].view(1, 1, 1, -1))).reshape(batch, -1)
+    total = coarse.to(torch.float64).sum(-1)
+    cell, within = _pick(coarse, position.to(torch.float64) * total[:, None])
+    corner = _unravel(cell, cells) * lattice  # (B, K, 3)
+    size = [min(lattice, n) for n in dims]
+    voxels = [(corner[..., a, None] + torch.arange(size[a], device=device)).clamp_max(dims[a] - 1) for a in range(3)]
+    fine = weights_at((rows.view(-1, 1, 1, 1, 1), voxels[0][..., :, None, None], voxels[1][..., None, :, None],
+                       voxels[2][..., None, None, :]))  # (B, K, s, s, s)
+    fine_total = fine.to(torch.float64).flatten(2).sum(-1)  # the lattice voxel is in the cell: > 0 where chosen
+    voxel, _ = _pick(fine.flatten(2), (within / coarse.to(torch.float64).gather(1, cell).clamp_min(1e-12)
+                                       * fine_total)[..., None])
+    return corner + _unravel(voxel[..., 0], size), total > 0
 
 
 # ---------------------------------------------------------------------------- the bone piece and its axis

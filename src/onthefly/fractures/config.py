@@ -79,8 +79,8 @@ class FractureConfig:
     pattern) or two planes (comminuted), removes a gap of bone behind each cut
     (filled with soft tissue), and moves the fragment beyond the cut as a rigid
     body (translation across the bone's axis, angulation about a hinge in the
-    cut plane); the motion is rigid within ``reach / 2`` of the bone point and
-    fades to nothing at ``reach``, where the bone stays in place.
+    cut plane); the motion is rigid within ``reach / 2`` of the bone point along
+    the bone and fades to nothing at ``reach``, where the bone stays in place.
 
     Attributes:
         probability: chance that a sample is fractured (a crop without bone is never fractured).
@@ -116,8 +116,8 @@ class FractureConfig:
     comminuted_probability: float = 0.25
     gap: float | tuple[float, float] = (1.5, 4.0)
     obliquity: float | tuple[float, float] = (0.0, 0.6)
-    translation: float | tuple[float, float] = (3.0, 8.0)
-    angulation: float | tuple[float, float] = (0.05, 0.35)
+    translation: float | tuple[float, float] = (4.0, 10.0)
+    angulation: float | tuple[float, float] = (0.05, 0.4)
     fragment_length: float | tuple[float, float] = (6.0, 12.0)
     reach: float = 20.0
     bones: Mapping[str | int, float] | Sequence[str | int] | None = None

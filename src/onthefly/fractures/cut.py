@@ -15,8 +15,9 @@ offset of a voxel centre from ``p``, ``a`` the bone's axis, :func:`bone_axis`):
 * each fragment moves as a rigid body ``M(y) = h + R (y - h) + t``: rotation
   ``R`` by ``angulation_c`` about a hinge axis in its cut plane through ``h`` (where
   ``a`` meets the fragment's face), then translation ``t`` across ``a``. The motion
-  is rigid within ``reach / 2`` of ``p`` and fades linearly to none at
-  ``reach``, so the bone stays whole where the box ends. Each output voxel
+  is rigid within ``reach / 2`` of ``p`` along the axis and fades linearly to none
+  at ``reach`` (and near the sphere of radius ``reach``), so the bone stays whole
+  where the box ends and each cross-section moves as one. Each output voxel
   reads the fragment at ``x + f(x) (M^-1(x) - x)`` (trilinear resampling of the
   intact box), ``f`` the fade; where a moved fragment covers a voxel in part it
   mixes with what lies beneath.
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..volume import MU_WATER_PER_MM
-from .bone import BoneCrops, bone_axis, bone_component, bone_weights, choose_bone_points, choose_bone_points_in_blocks
+from .bone import bone_axis, bone_component, bone_weight_reader, choose_bone_points
 from .config import FractureConfig, attenuation_of, fracture_window
 from .draw import FractureParams
 
@@ -112,9 +113,9 @@ def _check_inputs(attenuation, affine, params, bone, labels) -> None:
             raise ValueError(f"{name}: expected the shape of attenuation {tuple(attenuation.shape)}, got {shape}")
 
 
-def _gather_box(attenuation: Tensor, center_index: Tensor, window: Sequence[int]) -> _Box:
-    """The box of ``window`` voxels around each bone point, shifted to lie inside the crop."""
-    batch, *dims = attenuation.shape
+def _gather_box(attenuation: Tensor, rows: Tensor, center_index: Tensor, window: Sequence[int]) -> _Box:
+    """The box of ``window`` voxels around the bone point of crops ``rows (M,)``, shifted to lie inside the crop."""
+    dims = attenuation.shape[1:]
     device = attenuation.device
     axes, starts = [], []
     for axis, (size, extent) in enumerate(zip(window, dims)):
@@ -122,7 +123,6 @@ def _gather_box(attenuation: Tensor, center_index: Tensor, window: Sequence[int]
         start = (center_index[:, axis] - size // 2).clamp(0, extent - size)
         axes.append(start[:, None] + torch.arange(size, device=device))  # (B, size)
         starts.append(start)
-    rows = torch.arange(batch, device=device)
     index = (rows[:, None, None, None], axes[0][:, :, None, None], axes[1][:, None, :, None], axes[2][:, None, None, :])
     start = torch.stack(starts, -1)
     return _Box(index=index, start=start, seed=center_index - start, original=attenuation[index])
@@ -254,6 +254,14 @@ def _fragment(piece: Tensor, side: Sequence[Tensor], params: FractureParams) -> 
     return lifted, fragment
 
 
+def _fade(distance: Tensor, along: Tensor, reach: float) -> Tensor:
+    """How much of its motion each voxel takes, in ``[0, 1]``: all of it within ``reach / 2`` of the bone point
+    along the axis (``along``, mm), none at ``reach``; and none from ``reach`` on, fading from ``3 reach / 4``
+    (``distance`` from the bone point, mm), so that a whole cross-section moves together."""
+    axial = ((reach - along.abs()) / (reach / 2)).clamp_(0, 1)
+    return torch.minimum(axial, ((reach - distance) / (reach / 4)).clamp_(0, 1))
+
+
 def _move_fragments(original: Tensor, lifted: Tensor, fragment: Tensor, coordinates: Sequence[Tensor],
                     soft: float) -> Tensor:
     """The box with the lifted piece turned to soft tissue and the fragments drawn at their moved places.
@@ -262,9 +270,8 @@ def _move_fragments(original: Tensor, lifted: Tensor, fragment: Tensor, coordina
     moved fragments cover it in part, they mix with the soft tissue or bone beneath.
     """
     base = torch.where(lifted, original.clamp_max(soft), original)
-    layers = original.new_empty(original.shape[0], 2, *original.shape[1:])
-    layers[:, 1] = fragment
-    torch.mul(original, layers[:, 1], out=layers[:, 0])
+    mask = fragment.to(original.dtype)
+    layers = torch.stack([original * mask, mask], 1)
     grid = torch.stack(coordinates[::-1], -1)  # grid_sample wants (x, y, z) = (W, H, D)
     sampled = F.grid_sample(layers, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     return torch.addcmul(sampled[:, 0], base, 1 - sampled[:, 1])
@@ -278,9 +285,11 @@ def apply_fractures(
     config: FractureConfig = FractureConfig(),
     bone: Tensor | None = None,
     labels: Tensor | None = None,
+    table: Tensor | None = None,
     mu_water: float = MU_WATER_PER_MM,
     window: Sequence[int] | None = None,
     choice: Tensor | None = None,
+    samples: Tensor | None = None,
     inplace: bool = False,
 ) -> FractureResult:
     """Cut the drawn fractures into a batch of crops, all samples at once, on their device.
@@ -295,14 +304,18 @@ def apply_fractures(
         affine: ``(B, 4, 4)`` crop voxel-to-world matrices, mm.
         params: :func:`draw_fractures` output (host or device tensors).
         config: the settings (``reach``, ``bone_hu``, ``soft_tissue_hu``).
-        bone: ``(B, D, H, W)`` bone-point weights (:func:`bone_weights`) or a bool
-            mask; default: voxels above ``config.bone_hu``.
-        labels: ``(B, D, H, W)`` integer label crops: the bone piece is the seed's
-            label; ``None``: the dense voxels connected to the seed.
+        bone: ``(B, D, H, W)`` bone-point weights or a bool mask; default: from
+            ``labels`` and ``table`` (:func:`bone_weight_reader`), else voxels above ``config.bone_hu``.
+        labels: ``(B, D, H, W)`` integer label crops: the bone piece is the bone
+            point's label; ``None``: the dense voxels connected to the bone point.
+        table: with ``labels``: per-label weights ``(L,)`` or ``(B, L)`` (:func:`bone_weight_table`).
         mu_water: attenuation of water, 1/mm.
         window: box size ``(d, h, w)`` in voxels (default :func:`fracture_window`
             from the affine's spacing, read on the host: pass it on an accelerator).
-        choice: ``(B,)`` long candidate per sample (default: candidate 0).
+        choice: ``(M,)`` long candidate per cut sample (default: candidate 0).
+        samples: ``(M,)`` long, the crops to cut (default all). Choose them on the
+            host (for example the drawn ones, ``params.drawn.nonzero()``): the
+            work then scales with ``M``, and shapes stay fixed by host values.
         inplace: write the fractures into ``attenuation`` itself (saves a copy of
             the crops; ``result.attenuation`` is then ``attenuation``).
 
@@ -318,8 +331,8 @@ def apply_fractures(
         >>> result.attenuation.shape, result.fractured.tolist(), result.box_change.shape
         (torch.Size([2, 40, 40, 40]), [True, True], torch.Size([2, 25, 25, 25]))
     """
-    return FractureCutter(attenuation, affine, params, config=config, bone=bone, labels=labels, mu_water=mu_water,
-                          window=window).cut(choice).result(inplace=inplace)
+    return FractureCutter(attenuation, affine, params, config=config, bone=bone, labels=labels, table=table,
+                          mu_water=mu_water, window=window, samples=samples).cut(choice).result(inplace=inplace)
 
 
 class FractureCutter:
@@ -332,42 +345,46 @@ class FractureCutter:
     """
 
     def __init__(self, attenuation: Tensor, affine: Tensor, params: FractureParams, *, config: FractureConfig,
-                 bone: Tensor | BoneCrops | None = None, labels: Tensor | None = None,
-                 mu_water: float = MU_WATER_PER_MM, window: Sequence[int] | None = None) -> None:
-        _check_inputs(attenuation, affine, params, None if isinstance(bone, BoneCrops) else bone, labels)
+                 bone: Tensor | None = None, labels: Tensor | None = None, table: Tensor | None = None,
+                 mu_water: float = MU_WATER_PER_MM, window: Sequence[int] | None = None,
+                 samples: Tensor | None = None) -> None:
+        _check_inputs(attenuation, affine, params, bone, labels)
         if window is None:
             window = fracture_window(config, affine[:, :3, :3].detach().double().cpu().norm(dim=1).amin(0))
         window = tuple(int(w) for w in window)
         if len(window) != 3 or min(window) < 1:
             raise ValueError(f"window: expected three positive voxel counts, got {window!r}")
         device = attenuation.device
-        self.attenuation, self.affine, self.params = attenuation, affine.to(device), params.to(device)
-        self.config, self.mu_water, self.window = config, mu_water, window
+        batch = attenuation.shape[0]
+        rows = torch.arange(batch, device=device) if samples is None else samples.to(device=device, dtype=torch.long)
+        if rows.dim() != 1:
+            raise ValueError(f"samples: expected a 1-D index of crops, got shape {tuple(rows.shape)}")
+        self.attenuation, self.affine, self.rows = attenuation, affine.to(device), rows
+        self.params = params.to(device) if samples is None else params.to(device).rows(rows)
+        self.labels, self.config, self.window = labels, config, window
         self.threshold = attenuation_of(config.bone_hu, mu_water)
         self.soft = attenuation_of(config.soft_tissue_hu, mu_water)
-        if isinstance(bone, BoneCrops):
-            self.labels = bone.to(device).labels
-            self.points, self.has_bone = choose_bone_points_in_blocks(bone, attenuation, self.params.position,
-                                                                      threshold=self.threshold)
+        if bone is not None:
+            read = lambda index: bone[index].float()  # noqa: E731
         else:
-            self.labels = None if labels is None else (lambda index: labels[index])
-            weights = bone_weights(attenuation, config=config, mu_water=mu_water) if bone is None else bone
-            self.points, self.has_bone = choose_bone_points(weights, self.params.position)  # (B, K, 3), (B,)
+            read = bone_weight_reader(attenuation, config=config, labels=labels, table=table, mu_water=mu_water)
+        self.points, self.has_bone = choose_bone_points(lambda index: read((rows[index[0]], *index[1:])),
+                                                        (len(rows), *attenuation.shape[1:]), self.params.position)
 
     def cut(self, choice: Tensor | None = None) -> "CutBoxes":
-        """Cut candidate ``choice (B,)`` (default 0) of every sample into its box (nothing written back yet)."""
-        batch = self.attenuation.shape[0]
+        """Cut candidate ``choice (M,)`` (default 0) of every cut sample into its box (nothing written back yet)."""
         if choice is None:
-            choice = torch.zeros(batch, dtype=torch.long, device=self.attenuation.device)
+            choice = torch.zeros(len(self.rows), dtype=torch.long, device=self.attenuation.device)
         center_index = self.points.gather(1, choice.view(-1, 1, 1).expand(-1, 1, 3))[:, 0]
         chosen = self.params.select(choice)
         fractured = chosen.drawn & self.has_bone
-        box = _gather_box(self.attenuation, center_index, self.window)
-        box_labels = None if self.labels is None else self.labels(box.index)
-        out, axis = _cut_box(box, self.affine, chosen, box_labels, config=self.config, threshold=self.threshold,
+        box = _gather_box(self.attenuation, self.rows, center_index, self.window)
+        box_labels = None if self.labels is None else self.labels[box.index]
+        affine = self.affine[self.rows]
+        out, axis = _cut_box(box, affine, chosen, box_labels, config=self.config, threshold=self.threshold,
                              soft=self.soft)
         out = torch.where(fractured.view(-1, 1, 1, 1), out, box.original)
-        return CutBoxes(self.attenuation, self.affine, box, out, axis, center_index, fractured, choice)
+        return CutBoxes(self.attenuation, self.affine, self.rows, box, out, axis, center_index, fractured, choice)
 
 
 def _cut_box(box: _Box, affine: Tensor, params: FractureParams, box_labels: Tensor | None, *,
@@ -388,7 +405,7 @@ def _cut_box(box: _Box, affine: Tensor, params: FractureParams, box_labels: Tens
     side = [_linear_field(box, per_step[:, c, :, 0], -offset[:, c]) for c in range(2)]
     lifted, fragment = _fragment(piece, side, params)
     hinge, rotation, translation = _motions(axis, normal, params)
-    fade = ((config.reach - distance) / (config.reach / 2)).clamp_(0, 1)
+    fade = _fade(distance, _linear_field(box, (linear.transpose(1, 2) @ axis[..., None])[..., 0]), config.reach)
     matrix, shift = _motion_in_steps(linear, hinge[:, 0], rotation[:, 0], translation[:, 0])
     coordinates = _source_coordinates(box, fade, matrix, shift)
     if config.comminuted_probability > 0:
@@ -404,50 +421,69 @@ def _cut_box(box: _Box, affine: Tensor, params: FractureParams, box_labels: Tens
 
 @dataclass
 class CutBoxes:
-    """One candidate per sample cut into its box, not yet written back into the crops."""
+    """One candidate per cut sample cut into its box, not yet written back into the crops.
+
+    ``rows (M,)`` are the cut crops; every other tensor but the crops and their
+    affines has ``M`` rows.
+    """
 
     attenuation: Tensor  # (B, D, H, W) the intact crops
     affine: Tensor  # (B, 4, 4)
+    rows: Tensor  # (M,) long
     box: _Box
-    out: Tensor  # (B, d, h, w) the fractured box
-    axis: Tensor  # (B, 3)
-    center_index: Tensor  # (B, 3)
-    fractured: Tensor  # (B,)
-    choice: Tensor  # (B,)
+    out: Tensor  # (M, d, h, w) the fractured box
+    axis: Tensor  # (M, 3)
+    center_index: Tensor  # (M, 3)
+    fractured: Tensor  # (M,)
+    choice: Tensor  # (M,)
 
     @property
     def change(self) -> Tensor:
-        """``(B, d, h, w)`` fractured minus intact attenuation in each box, 1/mm."""
+        """``(M, d, h, w)`` fractured minus intact attenuation in each box, 1/mm."""
         return self.out - self.box.original
 
     @property
     def box_affine(self) -> Tensor:
-        """``(B, 4, 4)`` voxel-to-world matrices of the boxes."""
-        linear, origin = self.affine[:, :3, :3], self.affine[:, :3, 3]
-        box_affine = self.affine.clone()
-        box_affine[:, :3, 3] = (linear @ self.box.start.to(self.affine.dtype)[..., None])[..., 0] + origin
+        """``(M, 4, 4)`` voxel-to-world matrices of the boxes."""
+        affine = self.affine[self.rows]
+        box_affine = affine.clone()
+        box_affine[:, :3, 3] = (affine[:, :3, :3] @ self.box.start.to(affine.dtype)[..., None])[..., 0] + affine[:, :3, 3]
         return box_affine
 
+    @property
+    def point(self) -> Tensor:
+        """``(M, 3)`` world mm of each bone point (also where not fractured)."""
+        affine = self.affine[self.rows]
+        return (affine[:, :3, :3] @ self.center_index.to(affine.dtype)[..., None])[..., 0] + affine[:, :3, 3]
+
     def where(self, better: Tensor, other: "CutBoxes") -> "CutBoxes":
-        """Each sample's candidate from ``other`` where ``better (B,)``, else from this one."""
+        """Each sample's candidate from ``other`` where ``better (M,)``, else from this one."""
         pick = lambda new, old: torch.where(better.view(-1, *([1] * (old.dim() - 1))), new, old)
         box = _Box(index=tuple(pick(n, o) for n, o in zip(other.box.index, self.box.index)),
                    start=pick(other.box.start, self.box.start), seed=pick(other.box.seed, self.box.seed),
                    original=pick(other.box.original, self.box.original))
-        return CutBoxes(self.attenuation, self.affine, box, pick(other.out, self.out), pick(other.axis, self.axis),
-                        pick(other.center_index, self.center_index), pick(other.fractured, self.fractured),
-                        pick(other.choice, self.choice))
+        return CutBoxes(self.attenuation, self.affine, self.rows, box, pick(other.out, self.out),
+                        pick(other.axis, self.axis), pick(other.center_index, self.center_index),
+                        pick(other.fractured, self.fractured), pick(other.choice, self.choice))
+
+    def spread(self, value: Tensor, fill: float | bool = 0) -> Tensor:
+        """``value (M, ...)`` of the cut samples as ``(B, ...)``, ``fill`` for the others."""
+        whole = value.new_full((self.attenuation.shape[0], *value.shape[1:]), fill)
+        whole[self.rows] = value
+        return whole
 
     def result(self, *, inplace: bool = False) -> FractureResult:
         """Write the boxes back into a copy of the crops (or into the crops, ``inplace``) and describe them."""
         attenuation = self.attenuation if inplace else self.attenuation.clone()
         attenuation[self.box.index] = self.out
-        linear, origin = self.affine[:, :3, :3], self.affine[:, :3, 3]
-        center = (linear @ self.center_index.to(self.affine.dtype)[..., None])[..., 0] + origin
-        center = torch.where(self.fractured[:, None], center, torch.full_like(center, float("nan")))
+        fractured = self.spread(self.fractured, False)
+        center = self.spread(self.point.to(self.affine.dtype), float("nan"))
+        center = torch.where(fractured[:, None], center, torch.full_like(center, float("nan")))
         change = self.change
+        box_affine = self.affine.clone()
+        box_affine[self.rows] = self.box_affine
         return FractureResult(
-            attenuation=attenuation, fractured=self.fractured, center=center, center_index=self.center_index,
-            axis=self.axis, box_start=self.box.start, box_change=change, box_affine=self.box_affine,
-            changed=(change != 0).flatten(1).sum(1), choice=self.choice,
+            attenuation=attenuation, fractured=fractured, center=center, center_index=self.spread(self.center_index),
+            axis=self.spread(self.axis), box_start=self.spread(self.box.start), box_change=self.spread(change),
+            box_affine=box_affine, changed=self.spread((change != 0).flatten(1).sum(1)), choice=self.spread(self.choice),
         )

@@ -66,6 +66,10 @@ class FractureParams:
         """The parameters on ``device`` (same dtypes)."""
         return FractureParams(**{item.name: getattr(self, item.name).to(device) for item in fields(self)})
 
+    def rows(self, index: Tensor) -> "FractureParams":
+        """The parameters of samples ``index (M,)`` (long, on the parameters' device)."""
+        return FractureParams(**{item.name: getattr(self, item.name)[index] for item in fields(self)})
+
     def select(self, choice: Tensor) -> "FractureParams":
         """Candidate ``choice[b]`` of each sample ``b``: parameters with ``K = 1``.
 

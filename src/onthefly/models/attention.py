@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_positive_int
@@ -219,12 +220,12 @@ def check_attention_bias(bias: Tensor | None, batch: int, heads: int, length: in
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:
     """``(B, L, h*e)`` -> ``(B, h, L, e)``."""
-    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+    return rearrange(x, "batch tokens (heads width) -> batch heads tokens width", heads=heads)
 
 
 def _merge_heads(x: Tensor) -> Tensor:
     """``(B, h, L, e)`` -> ``(B, L, h*e)``."""
-    return x.transpose(1, 2).flatten(2)
+    return rearrange(x, "batch heads tokens width -> batch tokens (heads width)")
 
 
 class MultiHeadAttention(nn.Module):

@@ -50,16 +50,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def backbone_channels(name: str, patch_size: int) -> int:
-    """Channels ``C`` of the feature map of backbone ``name`` at stride ``patch_size`` (validated)."""
-    check_backbone(name, patch_size)
-    if name == "small":
-        return SMALL_CHANNELS[int(math.log2(patch_size)) - 1]
-    if name == "patch":
-        return PATCH_CHANNELS
-    return 1024
-
-
 def check_backbone(name: str, patch_size: int) -> None:
     """Raise ``ValueError`` naming ``name`` or ``patch_size`` when the pair is not supported."""
     check_choice("name", name, BACKBONES)

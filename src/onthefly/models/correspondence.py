@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_positive_int
@@ -227,10 +228,10 @@ class CorrespondenceModel(nn.Module):
             check_attention_bias(item, batch, self.config.heads, length)
         if any(item is not None for item in biases) and self.config.attention == "loftr":
             raise ValueError("bias: attention 'loftr' uses linear attention, which has no logits to add a bias to")
-        features = self.projection(self.backbone(images.reshape(batch * views, 1, height, width)))
+        features = self.projection(self.backbone(rearrange(images, "batch views 1 h w -> (batch views) 1 h w")))
         if features.shape[-2:] != (rows, cols):
             raise RuntimeError(f"backbone returned a {tuple(features.shape[-2:])} grid, expected {(rows, cols)}")
-        tokens = features.flatten(2).transpose(1, 2).reshape(batch, length, self.config.d_model)
+        tokens = rearrange(features, "(batch views) width rows cols -> batch (views rows cols) width", batch=batch)
         if self.config.attention != "none":
             layout = TokenLayout.grid(views, rows, cols, device=images.device)
             if self.config.attention == "loftr":
