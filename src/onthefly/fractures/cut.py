@@ -28,7 +28,7 @@ Only a box of ``window`` voxels around ``p`` is computed and written back.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +41,9 @@ from .config import FractureConfig, attenuation_of, fracture_window
 from .draw import FractureParams
 
 __all__ = ["FractureResult", "apply_fractures"]
+
+_LATTICE_MM = 4.0
+"""Edge (mm) of the cells a bone point is first chosen among (:func:`~onthefly.fractures.bone.choose_bone_points`)."""
 
 
 @dataclass
@@ -290,6 +293,7 @@ def apply_fractures(
     window: Sequence[int] | None = None,
     choice: Tensor | None = None,
     samples: Tensor | None = None,
+    within: float | None = None,
     inplace: bool = False,
 ) -> FractureResult:
     """Cut the drawn fractures into a batch of crops, all samples at once, on their device.
@@ -332,7 +336,8 @@ def apply_fractures(
         (torch.Size([2, 40, 40, 40]), [True, True], torch.Size([2, 25, 25, 25]))
     """
     return FractureCutter(attenuation, affine, params, config=config, bone=bone, labels=labels, table=table,
-                          mu_water=mu_water, window=window, samples=samples).cut(choice).result(inplace=inplace)
+                          mu_water=mu_water, window=window, samples=samples, within=within).cut(choice).result(
+                              inplace=inplace)
 
 
 class FractureCutter:
@@ -347,7 +352,7 @@ class FractureCutter:
     def __init__(self, attenuation: Tensor, affine: Tensor, params: FractureParams, *, config: FractureConfig,
                  bone: Tensor | None = None, labels: Tensor | None = None, table: Tensor | None = None,
                  mu_water: float = MU_WATER_PER_MM, window: Sequence[int] | None = None,
-                 samples: Tensor | None = None) -> None:
+                 samples: Tensor | None = None, within: float | None = None) -> None:
         _check_inputs(attenuation, affine, params, bone, labels)
         if window is None:
             window = fracture_window(config, affine[:, :3, :3].detach().double().cpu().norm(dim=1).amin(0))
@@ -368,8 +373,15 @@ class FractureCutter:
             read = lambda index: bone[index].float()  # noqa: E731
         else:
             read = bone_weight_reader(attenuation, config=config, labels=labels, table=table, mu_water=mu_water)
+        if within is not None:
+            if isinstance(within, bool) or not isinstance(within, (int, float)) or not within > 0:
+                raise ValueError(f"within: expected a distance > 0 (mm) or None, got {within!r}")
+            read = _within(read, self.affine, attenuation.shape[1:], float(within))
+        # bone points on a lattice of about _LATTICE_MM (the voxel size follows from the box: reach / half its width)
+        lattice = max(1, round(_LATTICE_MM * (min(window) - 1) / (2 * config.reach)))
         self.points, self.has_bone = choose_bone_points(lambda index: read((rows[index[0]], *index[1:])),
-                                                        (len(rows), *attenuation.shape[1:]), self.params.position)
+                                                        (len(rows), *attenuation.shape[1:]), self.params.position,
+                                                        lattice=lattice)
 
     def cut(self, choice: Tensor | None = None) -> "CutBoxes":
         """Cut candidate ``choice (M,)`` (default 0) of every cut sample into its box (nothing written back yet)."""
@@ -385,6 +397,20 @@ class FractureCutter:
                              soft=self.soft)
         out = torch.where(fractured.view(-1, 1, 1, 1), out, box.original)
         return CutBoxes(self.attenuation, self.affine, self.rows, box, out, axis, center_index, fractured, choice)
+
+
+def _within(read: Callable[[tuple], Tensor], affine: Tensor, shape: Sequence[int], radius: float
+            ) -> Callable[[tuple], Tensor]:
+    """``read`` with the weights of voxels farther than ``radius`` (mm) from their crop's centre set to 0."""
+    gram = affine[:, :3, :3].transpose(1, 2) @ affine[:, :3, :3]  # (B, 3, 3)
+
+    def inside(index: tuple) -> Tensor:
+        offsets = [index[a + 1] - (shape[a] - 1) / 2 for a in range(3)]
+        g = lambda a, b: gram[:, a, b][index[0]].to(offsets[0].dtype)  # noqa: E731
+        square = sum(g(a, b) * offsets[a] * offsets[b] for a in range(3) for b in range(3))
+        return read(index) * (square <= radius**2)
+
+    return inside
 
 
 def _cut_box(box: _Box, affine: Tensor, params: FractureParams, box_labels: Tensor | None, *,

@@ -266,6 +266,7 @@ def cut_visible_fractures(
     window: Sequence[int] | None = None,
     view_range: Tensor | None = None,
     samples: Tensor | None = None,
+    within: float | None = None,
     inplace: bool = False,
 ) -> FractureResult:
     """Cut each sample's fracture, measure its contrast, and redraw those below ``config.min_visibility``.
@@ -273,13 +274,14 @@ def cut_visible_fractures(
     Arguments as :func:`apply_fractures`, plus the views ``carm`` (batch
     ``(B, V)``, on the crops' device), the ``probe`` (:func:`visibility_probe`)
     and, with ``min_visibility > 0``, ``view_range (B, V)`` (:func:`view_ranges`)
-    to judge visibility by; ``samples`` and ``inplace`` as :func:`apply_fractures`. See the module's description.
+    to judge visibility by; ``samples``, ``within`` and ``inplace`` as :func:`apply_fractures`. See the
+    module's description.
 
     Returns:
         a :class:`FractureResult` with ``contrast (B, V)``, ``choice`` and ``invisible`` set.
     """
     cutter = FractureCutter(attenuation, affine, params, config=config, bone=bone, labels=labels, table=table,
-                            mu_water=mu_water, window=window, samples=samples)
+                            mu_water=mu_water, window=window, samples=samples, within=within)
     boxes = cutter.cut()
     contrast = _contrast(boxes.change, boxes.box_affine, boxes.point, carm, boxes.rows, probe)
     invisible = torch.zeros_like(boxes.fractured)

@@ -85,7 +85,8 @@ class BatchMaker:
         self.patch_maps = image_operation_maps(*config.grid_shape, self.device)
         self.structures, self.structure_ids = _structure_ids(config, store)
         self.needs_labels = bool(self.structures) or (config.fractures is not None and store.has_labels)
-        self.bone_tables, self.bone_source, self.fracture_window, self.fracture_probe = _fracture_setup(config, store)
+        (self.bone_tables, self.bone_source, self.fracture_window, self.fracture_probe,
+         self.fracture_within) = _fracture_setup(config, store)
 
     def make(self, params: SampleParams, *, timings: dict[str, float] | None = None):
         """The batch of ``params`` (see :func:`make_batch`)."""
@@ -140,7 +141,7 @@ class BatchMaker:
         return cut_visible_fractures(crops, crop_affine, params.fracture.to(self.device), carm, config=config,
                                      probe=self.fracture_probe, labels=labels, table=table,
                                      mu_water=self.config.mu_water, window=self.fracture_window, view_range=ranges,
-                                     samples=drawn.to(self.device), inplace=True)
+                                     samples=drawn.to(self.device), within=self.fracture_within, inplace=True)
 
     def _fracture_fields(self, batch: DRRBatch, fractured, visibility: Tensor) -> None:
         pixel = batch.project_points(fractured.center[:, None, :])[:, :, 0]  # (B, V, 2)
@@ -224,14 +225,16 @@ def _structure_ids(config: SamplerConfig, store: VolumeStore) -> tuple[tuple[str
 
 def _fracture_setup(config: SamplerConfig, store: VolumeStore):
     """What fractures derive once from a store: per-CT bone weight tables ``(n, L)`` (on the store's device), where
-    each CT finds bone (``'labels'`` or ``'threshold'``), the box size and the visibility probe."""
+    each CT finds bone (``'labels'`` or ``'threshold'``), the box size, the visibility probe, and the distance from
+    a crop's centre within which every view sees a bone point (the ball inside the crop less the isocenter jitter)."""
     fractures = config.fractures
     if fractures is None:
-        return None, (), None, None
+        return None, (), None, None, None
     tables = bone_weight_tables(store.label_names if store.has_labels else [None] * len(store), fractures)
     source = tuple("labels" if store.has_labels and bool((row > 0).any()) else "threshold" for row in tables)
     spacing = store.spacing.tolist()
     crop_radius = 0.5 * float(torch.tensor(config.crop_size, dtype=torch.float64).norm()) + 3**0.5 * config.isocenter_jitter
     probe = visibility_probe(fractures, spacing=spacing, pixel_spacing=config.pixel_spacing, sid=config.sid.bounds()[0],
                              sdd=config.sdd.bounds()[1], image_size=config.image_size, crop_radius=crop_radius)
-    return tables.to(store.device), source, fracture_window(fractures, spacing), probe
+    within = max(0.5 * min(config.crop_size) - 3**0.5 * config.isocenter_jitter, 0.25 * min(config.crop_size))
+    return tables.to(store.device), source, fracture_window(fractures, spacing), probe, within
