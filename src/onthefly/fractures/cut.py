@@ -379,6 +379,10 @@ class FractureCutter:
             read = _within(read, self.affine, attenuation.shape[1:], float(within))
         # bone points on a lattice of about _LATTICE_MM (the voxel size follows from the box: reach / half its width)
         lattice = max(1, round(_LATTICE_MM * (min(window) - 1) / (2 * config.reach)))
+        if len(rows) == 0:  # nothing to cut
+            self.points = torch.zeros(0, self.params.candidates, 3, dtype=torch.long, device=device)
+            self.has_bone = torch.zeros(0, dtype=torch.bool, device=device)
+            return
         self.points, self.has_bone = choose_bone_points(lambda index: read((rows[index[0]], *index[1:])),
                                                         (len(rows), *attenuation.shape[1:]), self.params.position,
                                                         lattice=lattice)
@@ -391,6 +395,10 @@ class FractureCutter:
         chosen = self.params.select(choice)
         fractured = chosen.drawn & self.has_bone
         box = _gather_box(self.attenuation, self.rows, center_index, self.window)
+        if len(self.rows) == 0:
+            axis = torch.zeros(0, 3, dtype=self.affine.dtype, device=self.affine.device)
+            return CutBoxes(self.attenuation, self.affine, self.rows, box, box.original, axis, center_index, fractured,
+                            choice)
         box_labels = None if self.labels is None else self.labels[box.index]
         affine = self.affine[self.rows]
         out, axis = _cut_box(box, affine, chosen, box_labels, config=self.config, threshold=self.threshold,

@@ -161,6 +161,8 @@ def _contrast(change: Tensor, box_affine: Tensor, point: Tensor, carm: CArm, sam
     Every ``stride``-th pixel of the patch first, then every pixel around the largest of those.
     """
     count, stride = math.ceil(probe.patch / probe.stride), probe.stride
+    if len(samples) == 0:
+        return change.new_zeros(0, carm.batch_shape[1])
     span = (count - 1) * stride
     points = point.new_zeros(carm.batch_shape[0], 3).index_copy(0, samples, point)  # project in the C-arm's batch
     pixel = torch.round(project_points(carm, points[:, None].to(carm.dtype))[samples, :, 0]).long()  # (M, V, 2)
