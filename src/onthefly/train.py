@@ -321,7 +321,7 @@ class _ClassifierTask:
     each patch (the fracture's patch positive); accuracy/precision/recall/kappa and patch hits on held-out data."""
 
     name = "classifier"
-    eval_keys = ("loss", "accuracy", "precision", "recall", "kappa", "positives", "patch_hit")
+    eval_keys = ("loss", "accuracy", "precision", "recall", "kappa", "positives", "patch_hit", "left_out")
     score = "accuracy"
 
     def __init__(self, model_config: ClassifierConfig, init_from=None, guidance_model=None, *,
@@ -354,8 +354,9 @@ class _ClassifierTask:
             return self.guidance_model.to(batch.images.device).eval()(batch.images).float()
 
     def _weights(self, batch) -> Tensor:
-        """``(B,)`` 1 for the samples that count in the loss at this batch's step (see :class:`Curriculum`)."""
-        weight = torch.ones(batch.fracture.shape, device=batch.images.device)
+        """``(B,)`` 1 for the samples that count in the loss at this batch's step, 0 for fractures flagged below
+        the sampler's ``min_visibility`` and for those the :class:`Curriculum` leaves for later."""
+        weight = _counted(batch).float()
         if self.curriculum is None:
             return weight
         subtle = batch.fracture & (batch.fracture_visibility.amax(1) < self.curriculum.threshold(batch.step))
@@ -365,46 +366,74 @@ class _ClassifierTask:
         correspondence = batch.correspondence if self.model_config.attention_guidance else None
         output = model(batch.images, correspondence, patches=True)
         weight = self._weights(batch)
-        study = F.binary_cross_entropy_with_logits(output.logits.float(), batch.fracture.float(), reduction="none")
-        loss = (study * weight).sum() / weight.sum().clamp_min(1.0)
+        loss = _balanced_loss(output.logits.float(), batch.fracture, weight)
         if self.patch_weight:
-            loss = loss + self.patch_weight * _patch_loss(output.patch_logits.float(), batch.fracture_patch, weight)
+            target = _patch_targets(output.patch_logits, batch.fracture_pixel, batch.grid_shape, batch.patch_size)
+            loss = loss + self.patch_weight * _patch_loss(output.patch_logits.float(), target, weight)
         return loss
 
     @torch.no_grad()
     def evaluate(self, model, sampler, batches: int, device, picture: Path) -> dict[str, float]:
         was_training = model.training
         model.eval()
-        logits, labels, hits = [], [], []
+        logits, labels, hits, counted = [], [], [], []
         for step in range(batches):
             batch = sampler.sample(step).to(device)
             output = model.predict(batch.images, self._correspondence(batch))
-            logits.append(output.logits.float().cpu())
-            labels.append(batch.fracture.cpu())
-            hits.append(_patch_hits(output.patch_logits.float(), batch.fracture_patch, batch.grid_shape).cpu())
+            kept = _counted(batch)
+            logits.append(output.logits.float()[kept].cpu())
+            labels.append(batch.fracture[kept].cpu())
+            hits.append(_patch_hits(output.patch_logits.float()[kept], batch.fracture_patch[kept],
+                                    batch.grid_shape).cpu())
+            counted.append(kept.cpu())
             if step == 0:
                 _save_heatmaps(batch, output, picture)
         model.train(was_training)
-        logits, labels, hits = torch.cat(logits), torch.cat(labels), torch.cat(hits)
+        logits, labels, hits, counted = torch.cat(logits), torch.cat(labels), torch.cat(hits), torch.cat(counted)
         metrics = classification_metrics(logits > 0, labels)
         metrics["loss"] = float(F.binary_cross_entropy_with_logits(logits, labels.float()))
         metrics["positives"] = float(labels.float().mean())
         metrics["patch_hit"] = float(hits.float().mean()) if hits.numel() else float("nan")
+        metrics["left_out"] = 1.0 - float(counted.float().mean())
         return metrics
 
 
-def _patch_targets(patch_logits: Tensor, fracture_patch: Tensor) -> Tensor:
-    """``(B, V', N)`` 1 at each view's fracture patch (``fracture_patch (B, V) >= 0``), else 0."""
+def _counted(batch) -> Tensor:
+    """``(B,)`` bool: every sample but the fractures flagged below the sampler's ``min_visibility``
+    (``batch.fracture_invisible``): their label says fractured, their views may not show it."""
+    invisible = getattr(batch, "fracture_invisible", None)
+    return torch.ones_like(batch.fracture) if invisible is None else ~invisible
+
+
+def _balanced_loss(logits: Tensor, labels: Tensor, weight: Tensor) -> Tensor:
+    """Binary cross-entropy with fractured and intact samples weighing half each (whatever their numbers)."""
+    losses = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none") * weight
+    terms = []
+    for members in (labels, ~labels):
+        count = (weight * members).sum()
+        terms.append(torch.where(count > 0, (losses * members).sum() / count.clamp_min(1.0), 0.0))
+    present = torch.stack([(weight * labels).sum() > 0, (weight * ~labels).sum() > 0]).float()
+    return (terms[0] * present[0] + terms[1] * present[1]) / present.sum().clamp_min(1.0)
+
+
+def _patch_targets(patch_logits: Tensor, fracture_pixel: Tensor, grid: tuple[int, int], patch_size: int) -> Tensor:
+    """``(B, V', N)`` soft targets: a Gaussian (sigma 0.75 patch) of each patch centre's distance to the fracture's
+    pixel in each view (``fracture_pixel (B, V, 2)``, NaN where none: all 0)."""
     views = patch_logits.shape[1]
-    patch = fracture_patch[:, :views]
-    target = torch.zeros_like(patch_logits)
-    return target.scatter(2, patch.clamp_min(0)[..., None], (patch >= 0).to(target.dtype)[..., None])
+    pixel = fracture_pixel[:, :views].to(patch_logits.dtype)  # (B, V', 2)
+    rows, columns = grid
+    centre = (torch.arange(max(rows, columns), device=pixel.device, dtype=pixel.dtype) + 0.5) * patch_size - 0.5
+    row_distance = (centre[:rows] - pixel[..., 0, None]) / patch_size  # (B, V', rows)
+    column_distance = (centre[:columns] - pixel[..., 1, None]) / patch_size
+    square = row_distance[..., :, None] ** 2 + column_distance[..., None, :] ** 2
+    target = torch.exp(-square / (2 * 0.75**2)).flatten(2)
+    return torch.nan_to_num(target, nan=0.0)
 
 
-def _patch_loss(patch_logits: Tensor, fracture_patch: Tensor, weight: Tensor) -> Tensor:
-    """Binary cross-entropy of every patch, the one positive patch of a view weighted as all its negatives."""
+def _patch_loss(patch_logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Binary cross-entropy of every patch against its soft target, the positive part weighted as all the
+    negatives (one patch holds a fracture, ``N - 1`` do not); per-sample ``weight (B,)``."""
     count = patch_logits.shape[-1]
-    target = _patch_targets(patch_logits, fracture_patch)
     losses = F.binary_cross_entropy_with_logits(patch_logits, target, reduction="none",
                                                 pos_weight=torch.tensor(float(count - 1), device=patch_logits.device))
     per_sample = losses.mean((1, 2))
@@ -473,7 +502,9 @@ def train_classifier(
         eval_sampler: held-out stream with fractures; its first ``eval_batches``
             batches are the evaluation set (accuracy, precision, recall, Cohen's
             kappa; ``patch_hit``: the share of fractured views whose top patch is
-            the fracture's or a neighbour).
+            the fracture's or a neighbour). Fractures flagged below the sampler's
+            ``min_visibility`` (``batch.fracture_invisible``) are left out of the
+            loss and of the metrics (``left_out``: their share).
         init_from: a :func:`train_correspondence` checkpoint whose trunk starts
             the classifier (correspondence pre-training); its configuration must
             match ``model_config.trunk_config()``.

@@ -54,8 +54,9 @@ class FractureResult:
         attenuation: ``(B, D, H, W)`` fractured crops, 1/mm (a new tensor;
             samples without a fracture equal the input).
         fractured: ``(B,)`` bool, the label: drawn and the crop holds a bone point.
-        center: ``(B, 3)`` world mm of the bone point (on cut 0), NaN where not fractured.
-        center_index: ``(B, 3)`` long voxel index of the bone point in the crop (0 without bone).
+        center: ``(B, 3)`` world mm of the fracture: the centroid of the change it
+            makes (weighted by ``|change|``), NaN where not fractured.
+        center_index: ``(B, 3)`` long voxel index of the bone point (on cut 0) in the crop (0 without bone).
         axis: ``(B, 3)`` unit vector, world frame: the bone's axis at the bone point.
         box_start: ``(B, 3)`` long, first voxel of the changed box in the crop.
         box_change: ``(B, d, h, w)`` fractured minus intact attenuation in the box, 1/mm.
@@ -490,6 +491,18 @@ class CutBoxes:
         affine = self.affine[self.rows]
         return (affine[:, :3, :3] @ self.center_index.to(affine.dtype)[..., None])[..., 0] + affine[:, :3, 3]
 
+    @property
+    def change_centre(self) -> Tensor:
+        """``(M, 3)`` world mm: the centroid of the change (weighted by ``|change|``); the bone point where none."""
+        weight = self.change.abs()
+        marginals = [weight.sum((2, 3)), weight.sum((1, 3)), weight.sum((1, 2))]
+        total = marginals[0].sum(1, keepdim=True)
+        index = torch.stack([(m * torch.arange(m.shape[1], device=m.device, dtype=m.dtype)).sum(1) for m in marginals],
+                            -1) / total.clamp_min(1e-12)
+        affine = self.box_affine
+        centre = (affine[:, :3, :3] @ index.to(affine.dtype)[..., None])[..., 0] + affine[:, :3, 3]
+        return torch.where(total > 0, centre, self.point)
+
     def where(self, better: Tensor, other: "CutBoxes") -> "CutBoxes":
         """Each sample's candidate from ``other`` where ``better (M,)``, else from this one."""
         pick = lambda new, old: torch.where(better.view(-1, *([1] * (old.dim() - 1))), new, old)
@@ -511,7 +524,7 @@ class CutBoxes:
         attenuation = self.attenuation if inplace else self.attenuation.clone()
         attenuation[self.box.index] = self.out
         fractured = self.spread(self.fractured, False)
-        center = self.spread(self.point.to(self.affine.dtype), float("nan"))
+        center = self.spread(self.change_centre.to(self.affine.dtype), float("nan"))
         center = torch.where(fractured[:, None], center, torch.full_like(center, float("nan")))
         change = self.change
         box_affine = self.affine.clone()

@@ -7,7 +7,7 @@ trunk pre-trained on the correspondence task loads as it is
 (:meth:`FractureClassifier.load_trunk`). On top, two heads:
 
 * the study head: one logit per sample (fracture vs none), a linear map of the
-  mean-pooled tokens (``pooling="mean"``, the ViT's), or the largest patch
+  mean-pooled tokens (``pooling="mean"``, the ViT's), or of the largest patch
   logit (``pooling="max"``: the study is fractured where some patch is);
 * the patch head: one logit per patch of every view it sees (a linear map of
   each token), trained to find the fracture's patch (``batch.fracture_patch``)
@@ -60,8 +60,8 @@ class ClassifierConfig:
         attention_guidance: add ``alpha_l * C`` to every layer's attention logits
             (needs ``fusion="early"``; the forward pass then needs ``C``).
         alpha_init: initial ``alpha_l``.
-        pooling: the study logit from the mean-pooled tokens (``"mean"``) or the
-            largest patch logit (``"max"``).
+        pooling: the study logit from the mean-pooled tokens (``"mean"``) or from
+            the largest patch logit (``"max"``, a learned scale and offset of it).
     """
 
     backbone: str = "patch"
@@ -149,7 +149,10 @@ class FractureClassifier(nn.Module):
             raise TypeError(f"config: expected a ClassifierConfig, got {type(config).__name__}")
         self.config = config
         self.trunk = CorrespondenceModel(config.trunk_config())
-        self.head = nn.Linear(config.d_model, 1) if config.pooling == "mean" else None
+        self.head = nn.Linear(config.d_model if config.pooling == "mean" else 1, 1)
+        if config.pooling == "max":  # the study logit starts as the largest patch logit
+            nn.init.ones_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         self.patch_head = nn.Linear(config.d_model, 1)
         self.alpha = nn.Parameter(torch.full((config.layers,), float(config.alpha_init))) if config.attention_guidance else None
 
@@ -214,8 +217,8 @@ class FractureClassifier(nn.Module):
     def _heads(self, tokens: Tensor, views: int) -> ClassifierOutput:
         """Both heads on ``tokens (B', views * N, d)``."""
         patch_logits = self.patch_head(tokens)[..., 0].view(tokens.shape[0], views, -1)
-        if self.head is None:  # pooling "max"
-            logits = patch_logits.flatten(1).amax(1)
+        if self.config.pooling == "max":  # an affine map of the largest patch logit
+            logits = self.head(patch_logits.flatten(1).amax(1, keepdim=True))[:, 0]
         else:
             logits = self.head(tokens.mean(1))[:, 0]
         return ClassifierOutput(logits=logits, patch_logits=patch_logits)

@@ -59,8 +59,8 @@ class DRRBatch:
             (attenuation, 1/mm; fractured where ``fracture``).
         fracture: with fractures: ``(B,)`` bool, whether the sample's crop was
             fractured before rendering (the classification label).
-        fracture_center: ``(B, 3)`` world mm of each fracture's centre (NaN
-            where ``fracture`` is False).
+        fracture_center: ``(B, 3)`` world mm of each fracture's centre, the
+            centroid of the change it makes (NaN where ``fracture`` is False).
         fracture_pixel: ``(B, V, 2)`` (row, column) of the centre in each
             augmented view (NaN where ``fracture`` is False).
         fracture_patch: ``(B, V)`` long, the patch (row-major over the
