@@ -334,6 +334,19 @@ def test_a_batch_equals_the_loop_and_a_subset_equals_its_rows():
     copy = crops.clone()
     in_place = apply_fractures(copy, affine, params, config=config, inplace=True)
     assert in_place.attenuation is copy and torch.equal(copy, batch.attenuation)
+    none = apply_fractures(crops, affine, params, config=config, samples=torch.zeros(0, dtype=torch.long))
+    assert torch.equal(none.attenuation, crops) and not bool(none.fractured.any())
+
+
+def test_the_fracture_centre_is_the_centroid_of_its_change():
+    crops = rod_phantom()
+    config = FractureConfig(probability=1.0, reach=16.0, comminuted_probability=0.0)
+    params = hand_params(position=rod_point(crops, 32), translation=(4.0, 4.0))
+    result = apply_fractures(crops, unit_affine(1, 1.5), params, config=config)
+    change = (result.attenuation[0] - crops[0]).abs()
+    grids = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in change.shape], indexing="ij")
+    centroid = torch.stack([(g * change).sum() / change.sum() for g in grids]) * 1.5  # world mm (origin 0)
+    torch.testing.assert_close(result.center[0], centroid, atol=1e-3, rtol=0)
 
 
 @pytest.mark.slow
@@ -482,11 +495,16 @@ def test_sampler_batches_carry_visibility_and_leave_the_ct_untouched(chest):
     assert batch.fracture_visibility.shape == (6, 2) and batch.fracture_invisible.shape == (6,)
     assert torch.equal(sampler.store._attenuation, stored)  # the crops were cut, never the store
     lines = render(batch.volume, batch.carm)
-    display = (to_display(lines) - intact.images).abs().flatten(2).amax(-1)
+    difference = (to_display(lines) - intact.images).abs()
+    display = difference.flatten(2).amax(-1)
     for i in range(6):
         if batch.fracture[i]:
             assert not torch.equal(batch.images[i], intact.images[i])
             torch.testing.assert_close(batch.fracture_visibility[i], display[i], rtol=0.15, atol=3e-3)
+            for view in range(2):  # the targets fall on the change: its pixel holds a good share of the largest
+                row, col = batch.fracture_pixel[i, view].round().long().clamp(0, 63).tolist()
+                near = difference[i, view, 0, max(row - 8, 0) : row + 9, max(col - 8, 0) : col + 9]
+                assert float(near.max()) >= 0.5 * float(display[i, view])
         else:
             assert torch.equal(batch.images[i], intact.images[i])
             assert float(batch.fracture_visibility[i].abs().max()) == 0.0
