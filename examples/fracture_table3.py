@@ -1,23 +1,33 @@
-"""The seed paper's Table 3 on simulated fractures drawn on the fly: fusion, pre-training, attention guidance.
+"""Fracture classification on simulated fractures: learnability first, then the seed paper's Table 3 rows.
 
-Rows (same classifier budget for every row, several seeds):
+Data: the bundled CT cut along its long axis (:func:`onthefly.train.split_volume`,
+fraction 0.6): training crops come from its inferior 60 % (primary angles
+0-180 degrees), held-out crops from its superior 40 % (180-360 degrees), a
+region never used in training, on a fixed seeded stream without augmentation.
+A simulated fracture is drawn in half of the samples (the default
+:class:`~onthefly.fractures.FractureConfig`), kept visible: a fracture whose
+best view changes the display image by less than ``--min-visibility`` is
+redrawn (``FractureConfig.min_visibility``); a crop without bone near its centre
+is never fractured.
 
-1. single view;
-2. late fusion (per-view logits averaged);
-3. early fusion (tokens of all views attend together);
-4. early fusion + correspondence pre-training of the trunk;
-5. the same + attention guidance (``alpha_l * C`` added to the attention logits).
+Model: the CNN classifier (:meth:`ClassifierConfig.cnn`: the small CNN to
+stride 16, d = 128, ``--layers`` transformer layers), study logit = the largest
+patch logit (``pooling="max"``), trained with the study label and the patch
+detection loss, a visibility curriculum from ``1.5 x --min-visibility`` down to
+``--min-visibility`` over the first third of the steps. Rows (same budget):
 
-Training uses the bundled CT's inferior 60 % with primary angles 0-180
-degrees; evaluation its superior 40 % (never seen) with primary angles
-180-360 degrees, on a fixed seeded stream. Fractures are simulated in the
-sampled crops (:mod:`onthefly.fractures`), half of the samples. The
-pre-training runs the correspondence task on the same training volume with
-the classifier's trunk, before fine-tuning. With attention guidance the true
-``C`` guides both training and evaluation (simulated data has it).
+1. ``single``: view 0 only;
+2. ``late``: each view alone, logits averaged;
+3. ``early``: the tokens of both views attend together;
+4. ``pretrained``: early + the trunk first trained on the correspondence task (``--pretrain-steps``);
+5. ``guided``: the same + attention guidance by the true correspondence ``C``.
 
-Run: ``.venv/bin/python examples/fracture_table3.py --markdown docs/fracture_table3.md``
-(about 30 minutes on a 2-core CPU at the defaults).
+Run: ``.venv/bin/python examples/fracture_table3.py --rows early --seeds 0`` (learnability:
+early fusion, one seed, about 20 minutes on a 2-core CPU), then
+``.venv/bin/python examples/fracture_table3.py --markdown docs/fracture_table3.md``
+(Table 3, three seeds, several hours; an interrupted run continues where it
+stopped). Outputs go to ``outputs/fracture_table3/``; ``--markdown`` writes the
+table into a marked section of that file and keeps the rest.
 """
 
 from __future__ import annotations
@@ -36,115 +46,150 @@ import torch
 import onthefly as otf
 from onthefly.fractures import FractureConfig
 from onthefly.models import ClassifierConfig
-from onthefly.train import TrainConfig, split_volume, train_classifier, train_correspondence
+from onthefly.train import Curriculum, TrainConfig, split_volume, train_classifier, train_correspondence
 
-ROWS = [
-    ("single view", dict(fusion="single"), False),
-    ("late fusion", dict(fusion="late"), False),
-    ("early fusion", dict(fusion="early"), False),
-    ("early fusion + correspondence pre-training", dict(fusion="early"), True),
-    ("+ attention guidance", dict(fusion="early", attention_guidance=True), True),
-]
-METRICS = ("accuracy", "precision", "recall", "kappa")
+ROWS = {
+    "single": ("single view", dict(fusion="single"), False),
+    "late": ("late fusion", dict(fusion="late"), False),
+    "early": ("early fusion", dict(fusion="early"), False),
+    "pretrained": ("early fusion + correspondence pre-training", dict(fusion="early"), True),
+    "guided": ("+ attention guidance", dict(fusion="early", attention_guidance=True), True),
+}
+METRICS = ("accuracy", "precision", "recall", "kappa", "patch_hit")
+
+
+def parse(argv: list[str] | None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="which rows to train")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=600, help="classifier steps per run (the same for every row)")
+    parser.add_argument("--pretrain-steps", type=int, default=400, help="correspondence pre-training steps")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--spacing", type=float, default=1.5, help="CT voxel spacing, mm")
+    parser.add_argument("--crop-size", type=float, default=112.0, help="crop edge, mm")
+    parser.add_argument("--min-visibility", type=float, default=0.06, help="fractures less visible are redrawn")
+    parser.add_argument("--max-redraws", type=int, default=6, help="redraws of a fracture below --min-visibility")
+    parser.add_argument("--layers", type=int, default=2, help="transformer layers on the CNN")
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--patch-weight", type=float, default=1.0, help="weight of the patch detection loss")
+    parser.add_argument("--eval-batches", type=int, default=16, help="held-out batches (B samples each)")
+    parser.add_argument("--output", default="outputs/fracture_table3", help="folder for runs and results.json")
+    parser.add_argument("--markdown", help="also write the table (with commands and machine) to this file")
+    return parser.parse_args(argv)
+
+
+def make_samplers(args, seed: int, *, correspondence: bool):
+    train_part, held_out = split_volume(otf.example_volume(labels=True), fraction=0.6)
+    fractures = FractureConfig(probability=0.5, min_visibility=args.min_visibility, max_redraws=args.max_redraws)
+    data = dict(views=2, image_size=args.image_size, patch_size=16, crop_size=args.crop_size, spacing=args.spacing,
+                batch_size=args.batch_size, fractures=fractures, correspondence=correspondence)
+    augmentation = otf.Augmentation(brightness=0.05, contrast=0.1, invert=0.0, gamma=0.1, noise=0.005, blur=0.3,
+                                    geometric=0.5)
+    train = otf.DRRCorrespondenceSampler(volumes=[train_part], seed=seed, alpha=(0.0, math.pi),
+                                         augmentation=augmentation, **data)
+    held = otf.DRRCorrespondenceSampler(volumes=[held_out], seed=10_000, alpha=(math.pi, 2 * math.pi),
+                                        augmentation=None, **data)
+    return train, held
+
+
+def pretrain(args, seed: int, model: ClassifierConfig, folder: Path) -> Path:
+    """The classifier's trunk trained on the correspondence task (training part, no fractures)."""
+    checkpoint = folder / "checkpoint.pt"
+    if checkpoint.exists():
+        return checkpoint
+    train_part, _ = split_volume(otf.example_volume(labels=True), fraction=0.6)
+    sampler = otf.DRRCorrespondenceSampler(
+        volumes=[train_part], seed=1000 + seed, alpha=(0.0, math.pi), views=2, image_size=args.image_size,
+        patch_size=16, crop_size=args.crop_size, spacing=args.spacing, batch_size=args.batch_size)
+    train_correspondence(model.trunk_config(), sampler, TrainConfig(
+        output=str(folder), steps=args.pretrain_steps, lr=args.lr, warmup_steps=20, eval_every=0,
+        checkpoint_every=args.pretrain_steps, log_every=50, seed=seed, progress=False))
+    return checkpoint
+
+
+def run_row(args, row: str, seed: int) -> dict:
+    name, settings, pretrained = ROWS[row]
+    model = ClassifierConfig.cnn(layers=args.layers, pooling="max", **settings)
+    folder = Path(args.output) / f"seed{seed}"
+    began = time.perf_counter()
+    init_from = pretrain(args, seed, model, folder / "pretrain") if pretrained else None
+    pretrain_minutes = (time.perf_counter() - began) / 60
+    train, held = make_samplers(args, seed, correspondence=model.attention_guidance)
+    began = time.perf_counter()
+    summary = train_classifier(
+        model, train, TrainConfig(output=str(folder / row), steps=args.steps, lr=args.lr, warmup_steps=30,
+                                  eval_every=max(args.steps // 4, 1), eval_batches=args.eval_batches,
+                                  checkpoint_every=args.steps, log_every=50, seed=seed, progress=False),
+        eval_sampler=held, init_from=init_from, patch_weight=args.patch_weight,
+        curriculum=Curriculum(start=min(1.5 * args.min_visibility, 0.5), end=args.min_visibility,
+                              steps=max(args.steps // 3, 1)),
+    )
+    final = summary["final_eval"]
+    return {"row": row, "name": name, "seed": seed, **{key: final[key] for key in METRICS},
+            "positives": final["positives"], "loss_first": summary["loss_first"], "loss_last": summary["loss_last"],
+            "minutes": (time.perf_counter() - began) / 60, "pretrain_minutes": pretrain_minutes,
+            "samples_per_s": summary["samples_per_s"]}
+
+
+def cell(results: list[dict], row: str, key: str, scale: float = 100.0) -> str:
+    values = [scale * r[key] for r in results if r["row"] == row and not math.isnan(r[key])]
+    if not values:
+        return "—"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {spread:.1f}" + ("" if len(values) > 1 else " (1 seed)")
+
+
+def table(results: list[dict]) -> str:
+    rows = [row for row in ROWS if any(r["row"] == row for r in results)]
+    lines = ["| model | accuracy % | precision % | recall % | kappa (x100) | patch hit % | minutes per run |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in rows:
+        lines.append(f"| {ROWS[row][0]} | " + " | ".join(cell(results, row, key) for key in METRICS)
+                     + f" | {cell(results, row, 'minutes', 1.0)} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=300, help="classifier steps per run (the same for every row)")
-    parser.add_argument("--pretrain-steps", type=int, default=300, help="correspondence pre-training steps")
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--spacing", type=float, default=1.0, help="CT voxel spacing, mm")
-    parser.add_argument("--crop-size", type=float, default=120.0, help="crop edge, mm")
-    parser.add_argument("--d-model", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--eval-batches", type=int, default=16)
-    parser.add_argument("--output", default="outputs/fracture_table3")
-    parser.add_argument("--markdown", help="also write the table (with command and machine) to this file")
-    args = parser.parse_args(argv)
-
-    train_part, eval_part = split_volume(otf.example_volume(labels=True), fraction=0.6)
-    data = dict(views=2, image_size=args.image_size, patch_size=16, crop_size=args.crop_size, spacing=args.spacing,
-                batch_size=args.batch_size)
-    model = dict(d_model=args.d_model, heads=4, layers=args.layers, mlp=2 * args.d_model)
-
-    def sampler(volume, seed: int, *, fractures: bool, held_out: bool) -> otf.DRRCorrespondenceSampler:
-        alpha = (math.pi, 2 * math.pi) if held_out else (0.0, math.pi)
-        return otf.DRRCorrespondenceSampler(
-            volumes=[volume], seed=seed, alpha=alpha, augmentation=None if held_out else otf.Augmentation(),
-            fractures=FractureConfig(probability=0.5) if fractures else None, **data)
-
-    results: list[dict] = []
+    args = parse(argv)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    results_path = output / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else []
     started = time.perf_counter()
     for seed in args.seeds:
-        trunk = ClassifierConfig.small(**model).trunk_config()
-        pretrain = Path(args.output) / f"seed{seed}" / "pretrain"
-        if args.pretrain_steps:
-            train_correspondence(
-                trunk, sampler(train_part, 1000 + seed, fractures=False, held_out=False),
-                TrainConfig(output=str(pretrain), steps=args.pretrain_steps, lr=args.lr, eval_every=0,
-                            checkpoint_every=args.pretrain_steps, log_every=50, seed=seed, progress=False))
-        for name, settings, pretrained in ROWS:
-            if pretrained and not args.pretrain_steps:
-                continue
-            config = ClassifierConfig.small(**model, **settings)
-            run_dir = Path(args.output) / f"seed{seed}" / name.replace(" ", "_").replace("+", "plus")
-            summary = train_classifier(
-                config, sampler(train_part, seed, fractures=True, held_out=False),
-                TrainConfig(output=str(run_dir), steps=args.steps, lr=args.lr, eval_every=args.steps,
-                            eval_batches=args.eval_batches, checkpoint_every=args.steps, log_every=50, seed=seed,
-                            progress=False),
-                eval_sampler=sampler(eval_part, 10_000, fractures=True, held_out=True),
-                init_from=pretrain / "checkpoint.pt" if pretrained else None,
-            )
-            results.append({"row": name, "seed": seed, **{k: summary["final_eval"][k] for k in METRICS},
-                            "loss_first": summary["loss_first"], "loss_last": summary["loss_last"]})
+        for row in args.rows:
+            if any(r["row"] == row and r["seed"] == seed for r in results):
+                continue  # done by an earlier run of the same command
+            results.append(run_row(args, row, seed))
+            results_path.write_text(json.dumps(results, indent=1))
             print(json.dumps(results[-1]), flush=True)
-
-    def cell(row: str, key: str) -> str:
-        values = [100 * r[key] for r in results if r["row"] == row and not math.isnan(r[key])]
-        if not values:
-            return "—"
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.1f} ± {spread:.1f}"
-
-    names = [name for name, _, _ in ROWS if any(r["row"] == name for r in results)]
-    table = "\n".join(
-        ["| model | accuracy % | precision % | recall % | kappa (x100) |", "| --- | ---: | ---: | ---: | ---: |"]
-        + [f"| {name} | " + " | ".join(cell(name, key) for key in METRICS) + " |" for name in names]
-    )
-    print(table)
-    minutes = (time.perf_counter() - started) / 60
+    print(table(results))
     if args.markdown:
         command = "python examples/fracture_table3.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        machine = (f"{platform.machine()}, torch threads: {torch.get_num_threads()}, {platform.system()} "
+        machine = (f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.system()} "
                    f"{platform.release()}, Python {platform.python_version()}, torch {torch.__version__}")
-        text = "\n".join([
-            "# Fracture classification on simulated data (the seed paper's Table 3 rows)",
+        body = "\n".join([
+            f"Command: `{command.strip()}` ({(time.perf_counter() - started) / 60:.0f} minutes in this call; rows "
+            f"already in `{results_path}` are kept). Machine: {machine}.",
             "",
-            f"Command: `{command.strip()}` ({minutes:.0f} minutes).",
-            "",
-            f"Machine: {machine}.",
-            "",
-            f"Set-up: classifier trunk d = {args.d_model}, {args.layers} layers, 4 heads, linear patch embedding "
-            f"(patch 16), {args.image_size} x {args.image_size} views, V = 2, batch {args.batch_size}, "
-            f"{args.steps} Adam steps (lr {args.lr:g}, cosine) per run; CT at {args.spacing:g} mm, {args.crop_size:g} "
-            "mm crops, a simulated fracture in half of the samples. Pre-training: "
-            f"{args.pretrain_steps} correspondence steps of the same trunk. Training on the bundled CT's inferior "
-            "60 % (primary angles 0-180 degrees), evaluation on its superior 40 % (180-360 degrees), "
-            f"{args.eval_batches} fixed batches ({args.eval_batches * args.batch_size} samples). Mean ± standard "
-            f"deviation over seeds {', '.join(map(str, args.seeds))}.",
-            "",
-            table,
-            "",
-            "The seed paper, on real radiographs (MURA), reports 73.3 / 78.7 / 75.8 / 80.1 / 80.6 % accuracy for "
-            "these rows.",
-            "",
+            table(results),
         ])
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(text)
+        write_section(Path(args.markdown), "table3" if len(args.rows) > 1 else f"rows-{'-'.join(args.rows)}", body)
+    return results
+
+
+def write_section(path: Path, name: str, body: str) -> None:
+    """Put ``body`` between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``path`` (other text is kept)."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.exists() else "# Fracture classification on simulated data\n"
+    block = f"{start}\n{body.strip()}\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
     return results
 
 

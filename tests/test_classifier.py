@@ -123,3 +123,103 @@ def test_finetune_and_evaluate_on_real_study_folders(tmp_path):
     guided = small(attention_guidance=True)
     with pytest.raises(ValueError, match="guidance_model"):
         evaluate_classifier_on_studies(guided, dataset)
+
+
+# ---------------------------------------------------------------------------
+# Patch head, pooling, the CNN classifier, the detection loss and the curriculum
+
+
+def test_patch_logits_cover_the_views_each_fusion_sees():
+    images = torch.rand(2, 3, 1, 32, 32)
+    for fusion, views in (("single", 1), ("late", 3), ("early", 3)):
+        model = small(fusion=fusion)
+        output = model.predict(images)
+        assert output.logits.shape == (2,) and output.patch_logits.shape == (2, views, 4)
+        torch.testing.assert_close(model(images, patches=True).patch_logits, output.patch_logits)
+        torch.testing.assert_close(model(images), output.logits)
+    pooled = small(pooling="max")
+    output = pooled.predict(images)
+    torch.testing.assert_close(output.logits, output.patch_logits.flatten(1).amax(1))  # at initialisation
+    assert pooled.head.in_features == 1
+    with pytest.raises(ValueError, match="pooling"):
+        ClassifierConfig.small(pooling="sum")
+
+
+def test_the_cnn_classifier_runs_with_and_without_attention():
+    images = torch.rand(2, 2, 1, 32, 32)
+    plain = FractureClassifier(ClassifierConfig.cnn(fusion="early", d_model=32, heads=2, mlp=64)).eval()
+    assert plain.config.backbone == "small" and len(plain.trunk.layers) == 0
+    assert plain(images).shape == (2,)
+    attending = FractureClassifier(ClassifierConfig.cnn(layers=1, d_model=32, heads=2, mlp=64)).eval()
+    assert len(attending.trunk.layers) == 1 and attending.predict(images).patch_logits.shape == (2, 2, 4)
+    with pytest.raises(ValueError, match="attention_guidance"):
+        ClassifierConfig.cnn(attention_guidance=True)  # guidance needs attention layers
+    with pytest.raises(ValueError, match="layers"):
+        ClassifierConfig.cnn(layers=-1)
+
+
+def fake_batch(*, fracture, patch, visibility, step=0, views=2, grid=(2, 2)):
+    from types import SimpleNamespace
+
+    b = len(fracture)
+    return SimpleNamespace(images=torch.rand(b, views, 1, 16 * grid[0], 16 * grid[1]),
+                           fracture=torch.tensor(fracture), fracture_patch=torch.tensor(patch),
+                           fracture_pixel=torch.full((b, views, 2), 8.0), patch_size=16,
+                           fracture_visibility=torch.tensor(visibility), step=step, correspondence=None,
+                           grid_shape=grid)
+
+
+def test_patch_targets_losses_and_hits():
+    from onthefly.train import _balanced_loss, _patch_hits, _patch_loss, _patch_targets
+
+    logits = torch.zeros(2, 2, 4)  # a 2 x 2 grid of 16-pixel patches
+    pixel = torch.tensor([[[23.5, 24.0], [float("nan"), float("nan")]], [[float("nan")] * 2] * 2])
+    target = _patch_targets(logits, pixel, (2, 2), 16)
+    assert int(target[0, 0].argmax()) == 3 and float(target[0, 0, 3]) > 0.9  # the patch holding the pixel
+    assert 0 < float(target[0, 0, 1]) < float(target[0, 0, 3])  # its neighbours, less
+    assert float(target[0, 1].abs().sum()) == 0.0 and float(target[1].abs().sum()) == 0.0  # no fracture: 0
+    good, bad = torch.full((2, 2, 4), -5.0), torch.full((2, 2, 4), -5.0)
+    good[0, 0, 3], bad[0, 0, 0] = 5.0, 5.0
+    weight = torch.ones(2)
+    assert float(_patch_loss(good, target, weight)) < float(_patch_loss(bad, target, weight))
+    assert float(_patch_loss(bad, target, torch.tensor([0.0, 1.0]))) < 0.1  # a sample with weight 0 does not count
+    # the study loss weighs both classes alike, whatever their numbers
+    labels = torch.tensor([True, False, False, False])
+    logits = torch.tensor([-1.0, -1.0, -1.0, -1.0])
+    single = torch.nn.functional.binary_cross_entropy_with_logits
+    expected = 0.5 * (single(logits[:1], torch.ones(1)) + single(logits[1:], torch.zeros(3)))
+    torch.testing.assert_close(_balanced_loss(logits, labels, torch.ones(4)), expected)
+    torch.testing.assert_close(_balanced_loss(logits, labels, torch.tensor([0.0, 1, 1, 1])),
+                               single(logits[1:], torch.zeros(3)))
+    grid = torch.full((1, 1, 16), -1.0)
+    grid[0, 0, 5] = 3.0  # row 1, column 1 of a 4 x 4 grid
+    assert _patch_hits(grid, torch.tensor([[10]]), (4, 4)).tolist() == [True]  # row 2, column 2: a neighbour
+    assert _patch_hits(grid, torch.tensor([[15]]), (4, 4)).tolist() == [False]
+    assert _patch_hits(grid, torch.tensor([[-1]]), (4, 4)).tolist() == []
+
+
+def test_the_curriculum_leaves_subtle_fractures_out_until_their_turn():
+    from onthefly.train import Curriculum, _ClassifierTask
+
+    curriculum = Curriculum(start=0.1, end=0.02, steps=100)
+    assert curriculum.threshold(0) == 0.1 and curriculum.threshold(50) == 0.06 and curriculum.threshold(500) == 0.02
+    model = small(fusion="early")
+    task = _ClassifierTask(model.config, curriculum=curriculum, patch_weight=0.0)
+    subtle = dict(fracture=[True, False], patch=[[0, 1], [-1, -1]], visibility=[[0.03, 0.01], [0.0, 0.0]])
+    early, late = fake_batch(**subtle, step=0), fake_batch(**subtle, step=200)
+    assert task._weights(early).tolist() == [0.0, 1.0] and task._weights(late).tolist() == [1.0, 1.0]
+    with torch.no_grad():
+        output = model.predict(early.images)
+    import torch.nn.functional as F
+
+    negative_only = F.binary_cross_entropy_with_logits(output.logits[1:], torch.zeros(1))  # the subtle one is out
+    torch.testing.assert_close(task.loss(model, early), negative_only)
+    both = task.loss(model, fake_batch(**subtle, step=200))
+    assert both.requires_grad and torch.isfinite(both)
+    for bad, message in ((dict(start=1.0), "start"), (dict(start=0.01, end=0.05), "end"), (dict(steps=0), "steps")):
+        with pytest.raises(ValueError, match=message):
+            Curriculum(**bad)
+    with pytest.raises(ValueError, match="patch_weight"):
+        _ClassifierTask(model.config, patch_weight=-1.0)
+    with pytest.raises(TypeError, match="curriculum"):
+        _ClassifierTask(model.config, curriculum=0.05)

@@ -18,7 +18,17 @@ from .correspondence import (
     voxel_weights,
 )
 from .distributions import CardinalAngles, PerView, Uniform
-from .fractures import FractureConfig, FractureResult, apply_fractures, bone_label_lookup, bone_mask, draw_fractures
+from .fractures import (
+    FractureConfig,
+    FractureParams,
+    FractureResult,
+    apply_fractures,
+    bone_label_lookup,
+    bone_weight_table,
+    bone_weights,
+    draw_fractures,
+    fracture_visibility,
+)
 from .geometry import CArm, camera_to_world, patch_index, project_points, relative_camera_pose, rotation_matrix
 from .losses import ProjectionLoss
 from .preview import save_batch_preview, save_correspondence_preview, save_views
@@ -67,6 +77,7 @@ __all__ = [
     "ProjectionLoss",
     "PerView",
     "FractureConfig",
+    "FractureParams",
     "FractureResult",
     "Uniform",
     "CoarseWeights",
@@ -77,8 +88,10 @@ __all__ = [
     "attenuation_to_hu",
     "apply_fractures",
     "bone_label_lookup",
-    "bone_mask",
+    "bone_weight_table",
+    "bone_weights",
     "draw_fractures",
+    "fracture_visibility",
     "beer_lambert",
     "correspondence_map",
     "epipolar_line",

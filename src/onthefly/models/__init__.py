@@ -15,7 +15,7 @@ from .attention import (
     sine_position_encoding,
 )
 from .backbone import BACKBONES, load_backbone_weights, make_backbone
-from .classifier import FUSIONS, ClassifierConfig, FractureClassifier
+from .classifier import FUSIONS, ClassifierConfig, ClassifierOutput, FractureClassifier
 from .correspondence import ATTENTION_VARIANTS, CorrespondenceConfig, CorrespondenceModel, squared_cosine_similarity
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "ATTENTION_VARIANTS",
     "BACKBONES",
     "ClassifierConfig",
+    "ClassifierOutput",
     "FUSIONS",
     "FractureClassifier",
     "CorrespondenceConfig",

@@ -4,8 +4,17 @@ The trunk is the correspondence model's token trunk (:class:`CorrespondenceModel
 with ``attention="standard"``: patch embedding or CNN backbone, 1x1
 projection, joint-attention transformer with 2-D RoPE, final LayerNorm), so a
 trunk pre-trained on the correspondence task loads as it is
-(:meth:`FractureClassifier.load_trunk`). On top: mean-pooled tokens and a
-linear head giving one logit per sample (fracture vs none).
+(:meth:`FractureClassifier.load_trunk`). On top, two heads:
+
+* the study head: one logit per sample (fracture vs none), a linear map of the
+  mean-pooled tokens (``pooling="mean"``, the ViT's), or of the largest patch
+  logit (``pooling="max"``: the study is fractured where some patch is);
+* the patch head: one logit per patch of every view it sees (a linear map of
+  each token), trained to find the fracture's patch (``batch.fracture_patch``)
+  and shown as a heat map.
+
+A CNN backbone: ``ClassifierConfig.cnn()`` (the small CNN to stride 16, then
+the heads; ``layers`` transformer layers on top, 0 for none).
 
 Fusion of ``V`` views:
 
@@ -31,9 +40,10 @@ from torch import Tensor
 from .._checks import check_choice, check_positive_int
 from .correspondence import CorrespondenceConfig, CorrespondenceModel
 
-__all__ = ["FUSIONS", "ClassifierConfig", "FractureClassifier"]
+__all__ = ["FUSIONS", "POOLINGS", "ClassifierConfig", "ClassifierOutput", "FractureClassifier"]
 
 FUSIONS = ("single", "late", "early")
+POOLINGS = ("mean", "max")
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,8 @@ class ClassifierConfig:
         attention_guidance: add ``alpha_l * C`` to every layer's attention logits
             (needs ``fusion="early"``; the forward pass then needs ``C``).
         alpha_init: initial ``alpha_l``.
+        pooling: the study logit from the mean-pooled tokens (``"mean"``) or from
+            the largest patch logit (``"max"``, a learned scale and offset of it).
     """
 
     backbone: str = "patch"
@@ -63,10 +75,16 @@ class ClassifierConfig:
     fusion: str = "early"
     attention_guidance: bool = False
     alpha_init: float = 1.0
+    pooling: str = "mean"
 
     def __post_init__(self) -> None:
         check_choice("fusion", self.fusion, FUSIONS)
-        check_positive_int("layers", self.layers)
+        check_choice("pooling", self.pooling, POOLINGS)
+        if isinstance(self.layers, int) and not isinstance(self.layers, bool) and self.layers == 0:
+            if self.attention_guidance:
+                raise ValueError("attention_guidance: needs attention layers (layers >= 1), got layers=0")
+        else:
+            check_positive_int("layers", self.layers)
         if self.attention_guidance and self.fusion != "early":
             raise ValueError(f"attention_guidance: needs fusion='early' (tokens of all views attend together), "
                              f"got fusion={self.fusion!r}")
@@ -76,6 +94,12 @@ class ClassifierConfig:
     def small(cls, **overrides) -> "ClassifierConfig":
         """A CPU-sized configuration: d 64, 4 heads, 2 layers, MLP 128 (then ``overrides``)."""
         return cls(**(dict(d_model=64, heads=4, layers=2, mlp=128) | overrides))
+
+    @classmethod
+    def cnn(cls, **overrides) -> "ClassifierConfig":
+        """A CNN classifier: the small CNN backbone to stride 16, d 128, no transformer layer (then ``overrides``;
+        ``layers >= 1`` puts joint attention on top, as early fusion wants)."""
+        return cls(**(dict(backbone="small", d_model=128, heads=4, layers=0, mlp=256) | overrides))
 
     def trunk_config(self) -> CorrespondenceConfig:
         """The correspondence-model configuration whose token trunk this classifier uses."""
@@ -92,13 +116,30 @@ class ClassifierConfig:
         return settings
 
 
+@dataclass
+class ClassifierOutput:
+    """What :meth:`FractureClassifier.predict` returns.
+
+    Attributes:
+        logits: ``(B,)`` study logits (fracture vs none).
+        patch_logits: ``(B, V', N)`` one logit per patch (row-major over the
+            ``H/k x W/k`` grid) of each view the model sees: ``V' = 1`` (view 0)
+            for ``"single"`` fusion, ``V`` otherwise.
+    """
+
+    logits: Tensor
+    patch_logits: Tensor
+
+
 class FractureClassifier(nn.Module):
-    """One fracture logit per multi-view sample.
+    """One fracture logit per multi-view sample, and one per patch.
 
     Example:
         >>> model = FractureClassifier(ClassifierConfig.small(fusion="late"))
         >>> model(torch.rand(2, 3, 1, 64, 64)).shape  # (B, V, 1, H, W) -> (B,)
         torch.Size([2])
+        >>> model.predict(torch.rand(2, 3, 1, 64, 64)).patch_logits.shape  # (B, V, N), N = (64/16)^2
+        torch.Size([2, 3, 16])
     """
 
     def __init__(self, config: ClassifierConfig | None = None) -> None:
@@ -108,7 +149,11 @@ class FractureClassifier(nn.Module):
             raise TypeError(f"config: expected a ClassifierConfig, got {type(config).__name__}")
         self.config = config
         self.trunk = CorrespondenceModel(config.trunk_config())
-        self.head = nn.Linear(config.d_model, 1)
+        self.head = nn.Linear(config.d_model if config.pooling == "mean" else 1, 1)
+        if config.pooling == "max":  # the study logit starts as the largest patch logit
+            nn.init.ones_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        self.patch_head = nn.Linear(config.d_model, 1)
         self.alpha = nn.Parameter(torch.full((config.layers,), float(config.alpha_init))) if config.attention_guidance else None
 
     def load_trunk(self, source: str | os.PathLike | dict) -> None:
@@ -149,8 +194,15 @@ class FractureClassifier(nn.Module):
             raise ValueError(f"source: the checkpoint's model differs from this trunk (saved vs expected): {listed}."
                              f"{advice}{' The trunk needs attention=standard.' if 'attention' in different else ''}")
 
-    def forward(self, images: Tensor, correspondence: Tensor | None = None) -> Tensor:
-        """Logits ``(B,)`` of ``images (B, V, 1, H, W)`` in ``[0, 1]``.
+    def forward(self, images: Tensor, correspondence: Tensor | None = None, *,
+                patches: bool = False) -> Tensor | ClassifierOutput:
+        """Study logits ``(B,)`` of ``images (B, V, 1, H, W)`` in ``[0, 1]``; with ``patches``, a
+        :class:`ClassifierOutput` (as :meth:`predict`, through ``forward`` for wrappers such as DDP)."""
+        output = self.predict(images, correspondence)
+        return output if patches else output.logits
+
+    def predict(self, images: Tensor, correspondence: Tensor | None = None) -> ClassifierOutput:
+        """Study and patch logits of ``images (B, V, 1, H, W)`` in ``[0, 1]``.
 
         ``correspondence (B, V*N, V*N)`` is needed with attention guidance (and ignored otherwise).
         """
@@ -159,10 +211,12 @@ class FractureClassifier(nn.Module):
         batch, views = images.shape[:2]
         fusion = self.config.fusion
         if fusion == "single":
-            return self.head(self.trunk.tokens(images[:, :1]).mean(1))[:, 0]
+            return self._heads(self.trunk.tokens(images[:, :1]), 1)
         if fusion == "late":
             tokens = self.trunk.tokens(images.reshape(batch * views, 1, *images.shape[2:]))
-            return self.head(tokens.mean(1))[:, 0].view(batch, views).mean(1)
+            output = self._heads(tokens, 1)
+            return ClassifierOutput(logits=output.logits.view(batch, views).mean(1),
+                                    patch_logits=output.patch_logits.view(batch, views, -1))
         bias = None
         if self.alpha is not None:
             if correspondence is None:
@@ -171,4 +225,13 @@ class FractureClassifier(nn.Module):
                 raise ValueError(f"correspondence: expected (B, V*N, V*N) with B = {batch}, got {tuple(correspondence.shape)}")
             c = correspondence.to(images.dtype)[:, None]  # (B, 1, L, L): the same bias for every head
             bias = [alpha * c for alpha in self.alpha]
-        return self.head(self.trunk.tokens(images, bias=bias).mean(1))[:, 0]
+        return self._heads(self.trunk.tokens(images, bias=bias), views)
+
+    def _heads(self, tokens: Tensor, views: int) -> ClassifierOutput:
+        """Both heads on ``tokens (B', views * N, d)``."""
+        patch_logits = self.patch_head(tokens)[..., 0].view(tokens.shape[0], views, -1)
+        if self.config.pooling == "max":  # an affine map of the largest patch logit
+            logits = self.head(patch_logits.flatten(1).amax(1, keepdim=True))[:, 0]
+        else:
+            logits = self.head(tokens.mean(1))[:, 0]
+        return ClassifierOutput(logits=logits, patch_logits=patch_logits)

@@ -59,13 +59,18 @@ class DRRBatch:
             (attenuation, 1/mm; fractured where ``fracture``).
         fracture: with fractures: ``(B,)`` bool, whether the sample's crop was
             fractured before rendering (the classification label).
-        fracture_center: ``(B, 3)`` world mm of each fracture's centre (NaN
-            where ``fracture`` is False).
+        fracture_center: ``(B, 3)`` world mm of each fracture's centre, the
+            centroid of the change it makes (NaN where ``fracture`` is False).
         fracture_pixel: ``(B, V, 2)`` (row, column) of the centre in each
             augmented view (NaN where ``fracture`` is False).
         fracture_patch: ``(B, V)`` long, the patch (row-major over the
             ``H/k x W/k`` grid of the augmented view) holding ``fracture_pixel``;
             -1 where there is no fracture or it projects outside the view.
+        fracture_visibility: ``(B, V)`` the fracture's visibility in each view: about
+            the largest change of the display image (before intensity augmentation)
+            it causes (:func:`~onthefly.fractures.fracture_visibility`); 0 where not fractured.
+        fracture_invisible: ``(B,)`` bool, fractured samples that stayed below
+            ``FractureConfig.min_visibility`` after every redraw.
     """
 
     images: Tensor
@@ -88,6 +93,8 @@ class DRRBatch:
     fracture_center: Tensor | None = None
     fracture_pixel: Tensor | None = None
     fracture_patch: Tensor | None = None
+    fracture_visibility: Tensor | None = None
+    fracture_invisible: Tensor | None = None
 
     @property
     def batch_size(self) -> int:

@@ -23,7 +23,14 @@ from torch import Tensor
 from ..augment import _geometric, _intensity, image_operation_maps
 from ..correspondence import coarse_grid_affine, patch_correspondence
 from ..footprints import footprint_window
-from ..fractures import apply_fractures, bone_label_lookup, bone_mask, fracture_window
+from ..fractures import (
+    bone_weight_tables,
+    cut_visible_fractures,
+    fracture_visibility,
+    fracture_window,
+    view_ranges,
+    visibility_probe,
+)
 from ..geometry import CArm, patch_index
 from ..projector import render, to_display
 from ..volume import VolumeBatch
@@ -79,15 +86,9 @@ class BatchMaker:
         self.patch_maps = image_operation_maps(*config.grid_shape, self.device)
         self.structures, self.structure_ids = _structure_ids(config, store)
         self.needs_labels = bool(self.structures) or (config.fractures is not None and store.has_labels)
-        self.bone_tables, self.bone_from_labels = _bone_tables(config, store)
-        self.bone_source: tuple[str, ...] = ()
-        if config.fractures is not None:
-            from_labels = [False] * len(store) if self.bone_from_labels is None else self.bone_from_labels.tolist()
-            self.bone_source = tuple("labels" if labelled else "threshold" for labelled in from_labels)
+        (self.bone_tables, self.bone_source, self.fracture_window, self.fracture_probe,
+         self.fracture_within) = _fracture_setup(config, store)
         self.window = 1  # the largest footprint window a compiled batch has needed (grows, never shrinks)
-        self.fracture_window = (
-            fracture_window(config.fractures, store.spacing) if config.fractures is not None else None
-        )
 
     def make(self, params: SampleParams, *, timings: dict[str, float] | None = None):
         """The batch of ``params`` (see :func:`make_batch`)."""
@@ -107,14 +108,14 @@ class BatchMaker:
             fractured = None
             if config.fractures is not None:
                 with stage("fractures"):
-                    fractured = self._fractures(params, crops, labels, crop_affine.to(device))
+                    fractured = self._fractures(params, crops, labels, crop_affine.to(device), carm)
                     crops = fractured.attenuation
             with stage("render"):
                 # The crops come from checked CTs: no value check on the way (it would read the device).
                 volume = VolumeBatch(attenuation=crops[:, None], affine=crop_affine.to(device), mu_water=config.mu_water,
                                      validate=False)
-                images = to_display(render(volume, carm, method=config.method, mu_water=config.mu_water,
-                                           compile=config.compile))
+                lines = render(volume, carm, method=config.method, mu_water=config.mu_water, compile=config.compile)
+                images = to_display(lines)
                 projected = self._structures(params, labels, crop_affine, carm_host) if self.structures else None
             with stage("correspondence"):
                 correspondence = (self._correspondence(params, carm, carm_host, crop_affine)
@@ -130,27 +131,31 @@ class BatchMaker:
             volume=volume if config.return_volume or config.target.needs_crops else None,
         )
         if fractured is not None:
-            self._fracture_fields(batch, fractured)
+            self._fracture_fields(batch, fractured, fracture_visibility(fractured.contrast, lines))
         with stage("target"), torch.no_grad():
             return config.target.build(batch, config)
 
     # ------------------------------------------------------------------ stages
-    def _fractures(self, params: SampleParams, crops: Tensor, labels: Tensor | None, crop_affine: Tensor):
-        config = self.config
-        bone = bone_mask(crops, bone_hu=config.fractures.bone_hu, mu_water=config.mu_water)
-        if labels is not None and self.bone_tables is not None:
-            index = params.volume_index.to(self.device)
-            by_label = bone_mask(crops, labels=labels, bone_labels=self.bone_tables[index])
-            bone = torch.where(self.bone_from_labels[index].view(-1, 1, 1, 1), by_label, bone)
-        return apply_fractures(crops, crop_affine, params.fracture, config=config.fractures, bone=bone,
-                               mu_water=config.mu_water, window=self.fracture_window)
+    def _fractures(self, params: SampleParams, crops: Tensor, labels: Tensor | None, crop_affine: Tensor,
+                   carm: CArm):
+        config = self.config.fractures
+        table = None if labels is None else self.bone_tables[params.volume_index.to(self.device)]
+        ranges = view_ranges(crops, crop_affine, carm) if config.min_visibility > 0 else None
+        drawn = params.fracture.drawn.nonzero()[:, 0]  # host values: only the drawn samples are cut
+        # the store's crops are this batch's own tensor: the fractures are written into them
+        return cut_visible_fractures(crops, crop_affine, params.fracture.to(self.device), carm, config=config,
+                                     probe=self.fracture_probe, labels=labels, table=table,
+                                     mu_water=self.config.mu_water, window=self.fracture_window, view_range=ranges,
+                                     samples=drawn.to(self.device), within=self.fracture_within, inplace=True)
 
-    def _fracture_fields(self, batch: DRRBatch, fractured) -> None:
+    def _fracture_fields(self, batch: DRRBatch, fractured, visibility: Tensor) -> None:
         pixel = batch.project_points(fractured.center[:, None, :])[:, :, 0]  # (B, V, 2)
         batch.fracture = fractured.fractured
         batch.fracture_center = fractured.center
         batch.fracture_pixel = pixel
         batch.fracture_patch = patch_index(pixel, self.config.image_size, self.config.patch_size)
+        batch.fracture_visibility = visibility
+        batch.fracture_invisible = fractured.invisible
 
     def _structures(self, params: SampleParams, labels: Tensor, crop_affine: Tensor, carm_host: CArm) -> Tensor:
         """``(B, V, S, H, W)`` path lengths (mm) through each structure of each crop."""
@@ -231,19 +236,18 @@ def _structure_ids(config: SamplerConfig, store: VolumeStore) -> tuple[tuple[str
     return tuple(str(item) for item in config.structures), torch.tensor(ids, dtype=torch.long)
 
 
-def _bone_tables(config: SamplerConfig, store: VolumeStore) -> tuple[Tensor | None, Tensor | None]:
-    """Per-CT bone lookup tables ``(n, L)`` and whether each CT takes bone from its labels ``(n,)`` (else by HU)."""
-    if config.fractures is None or not store.has_labels:
-        if config.fractures is not None and config.fractures.structures is not None:
-            raise ValueError(f"fractures: the structures {list(config.fractures.structures)} need CTs with label maps")
-        return None, None
-    structures = config.fractures.bone_structures
-    tables = [bone_label_lookup(names, structures) for names in store.label_names]
-    length = max(table.numel() for table in tables)
-    stacked = torch.zeros(len(tables), length, dtype=torch.bool)
-    for index, table in enumerate(tables):
-        stacked[index, : table.numel()] = table
-    from_labels = stacked.any(1)
-    if config.fractures.structures is not None and not bool(from_labels.any()):
-        raise ValueError(f"fractures: none of the structures {list(config.fractures.structures)} is in any CT's label map")
-    return stacked.to(store.device), from_labels.to(store.device)
+def _fracture_setup(config: SamplerConfig, store: VolumeStore):
+    """What fractures derive once from a store: per-CT bone weight tables ``(n, L)`` (on the store's device), where
+    each CT finds bone (``'labels'`` or ``'threshold'``), the box size, the visibility probe, and the distance from
+    a crop's centre within which every view sees a bone point (the ball inside the crop less the isocenter jitter)."""
+    fractures = config.fractures
+    if fractures is None:
+        return None, (), None, None, None
+    tables = bone_weight_tables(store.label_names if store.has_labels else [None] * len(store), fractures)
+    source = tuple("labels" if store.has_labels and bool((row > 0).any()) else "threshold" for row in tables)
+    spacing = store.spacing.tolist()
+    crop_radius = 0.5 * float(torch.tensor(config.crop_size, dtype=torch.float64).norm()) + 3**0.5 * config.isocenter_jitter
+    probe = visibility_probe(fractures, spacing=spacing, pixel_spacing=config.pixel_spacing, sid=config.sid.bounds()[0],
+                             sdd=config.sdd.bounds()[1], image_size=config.image_size, crop_radius=crop_radius)
+    within = max(0.5 * min(config.crop_size) - 3**0.5 * config.isocenter_jitter, 0.25 * min(config.crop_size))
+    return tables.to(store.device), source, fracture_window(fractures, spacing), probe, within

@@ -1,0 +1,242 @@
+"""Simulated fractures: how visible they are, and what they cost next to rendering.
+
+Set-up: ``DRRCorrespondenceSampler`` on the bundled CT (1 mm voxels, 120 mm
+crops), B = 16, V = 2, 128 x 128, no augmentation, no correspondence, the
+default :class:`~onthefly.fractures.FractureConfig` (``probability=1`` for the
+visibility, so every sample is fractured; 0.5, the default, for the timing).
+
+Visibility: the largest change of the display image (``to_display`` of the
+fractured views minus ``to_display`` of the intact crops rendered with the same
+cameras), per view; a sample counts by its most visible view. Also the
+recorded ``batch.fracture_visibility`` (an estimate marching the changed box
+only) against that exact change. Rows: the default configuration; the same
+with ``min_visibility`` redraws; and a reference that removes half of every
+bone piece within the reach (no motion, a gap as long as the reach): about
+the largest change any cut of that bone could make.
+
+Timing: the sampler's own stage timings, median over batches, after a warm-up,
+the configurations taking turns batch by batch; the fracture stage next to the
+render stage (the label crops the fractures need are gathered in the render
+stage and timed apart here).
+
+Run: ``.venv/bin/python benchmarks/fractures.py [--quick] [--batches N] [--output DIR] [--markdown FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import _busy_cpu_seconds, describe_machine, machine_info, markdown_table, summarize, write_markdown_section  # noqa: E402
+
+BATCH, VIEWS, SIZE, CROP_MM, SPACING_MM, SEED = 16, 2, 128, 120.0, 1.0, 0
+BONE_GROUPS = ("rib", "vertebrae", "scapula", "clavicula", "sternum", "humerus")
+
+
+def _load_meter() -> tuple[float | None, float, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return _busy_cpu_seconds(), usage.ru_utime + usage.ru_stime, time.perf_counter()
+
+
+def _others_cores(start: tuple[float | None, float, float]) -> float | None:
+    """Mean cores other processes kept busy since ``start`` (:func:`_load_meter`)."""
+    busy, own, wall = _load_meter()
+    if busy is None or start[0] is None:
+        return None
+    return max(0.0, (busy - start[0]) - (own - start[1])) / max(wall - start[2], 1e-9)
+
+
+def make_sampler(config, *, quick: bool):
+    import onthefly as otf
+
+    return otf.DRRCorrespondenceSampler(
+        volumes=[otf.example_volume()], views=VIEWS, image_size=64 if quick else SIZE, patch_size=16,
+        crop_size=60.0 if quick else CROP_MM, spacing=3.0 if quick else SPACING_MM, batch_size=4 if quick else BATCH,
+        augmentation=None, correspondence=False, return_volume=True, fractures=config, seed=SEED,
+    )
+
+
+def _bone_group(sampler, batch, sample: int) -> str:
+    """The bone group (``BONE_GROUPS``) of a sample's bone point, from the store's label names."""
+    import torch
+
+    store = sampler.store
+    volume = int(batch.volume_index[sample])
+    names = store.label_names[volume] or {}
+    point = torch.cat([batch.fracture_center[sample].double().cpu(), torch.ones(1, dtype=torch.float64)])
+    index = torch.linalg.solve(store.affines[volume], point)[:3].round().long()
+    labels = store.crops(batch.volume_index[sample : sample + 1].cpu(), index[None], (1, 1, 1), labels=True)[1]
+    name = names.get(int(labels.flatten()[0]), "") if labels is not None else ""
+    return next((group for group in BONE_GROUPS if name.startswith(group)), "other")
+
+
+def visibility_run(config, *, batches: int, quick: bool) -> dict:
+    """Exact display changes and recorded visibilities of ``batches`` batches of fractured samples."""
+    import torch
+
+    import onthefly as otf
+
+    sampler = make_sampler(config, quick=quick)
+    exact, recorded, groups, invisible = [], [], [], 0
+    for step in range(batches):
+        batch = sampler.sample(step)
+        crops, _ = sampler.store.crops(batch.volume_index.cpu(), batch.crop_start.cpu(), sampler.config.crop_voxels())
+        intact = otf.render(otf.VolumeBatch(attenuation=crops[:, None], affine=batch.crop_affine), batch.carm)
+        change = (batch.images - otf.to_display(intact)).abs().flatten(2).amax(-1)  # (B, V)
+        for sample in torch.nonzero(batch.fracture)[:, 0].tolist():
+            exact.append(change[sample].tolist())
+            recorded.append(batch.fracture_visibility[sample].tolist())
+            groups.append(_bone_group(sampler, batch, sample))
+        invisible += int(batch.fracture_invisible.sum())
+    return {"exact": exact, "recorded": recorded, "groups": groups, "invisible": invisible}
+
+
+def timing_runs(configs: dict, *, batches: int, quick: bool) -> dict:
+    """The samplers' stage times (s) per batch, and the label crops' gathering time apart; the configurations take
+    turns batch by batch, so that other processes' load falls on all of them alike."""
+    samplers = {name: make_sampler(config, quick=quick) for name, config in configs.items()}
+    runs = {name: {"splits": [], "label_crops_s": []} for name in configs}
+    for sampler in samplers.values():
+        sampler.sample(0)  # warm-up
+    for step in range(1, batches + 1):
+        for name, sampler in samplers.items():
+            timings: dict[str, float] = {}
+            batch = sampler.sample(step, timings=timings)
+            runs[name]["splits"].append(timings)
+            arguments = (batch.params.volume_index, batch.params.crop_start, sampler.config.crop_voxels())
+            begin = time.perf_counter()
+            sampler.store.crops(*arguments, labels=True)
+            with_labels = time.perf_counter() - begin
+            begin = time.perf_counter()
+            sampler.store.crops(*arguments)
+            runs[name]["label_crops_s"].append(max(0.0, with_labels - (time.perf_counter() - begin)))
+    return runs
+
+
+def _best_view(rows: list[list[float]]) -> list[float]:
+    return [max(row) for row in rows]
+
+
+def _share(values: list[float], threshold: float) -> float:
+    return sum(v >= threshold for v in values) / max(len(values), 1)
+
+
+def visibility_rows(runs: dict) -> list[list[str]]:
+    rows = []
+    for name, run in runs.items():
+        best = _best_view(run["exact"])
+        quartiles = summarize(best)
+        ratios = [r / e for er, rr in zip(run["exact"], run["recorded"]) for e, r in zip(er, rr) if e > 0.01]
+        rows.append([
+            name, str(len(best)), f"{quartiles['median']:.3f}", f"{quartiles['q1']:.3f}-{quartiles['q3']:.3f}",
+            f"{100 * _share(best, 0.1):.0f} %", f"{100 * _share(best, 0.05):.0f} %", f"{100 * _share(best, 0.02):.0f} %",
+            f"{statistics.median(ratios):.3f}" if ratios else "—", str(run["invisible"]),
+        ])
+    return rows
+
+
+def group_rows(run: dict) -> list[list[str]]:
+    best = _best_view(run["exact"])
+    rows = []
+    for group in (*BONE_GROUPS, "other"):
+        values = [b for b, g in zip(best, run["groups"]) if g == group]
+        if values:
+            rows.append([group, str(len(values)), f"{statistics.median(values):.3f}", f"{100 * _share(values, 0.1):.0f} %",
+                         f"{100 * _share(values, 0.05):.0f} %"])
+    return rows
+
+
+def timing_rows(runs: dict) -> list[list[str]]:
+    rows = []
+    for name, run in runs.items():
+        render = statistics.median(split["render"] for split in run["splits"])
+        labels = statistics.median(run["label_crops_s"])
+        fractures = statistics.median(split["fractures"] for split in run["splits"])
+        share = (fractures + labels) / max(render - labels, 1e-9)
+        rows.append([name, str(len(run["splits"])), f"{render - labels:.3f}", f"{labels:.3f}", f"{fractures:.3f}",
+                     f"{100 * share:.0f} %"])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run (never touches RESULTS.md)")
+    parser.add_argument("--batches", type=int, default=8, help="batches per visibility row (B = 16 each)")
+    parser.add_argument("--timing-batches", type=int, default=8, help="timed batches per timing row")
+    parser.add_argument("--output", default=str(Path(__file__).parent / "results"), help="folder for the JSON")
+    parser.add_argument("--markdown", help="also write the section into this Markdown file (default: RESULTS.md "
+                                           "on a full run)")
+    args = parser.parse_args(argv)
+    import torch
+
+    from onthefly.fractures import FractureConfig
+
+    batches = 1 if args.quick else args.batches
+    timed = 2 if args.quick else args.timing_batches
+    default = FractureConfig()
+    meter = _load_meter()
+    visibility = {
+        "default": visibility_run(replace(default, probability=1.0), batches=batches, quick=args.quick),
+        "min_visibility 0.05, 4 redraws": visibility_run(
+            replace(default, probability=1.0, min_visibility=0.05, max_redraws=4), batches=batches, quick=args.quick),
+        "reference: half the bone piece removed": visibility_run(
+            replace(default, probability=1.0, translation=0.0, angulation=0.0, comminuted_probability=0.0,
+                    gap=default.reach), batches=batches, quick=args.quick),
+    }
+    timing = timing_runs({
+        "default (probability 0.5)": default,
+        "probability 1": replace(default, probability=1.0),
+        "probability 1, min_visibility 0.05": replace(default, probability=1.0, min_visibility=0.05),
+    }, batches=timed, quick=args.quick)
+    others = _others_cores(meter)
+    info = machine_info()
+    result = {"machine": info, "others_cpu_cores": others, "visibility": visibility, "timing": timing,
+              "settings": dict(batch=BATCH, views=VIEWS, size=SIZE, crop_mm=CROP_MM, spacing_mm=SPACING_MM, seed=SEED,
+                               config=repr(default), torch_threads=torch.get_num_threads())}
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / ("fractures-quick.json" if args.quick else "fractures.json")).write_text(json.dumps(result, indent=1))
+
+    vis_table = markdown_table(
+        ["fractures", "samples", "median", "quartiles", ">= 0.1", ">= 0.05", ">= 0.02", "recorded / exact",
+         "flagged invisible"], visibility_rows(visibility), align=["l"] + ["r"] * 8)
+    group_table = markdown_table(["bone (default)", "samples", "median", ">= 0.1", ">= 0.05"],
+                                 group_rows(visibility["default"]), align=["l", "r", "r", "r", "r"])
+    time_table = markdown_table(["fractures", "batches", "render s", "label crops s", "fracture stage s",
+                                 "fractures / render"], timing_rows(timing), align=["l"] + ["r"] * 5)
+    print(vis_table, group_table, time_table, sep="\n\n")
+    body = "\n".join([
+        "## Fractures (`benchmarks/fractures.py`)",
+        "",
+        f"Machine: {describe_machine(info)}; other processes kept {others or 0:.2f} cores busy on average "
+        "during the run (timings taken while others computed are indicative).",
+        "",
+        f"Command: `.venv/bin/python benchmarks/fractures.py`. Bundled CT at {SPACING_MM:g} mm, {CROP_MM:g} mm crops, "
+        f"B = {BATCH}, V = {VIEWS}, {SIZE} x {SIZE}, no augmentation, default `FractureConfig` (seed {SEED}). "
+        "Visibility: largest change of the display image between fractured and intact renders of the same crop and "
+        "cameras, best view per sample; `recorded / exact`: median ratio of `batch.fracture_visibility` to that "
+        "change (views changing by more than 0.01).",
+        "",
+        vis_table,
+        "",
+        group_table,
+        "",
+        time_table,
+        "",
+        "`fractures / render` = (fracture stage + label crops) / (render stage without the label crops).",
+    ])
+    markdown = args.markdown or (None if args.quick else str(Path(__file__).parent / "RESULTS.md"))
+    if markdown:
+        write_markdown_section(Path(markdown), "fractures", body)
+    return result
+
+
+if __name__ == "__main__":
+    main()

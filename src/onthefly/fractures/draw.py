@@ -1,0 +1,131 @@
+"""Drawing fractures: :class:`FractureParams` from a :class:`FractureConfig` and an explicit generator."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from .config import FractureConfig
+
+__all__ = ["FractureParams", "draw_fractures"]
+
+
+@dataclass(frozen=True)
+class FractureParams:
+    """The drawn fractures of ``B`` samples, ``K`` candidates each (typed, batched tensors).
+
+    Candidate 0 is the fracture; candidates ``1 .. K-1`` replace it when it is
+    not visible enough (``FractureConfig.min_visibility``). The cut and motion
+    parameters come in pairs, index ``c`` for cut ``c``: cut 0 through the
+    bone point, cut 1 ``fragment_length`` further along the bone's axis (the
+    comminuted pattern only). The fragment behind cut ``c`` moves with motion
+    ``c``. Directions are azimuths about the bone's axis, in radians, measured
+    in a frame the bone's axis fixes (see :func:`apply_fractures`).
+
+    Attributes:
+        drawn: ``(B,)`` bool, whether the sample is fractured (if its crop holds bone).
+        position: ``(B, K)`` in ``[0, 1)``: which bone voxel is the bone point
+            (its place in the crop's cumulative bone weight).
+        comminuted: ``(B, K)`` bool, two cuts instead of one.
+        fragment_length: ``(B, K)`` mm, distance between the two cuts.
+        gap: ``(B, K, 2)`` mm, bone removed behind each cut.
+        obliquity: ``(B, K, 2)`` rad, tilt of each cut's normal from the bone's axis.
+        tilt_direction: ``(B, K, 2)`` rad, azimuth of that tilt.
+        translation: ``(B, K, 2)`` mm, shift of each fragment across the bone's axis.
+        translation_direction: ``(B, K, 2)`` rad, azimuth of that shift.
+        angulation: ``(B, K, 2)`` rad, rotation of each fragment about its hinge.
+        hinge_direction: ``(B, K, 2)`` rad, azimuth of the hinge axis.
+
+    All float64 (``drawn`` and ``comminuted`` bool) on the CPU unless moved.
+    """
+
+    drawn: Tensor
+    position: Tensor
+    comminuted: Tensor
+    fragment_length: Tensor
+    gap: Tensor
+    obliquity: Tensor
+    tilt_direction: Tensor
+    translation: Tensor
+    translation_direction: Tensor
+    angulation: Tensor
+    hinge_direction: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.drawn.shape[0])
+
+    @property
+    def candidates(self) -> int:
+        return int(self.position.shape[1])
+
+    def to(self, device: torch.device | str) -> "FractureParams":
+        """The parameters on ``device`` (same dtypes)."""
+        return FractureParams(**{item.name: getattr(self, item.name).to(device) for item in fields(self)})
+
+    def rows(self, index: Tensor) -> "FractureParams":
+        """The parameters of samples ``index (M,)`` (long, on the parameters' device)."""
+        return FractureParams(**{item.name: getattr(self, item.name)[index] for item in fields(self)})
+
+    def select(self, choice: Tensor) -> "FractureParams":
+        """Candidate ``choice[b]`` of each sample ``b``: parameters with ``K = 1``.
+
+        Args:
+            choice: ``(B,)`` long candidate index per sample, on the parameters' device.
+        """
+        picked = {"drawn": self.drawn}
+        for item in fields(self):
+            if item.name == "drawn":
+                continue
+            value = getattr(self, item.name)
+            index = choice.view(-1, 1, *([1] * (value.dim() - 2))).expand(-1, 1, *value.shape[2:])
+            picked[item.name] = value.gather(1, index)
+        return FractureParams(**picked)
+
+
+def draw_fractures(config: FractureConfig, batch_size: int, generator: torch.Generator) -> FractureParams:
+    """Draw the fractures of ``batch_size`` samples on the host.
+
+    Every call draws the same values in the same order whatever their outcome
+    (``K = config.candidates`` candidates per sample), so a batch's draws
+    depend only on the generator's state. Ranges are uniform; directions
+    uniform on the circle.
+
+    Returns:
+        a :class:`FractureParams` of CPU tensors.
+
+    Example:
+        >>> params = draw_fractures(FractureConfig(), 4, torch.Generator().manual_seed(0))
+        >>> params.translation.shape, params.drawn.dtype
+        (torch.Size([4, 1, 2]), torch.bool)
+    """
+    if not isinstance(config, FractureConfig):
+        raise TypeError(f"config: expected a FractureConfig, got {type(config).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+    shape = (batch_size, config.candidates)
+
+    def uniform(bounds: tuple[float, float], *extra: int) -> Tensor:
+        draw = torch.rand(*shape, *extra, generator=generator, dtype=torch.float64)
+        return bounds[0] + (bounds[1] - bounds[0]) * draw
+
+    turn = (0.0, 2 * math.pi)
+    drawn = torch.rand(batch_size, generator=generator, dtype=torch.float64) < config.probability
+    return FractureParams(
+        drawn=drawn,
+        position=uniform((0.0, 1.0)),
+        comminuted=uniform((0.0, 1.0)) < config.comminuted_probability,
+        fragment_length=uniform(config.fragment_length),
+        gap=uniform(config.gap, 2),
+        obliquity=uniform(config.obliquity, 2),
+        tilt_direction=uniform(turn, 2),
+        translation=uniform(config.translation, 2),
+        translation_direction=uniform(turn, 2),
+        angulation=uniform(config.angulation, 2),
+        hinge_direction=uniform(turn, 2),
+    )
