@@ -26,6 +26,17 @@ import torch
 import onthefly as otf
 
 
+def _nearest_bone(labels: torch.Tensor, voxel: torch.Tensor, names: dict[int, str], is_bone: torch.Tensor,
+                  reach: int = 6) -> str:
+    """The most frequent bone label within ``reach`` voxels of ``voxel`` (the change's centroid lies beside the
+    bone, in the gap or the moved fragment's old place, not always on a bone voxel)."""
+    box = tuple(slice(max(int(c) - reach, 0), int(c) + reach + 1) for c in voxel)
+    ids = labels[box].reshape(-1).long()
+    ids = ids[(ids > 0) & (ids < is_bone.numel())]
+    ids = ids[is_bone[ids]]
+    return names.get(int(ids.mode().values), "bone") if ids.numel() else "bone"
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", default="outputs/fracture_views.png", help="where to write the picture (PNG)")
@@ -53,6 +64,7 @@ def main(argv: list[str] | None = None) -> Path:
     order = [i for i in visibility.argsort(descending=True).tolist() if batch.fracture[i]]
     rows = [order[round(k * (len(order) - 1) / max(args.rows - 1, 1))] for k in range(min(args.rows, len(order)))]
     names = sampler.store.label_names[0] or {}
+    is_bone = otf.fractures.bone_label_lookup(names, size=max(names, default=0) + 1)
 
     zoom = args.image_size // 4
     figure, axes = plt.subplots(len(rows), 4, figsize=(12.5, 3.1 * len(rows)), squeeze=False)
@@ -66,12 +78,12 @@ def main(argv: list[str] | None = None) -> Path:
         box = (slice(top, top + 2 * zoom), slice(left, left + 2 * zoom))
         fracture = batch.params.fracture  # one candidate per sample (no min_visibility)
         centre = torch.cat([batch.fracture_center[sample], torch.ones(1, dtype=torch.float64)])
-        voxel = torch.linalg.solve(batch.crop_affine[sample], centre)[:3].round().long()  # the bone point's voxel
-        bone = names.get(int(labels[sample][tuple(voxel.tolist())]), "bone") if labels is not None else "bone"
+        voxel = torch.linalg.solve(batch.crop_affine[sample], centre)[:3].round().long()  # the change's centroid
+        bone = _nearest_bone(labels[sample], voxel, names, is_bone) if labels is not None else "bone"
         pattern = "comminuted" if bool(fracture.comminuted[sample, 0]) else "simple"
         axis_row[0].imshow(fractured_view.numpy(), cmap="gray", vmin=0, vmax=1)
         axis_row[0].add_patch(plt.Rectangle((left - 0.5, top - 0.5), 2 * zoom, 2 * zoom, fill=False, color="tab:red"))
-        axis_row[0].set_title(f"{bone}, {pattern}: fractured view {view}", fontsize=9)
+        axis_row[0].set_title(f"view {view}: {bone}, {pattern}", fontsize=9)
         axis_row[1].imshow(fractured_view[box].numpy(), cmap="gray", vmin=0, vmax=1)
         axis_row[1].set_title(f"fractured (translation {float(fracture.translation[sample, 0, 0]):.0f} mm, "
                               f"angulation {float(fracture.angulation[sample, 0, 0]) * 57.2958:.0f} deg)", fontsize=9)
