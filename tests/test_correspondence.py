@@ -1,4 +1,4 @@
-"""Patch correspondence: a brute-force reference and the properties of DESIGN.md."""
+"""Patch correspondence: a brute-force reference and the properties the README's correspondence section states."""
 
 from __future__ import annotations
 

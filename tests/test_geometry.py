@@ -1,4 +1,4 @@
-"""C-arm geometry: the pose convention of DESIGN.md, and properties over random poses.
+"""C-arm geometry: the pose convention of the README's Conventions section, and properties over random poses.
 
 The ``test_convention_*`` tests each pin one fact of the convention against
 values computed here independently (elementary rotation matrices written out

@@ -240,3 +240,25 @@ def test_prefetcher_threads_apply_to_its_own_thread_only(small_ct):
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="threads"):
         Prefetcher(sampler, threads=0)
+
+
+def test_resident_crops_from_host_indices_equal_the_indexed_gather():
+    """The sliced copy of boxes (host indices) and the advanced-index gather (device or traced indices) agree."""
+    from onthefly.sampling.store import _crop_index, _gather_crops
+
+    generator = torch.Generator().manual_seed(0)
+    stack = torch.rand(3, 9, 8, 7, generator=generator)
+    labels = torch.randint(0, 50, (3, 9, 8, 7), generator=generator, dtype=torch.int16)
+    volume_index = torch.tensor([2, 0, 2, 1])
+    start = torch.tensor([[0, 0, 0], [4, 3, 2], [5, 4, 3], [1, 2, 3]])
+    size = (4, 4, 4)
+    for values in (stack, labels):
+        sliced = _gather_crops(values, volume_index, start, size)
+        indexed = values[_crop_index(volume_index, start, size)]
+        assert sliced.shape == (4, *size) and sliced.dtype == values.dtype
+        assert torch.equal(sliced, indexed)
+        assert torch.equal(sliced[2], values[2, 5:9, 4:8, 3:7])
+        sliced[0].fill_(0)  # a new tensor: the CT stack is untouched
+        assert torch.equal(values[2, :4, :4, :4], indexed[0])
+    empty = _gather_crops(stack, volume_index[:0], start[:0], size)
+    assert empty.shape == (0, *size)

@@ -1,6 +1,6 @@
 """Patch-level many-to-many correspondence matrices between views.
 
-Definition (DESIGN.md, "Correspondence ground truth"): for an ``H x W`` view and
+Definition (the README's "The correspondence matrix"): for an ``H x W`` view and
 patch size ``k`` there are ``N = (H/k)(W/k)`` patches, row-major; tokens of all
 views are concatenated view-major, token ``a*N + i`` is patch ``i`` of view ``a``.
 

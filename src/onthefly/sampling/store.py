@@ -205,9 +205,9 @@ class ResidentStore(VolumeStore):
 
     def crops(self, volume_index: Tensor, start: Tensor, size: tuple[int, int, int], *, device=None,
               labels: bool = False) -> tuple[Tensor, Tensor | None]:
-        index = _crop_index(volume_index.to(self.device), start.to(self.device), size)
-        attenuation = self._attenuation[index]
-        label_crops = self._labels[index] if labels and self._labels is not None else None
+        attenuation = _gather_crops(self._attenuation, volume_index, start, size)
+        label_crops = (_gather_crops(self._labels, volume_index, start, size)
+                       if labels and self._labels is not None else None)
         if device is not None:
             attenuation = attenuation.to(device)
             label_crops = None if label_crops is None else label_crops.to(device)
@@ -216,6 +216,21 @@ class ResidentStore(VolumeStore):
     def pooled_weights(self, volume_index: Tensor, start: Tensor, stop: Tensor, factor: Tensor, *,
                        grid_shape: tuple[int, int, int] | None = None) -> CoarseWeights:
         return self._integral.pool(volume_index, start, stop, factor, grid_shape=grid_shape)
+
+
+def _gather_crops(stack: Tensor, volume_index: Tensor, start: Tensor, size: tuple[int, int, int]) -> Tensor:
+    """Boxes ``[start, start + size)`` of ``stack[volume_index]``: ``(B, *size)``, a new tensor.
+
+    With host indices (the sampler's) each box is one strided slice copy,
+    several times faster than an advanced-indexing gather of the same voxels
+    (which stays the path for indices that live on a device or are traced).
+    """
+    if start.device.type == "cpu" and volume_index.device.type == "cpu" and not torch.compiler.is_compiling():
+        d, h, w = size
+        boxes = [stack[v, i:i + d, j:j + h, k:k + w] for v, (i, j, k) in zip(volume_index.tolist(), start.tolist())]
+        if boxes:
+            return torch.stack(boxes)
+    return stack[_crop_index(volume_index.to(stack.device), start.to(stack.device), size)]
 
 
 def _crop_index(volume_index: Tensor, start: Tensor, size: tuple[int, int, int]) -> tuple[Tensor, ...]:
