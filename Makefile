@@ -30,6 +30,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/sampler.py
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/tasks.py
+	$(PY) benchmarks/fractures.py
+	$(PY) benchmarks/bank.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .hypothesis

@@ -303,10 +303,7 @@ def _program(command: str) -> tuple[str, ...]:
     return tuple(words[:2])
 
 
-KNOWN_UNCOVERED = {
-    "docs/fracture_table3.md": "the table's provenance line names examples/fracture_table3.py, which has no "
-                               "block to run it at small settings yet",
-}
+KNOWN_UNCOVERED: dict[str, str] = {}  # document -> why an inline command has no block (none today)
 
 
 @pytest.mark.parametrize("path", [path for path in DOCUMENTS if path != CLI_REFERENCE],  # generated from --help
