@@ -223,3 +223,40 @@ def test_the_curriculum_leaves_subtle_fractures_out_until_their_turn():
         _ClassifierTask(model.config, patch_weight=-1.0)
     with pytest.raises(TypeError, match="curriculum"):
         _ClassifierTask(model.config, curriculum=0.05)
+
+
+@pytest.mark.slow
+def test_the_classifier_fits_one_fixed_batch_of_simulated_fractures():
+    """The classifier's model and losses can fit one fixed batch of simulated fractures (every sample right).
+
+    Training works end to end; what this cannot show is generalisation to new
+    draws, which is what fails at CPU scale (docs/fracture_table3.md).
+    """
+    import math
+
+    import onthefly as otf
+    from onthefly.train import _ClassifierTask, split_volume
+
+    torch.manual_seed(0)
+    part, _ = split_volume(otf.example_volume(labels=True), fraction=0.6)
+    sampler = otf.DRRCorrespondenceSampler(
+        volumes=[part], seed=5, alpha=(0.0, math.pi), augmentation=None, views=2, image_size=64, patch_size=16,
+        crop_size=112.0, spacing=3.0, batch_size=8, correspondence=False,
+        fractures=otf.FractureConfig(probability=0.5))
+    batch = sampler.sample(0)
+    assert 0 < int(batch.fracture.sum()) < 8
+    task = _ClassifierTask(ClassifierConfig.cnn(layers=1, pooling="max", fusion="early"))
+    model = task.build()
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
+    first = None
+    for _ in range(120):
+        loss = task.loss(model, batch)
+        first = float(loss.detach()) if first is None else first
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        logits = model.predict(batch.images, None).logits
+    assert float(loss.detach()) < 0.5 * first
+    assert torch.equal(logits > 0, batch.fracture)
