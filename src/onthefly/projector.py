@@ -24,11 +24,13 @@ exact when the source is far away (up to the 1e5 mm bound of
 
 Two execution paths give the same images:
 
-* eager (the default): trilinear rays are grouped by dominant axis and each
-  chunk of slices is sampled for all rays of that axis by one ``grid_sample``
-  call (memory under ``memory_budget``; under autograd, chunks are re-computed
-  in the backward pass). Grouping reads two small tensors back to the host
-  per call.
+* eager (the default): each volume's rays (those of all its views) are
+  packed by dominant axis, and each chunk of slices is sampled for the rays
+  of that axis by one ``grid_sample`` call per group of volumes: every ray is
+  sampled once, along its own axis, and a slice is read once per volume, not
+  once per view (memory under ``memory_budget``; under autograd, chunks are
+  re-computed in the backward pass). Packing reads a few small tensors back
+  to the host per call.
 * traced (``compile=True``, or any ``torch.compile`` of a caller): every ray
   marches along its own axis in one fused kernel over a static number of
   slices, with masks instead of data-dependent sizes. No host reads, no graph
@@ -133,12 +135,19 @@ def _check_batch_sizes(volume_batch: int, carm_batch: int) -> None:
 
 
 _COMPILED: dict[str, object] = {}
+# Inductor options for the traced hot path. By default Inductor writes out a pointwise result that is read
+# more than 4 times or built from more than 30 operations; the traced renderer's per-sample positions, masks
+# and indices are read by each of the four bilinear corners, so by default they became (slices x rays)
+# buffers: 7.3 GB and 5.6 s per view for 8 views of the bundled CT at 256 x 256 on a 2-core CPU. With these
+# thresholds raised they stay in registers (1.7 GB, 0.28 s per view). Indirect indices are in range by
+# construction (masked with ``torch.where``), so their run-time bound checks are left out.
+COMPILE_OPTIONS = {"realize_reads_threshold": 64, "realize_opcount_threshold": 1000, "assert_indirect_indexing": False}
 
 
 def _compiled_render():
     """``torch.compile`` of :func:`_render` (fullgraph, static shapes), made once per process."""
     if "render" not in _COMPILED:
-        _COMPILED["render"] = torch.compile(_render, fullgraph=True, dynamic=False)
+        _COMPILED["render"] = torch.compile(_render, fullgraph=True, dynamic=False, options=COMPILE_OPTIONS)
     return _COMPILED["render"]
 
 
@@ -247,39 +256,80 @@ def _take(t: Tensor, index) -> Tensor:
 
 def _trilinear(attenuation: Tensor, rays: _Rays, memory_budget: int) -> Tensor:
     views, pixels = rays.length.shape
-    dominant = rays.direction.abs().argmax(-1)  # (B*V, P)
-    uses_axis = F.one_hot(dominant, 3).amax(1).bool().cpu()  # (B*V, 3), host read
-    image = rays.length.new_zeros(views, pixels)
+    # Rays are marched per volume: row u holds the rays of every view of volume u (one row when the volume
+    # is shared), so each slice chunk is read once per volume, not once per view.
+    volumes = 1 if rays.volume_batch == 1 else rays.batch_shape[0]
+    per_row = views * pixels // volumes
+    dominant = rays.direction.abs().argmax(-1).reshape(volumes, per_row)
+    counts = F.one_hot(dominant, 3).sum(1).cpu()  # (volumes, 3) rays per volume and axis, host read
+    image = rays.length.new_zeros(views * pixels)
     for axis in range(3):
-        members = torch.nonzero(uses_axis[:, axis]).squeeze(1).to(attenuation.device)
-        if members.numel() == 0:
-            continue
-        contribution = _march_axis(attenuation, rays, members, axis, dominant[members] == axis, memory_budget)
-        image = image.index_add(0, members, contribution)
-    return image
+        for rows in _row_groups(counts[:, axis]):
+            width = int(counts[rows, axis].max())
+            rows = rows.to(attenuation.device)
+            is_dominant = dominant[rows] == axis  # (g, L)
+            if width == per_row:
+                order, valid = torch.arange(per_row, device=rows.device).expand(len(rows), -1), is_dominant
+            elif len(rows) == 1:
+                order = torch.nonzero(is_dominant[0]).reshape(1, -1)
+                valid = torch.ones_like(order, dtype=torch.bool)
+            else:  # each row's rays on this axis first (pixel order kept), padded to the group's largest count
+                order = torch.argsort((~is_dominant).to(torch.uint8), dim=1, stable=True)[:, :width]
+                valid = is_dominant.gather(1, order)
+            index = rows[:, None] * per_row + order
+            contribution = _march_axis(attenuation, rays, index, valid, rows, axis, memory_budget)
+            image = image.index_add(0, index.reshape(-1), contribution.reshape(-1))
+    return image.reshape(views, pixels)
+
+
+def _row_groups(counts: Tensor) -> list[Tensor]:
+    """Rows ``(g,)`` to march together along one axis, from each row's count of rays dominant on it.
+
+    Every ray is sampled once, along its dominant axis; a group pads its rows to
+    its largest count, so rows are grouped by count (each at least 3/4 of its
+    group's largest).
+    """
+    used = torch.nonzero(counts).reshape(-1)
+    order = used[torch.argsort(counts[used], descending=True, stable=True)].tolist()
+    groups, current, largest = [], [], 0
+    for row in order:
+        count = int(counts[row])
+        if current and count < 0.75 * largest:
+            groups.append(torch.tensor(current))
+            current = []
+        if not current:
+            largest = count
+        current.append(row)
+    if current:
+        groups.append(torch.tensor(current))
+    return groups
 
 
 def _march_axis(
-    attenuation: Tensor, rays: _Rays, members: Tensor, axis: int, is_dominant: Tensor, memory_budget: int
+    attenuation: Tensor, rays: _Rays, index: Tensor, valid: Tensor, sample: Tensor, axis: int, memory_budget: int
 ) -> Tensor:
-    """Sum over the voxel planes normal to ``axis`` for the rays of views ``members``."""
+    """Sum over the voxel planes normal to ``axis`` for the rays ``index (g, w)`` (flat ray indices; row
+    ``i`` samples volume ``sample[i]``), ``(g, w)``; rays where ``valid`` is false are padding, weighted 0."""
     others = [a for a in range(3) if a != axis]
     slices = attenuation.permute(0, 1 + axis, 1 + others[0], 1 + others[1])  # (Bv, S, A, C), a strided view
     n_slices, size_a, size_c = slices.shape[1:]
-    direction = torch.where(is_dominant[..., None], rays.direction[members], 1.0)  # other rays are weighted 0
-    base, ratio, low, high = _slice_geometry(rays.target[members], direction, axis, others)
+    rows, width = index.shape
+    target, direction = rays.target.reshape(-1, 3)[index], rays.direction.reshape(-1, 3)[index]
+    direction = torch.where(valid[..., None], direction, 1.0)
+    base, ratio, low, high = _slice_geometry(target, direction, axis, others)
+    low = torch.where(valid, low, 0.0)  # padding never calls for a mask
+    high = torch.where(valid, high, float(n_slices))
     # grid_sample coordinates (align_corners=False): x -> last input dim (C), y -> (A).
     sizes = torch.tensor([size_a, size_c], dtype=base.dtype, device=base.device)
-    grid_base = ((2 * base + 1) / sizes - 1).flip(-1).reshape(len(members), -1)  # (n, 2P)
-    grid_step = (2 * ratio / sizes).flip(-1).reshape(len(members), -1)
-    weight = rays.length[members] / direction[..., axis].abs() * is_dominant  # mm of ray per slice, (n, P)
+    grid_base = ((2 * base + 1) / sizes - 1).flip(-1).reshape(rows, -1)  # (g, 2w)
+    grid_step = (2 * ratio / sizes).flip(-1).reshape(rows, -1)
+    weight = rays.length.reshape(-1)[index] / direction[..., axis].abs() * valid  # mm of ray per slice, (g, w)
     # A chunk needs no mask only when every ray's segment covers all of its slices (host read).
     latest_start, earliest_end = torch.stack([low.amax(), high.amin()]).clamp(-1, n_slices).cpu().tolist()
-    sample = rays.sample[members]
     shared_volume = rays.volume_batch == 1
 
     element = rays.length.element_size()
-    per_slice = len(members) * (rays.length.shape[1] * (4 * element + 1) + (0 if shared_volume else size_a * size_c * element))
+    per_slice = rows * (width * (4 * element + 1) + (0 if shared_volume else size_a * size_c * element))
     chunk = int(max(1, min(n_slices, min(memory_budget, _CACHE_CHUNK_BYTES) // max(per_slice, 1))))
     use_checkpoint = torch.is_grad_enabled() and (attenuation.requires_grad or grid_base.requires_grad or grid_step.requires_grad)
 
@@ -288,12 +338,17 @@ def _march_axis(
         last = min(n_slices, first + chunk)
         args = (slices, grid_base, grid_step, low, high, sample)
         masked = not (first >= latest_start and last - 1 <= earliest_end)
-        kwargs = dict(first=first, last=last, height=rays.height, width=rays.width, shared_volume=shared_volume, masked=masked)
+        kwargs = dict(first=first, last=last, height=1, width=width, shared_volume=shared_volume, masked=masked)
         if use_checkpoint:
             partial = checkpoint(_march_chunk, *args, use_reentrant=False, **kwargs)
         else:
             partial = _march_chunk(*args, **kwargs)
-        total = partial if total is None else total + partial
+        if total is None:
+            total = partial
+        elif use_checkpoint:
+            total = total + partial
+        else:
+            total.add_(partial)
     return total * weight
 
 
@@ -326,7 +381,7 @@ def _march_chunk(
         if masked:
             outside = (index[:, None, None] < low[None]) | (index[:, None, None] > high[None])
             values = values.masked_fill(outside, 0.0)
-        return values.sum(0)
+        return values[0] if count == 1 else values.sum(0)
     grid = torch.addcmul(grid_base[:, None], index[None, :, None], grid_step[:, None])  # (n, c, 2P)
     grid = grid.view(views * count, height, width, 2)
     inputs = slices[sample, first:last].reshape(views * count, 1, *slices.shape[2:]).to(grid.dtype)
@@ -335,7 +390,7 @@ def _march_chunk(
     if masked:
         outside = (index[None, :, None] < low[:, None]) | (index[None, :, None] > high[:, None])
         values = values.masked_fill(outside, 0.0)
-    return values.sum(1)
+    return values[:, 0] if count == 1 else values.sum(1)
 
 
 # ---------------------------------------------------------------------------
