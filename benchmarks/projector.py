@@ -397,7 +397,7 @@ def _compiled_lines(records: list[dict], settings: Settings) -> list[dict]:
     pairs = [(v, c, e, a) for v, c, e, a in pairs if c is not None and e is not None]
     if pairs:
         lines.append({"target": "compiled trilinear >= 3x the eager renderer",
-                      "measured": "; ".join(f"{v} views: {c / e:.2f}x ({v / c:.3f} s per view)" for v, c, e, _ in pairs),
+                      "measured": "; ".join(f"{v} views: {c / e:.2f}x ({1 / c:.3f} s per view)" for v, c, e, _ in pairs),
                       "met": all(c >= 3 * e for _, c, e, _ in pairs)})
         eight = [(c, a) for v, c, _, a in pairs if v == 8 and a is not None]
         if eight:
