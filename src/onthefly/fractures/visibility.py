@@ -123,10 +123,12 @@ def visibility_probe(config: FractureConfig, *, spacing: float | Sequence[float]
 def _rays(carm: CArm, samples: Tensor, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
     """Sources ``(M, V, 1, 3)`` and unit directions ``(M, V, m, 3)`` of pixels ``rows, cols (M, V, m)`` of
     the views of samples ``samples (M,)``."""
-    views = rows.shape[1]
-    b = samples.view(-1, 1, 1)
-    v = torch.arange(views, device=rows.device).view(1, -1, 1)
-    pixels = carm.pixel_positions()[b, v, rows, cols]  # (M, V, m, 3)
+    # Each view's detector as an affine map of pixel coordinates (the pixel-centre convention of CArm):
+    # only the patch's pixels are placed, not the whole detector's.
+    frame = carm.detector_points(torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.0, 0.0, 1.0]))[samples]  # (M, V, 3, 3)
+    origin, along_row, along_col = frame[:, :, 0], frame[:, :, 1] - frame[:, :, 0], frame[:, :, 2] - frame[:, :, 0]
+    pixels = (origin[:, :, None] + rows[..., None].to(frame.dtype) * along_row[:, :, None]
+              + cols[..., None].to(frame.dtype) * along_col[:, :, None])  # (M, V, m, 3)
     source = carm.source_positions()[samples][:, :, None, :]
     return source, F.normalize(pixels - source, dim=-1)
 
