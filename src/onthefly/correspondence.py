@@ -625,15 +625,16 @@ def _correspondence(weight: Tensor, affine: Tensor, carm: CArm, patch_size: int,
     n_patches = (carm.height // patch_size) * (carm.width // patch_size)
     tokens = views * n_patches
     traced = torch.compiler.is_compiling()
-    sample, voxel_weight, centre, edges = _coarse_voxels(weight, affine, compact=not traced)
+    sample, voxel_weight, centre = _coarse_voxels(weight, affine, compact=not traced)
+    edges = affine.to(torch.float64)[:, :3, :3]  # (B, 3, 3): every voxel of a grid has its grid's edges
     if traced:  # the chunk loop is unrolled into the graph: keep it short (fused kernels need less memory)
         chunk = max(chunk, -(-sample.shape[0] // _TRACED_CHUNKS))
     camera = sample if carm.batch_shape[0] > 1 else torch.zeros_like(sample)
     result = torch.zeros(batch * tokens * tokens, device=weight.device)
     for first in range(0, sample.shape[0], chunk):
         part = slice(first, first + chunk)
-        values, patches = voxel_footprints(centre[part], edges[part], camera[part], carm, patch_size=patch_size,
-                                           window=window, rays_per_patch=rays_per_patch)
+        values, patches = voxel_footprints(centre[part], edges, camera[part], carm, patch_size=patch_size,
+                                           window=window, rays_per_patch=rays_per_patch, edge_index=sample[part])
         _scatter_outer_max(result, sample[part], voxel_weight[part], values, patches, views, n_patches)
     return result.view(batch, tokens, tokens)
 
@@ -650,8 +651,8 @@ def default_rays_per_patch(backprojected: Tensor, voxel_size: Tensor, patch_size
     return int(min(patch_size, max(2, round(ratio))))
 
 
-def _coarse_voxels(weight: Tensor, affine: Tensor, *, compact: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Coarse voxels as flat tensors: sample index, weight, world centre ``(n, 3)`` and edges ``(n, 3, 3)`` (float64).
+def _coarse_voxels(weight: Tensor, affine: Tensor, *, compact: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Coarse voxels as flat tensors: sample index, weight and world centre ``(n, 3)`` (float64).
 
     ``compact`` keeps only non-air voxels (a host read of their count); otherwise all of them, in order.
     """
@@ -666,7 +667,7 @@ def _coarse_voxels(weight: Tensor, affine: Tensor, *, compact: bool) -> tuple[Te
     voxel_weight = weight[sample, index[:, 0], index[:, 1], index[:, 2]]
     voxel_affine = affine.to(torch.float64)[sample]
     centre = (voxel_affine[:, :3, :3] @ index.to(torch.float64)[..., None])[..., 0] + voxel_affine[:, :3, 3]
-    return sample, voxel_weight, centre, voxel_affine[:, :3, :3]
+    return sample, voxel_weight, centre
 
 
 def _scatter_outer_max(

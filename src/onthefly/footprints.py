@@ -89,6 +89,21 @@ def _projected_corners(centre: Tensor, edges: Tensor, matrices: Tensor) -> tuple
     return projected[..., :2] / depth.clamp_min(1e-9)[..., None], depth
 
 
+def _projected_shared_corners(centre: Tensor, edges: Tensor, edge_index: Tensor, camera: Tensor,
+                              carm: CArm) -> tuple[Tensor, Tensor]:
+    """As :func:`_projected_corners` for voxels that share edge sets ``edges (E, 3, 3)`` (``edge_index (n,)``):
+    the corners' offsets from the centre are projected once per camera and edge set, then each voxel adds
+    its projected centre (homogeneous coordinates are linear)."""
+    matrices = carm.projection_matrices().to(torch.float64)  # (Bc, V, 3, 4)
+    offsets = _CORNERS.to(centre.device) @ edges.transpose(-1, -2)  # (E, 8, 3) world mm
+    shared = (offsets[None, :, None, :, None, :] * matrices[:, None, :, None, :, :3]).sum(-1)  # (Bc, E, V, 8, 3)
+    voxel = matrices[camera]  # (n, V, 3, 4)
+    centres = (centre[:, None, None, :] * voxel[..., :3]).sum(-1) + voxel[..., 3]  # (n, V, 3)
+    projected = centres[:, :, None, :] + shared[camera, edge_index]  # (n, V, 8, 3)
+    depth = projected[..., 2]
+    return projected[..., :2] / depth.clamp_min(1e-9)[..., None], depth
+
+
 def _paraxial(pixels: Tensor) -> tuple[Tensor, Tensor]:
     """Least-squares affine fit of projected corners: centre ``(..., 2)`` and edge images ``(..., 3, 2)``.
 
@@ -368,6 +383,7 @@ def voxel_footprints(
     patch_size: int,
     window: int,
     rays_per_patch: int | None = None,
+    edge_index: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Normalised footprints of voxels in every view, on a ``window x window`` patch window.
 
@@ -379,6 +395,9 @@ def voxel_footprints(
         patch_size: patch edge ``k`` in pixels (divides the detector size).
         window: ``K``, patches per side of the window (see :func:`footprint_window`).
         rays_per_patch: ``None`` for exact footprints, else ``m`` rays per patch side.
+        edge_index: ``(n,)``: ``edges`` is then ``(E, 3, 3)``, shared by the voxels
+            (voxel ``i`` has ``edges[edge_index[i]]``, as all voxels of one grid do);
+            their corners are projected once per camera and edge set.
 
     Returns:
         ``values (n, V, K*K)`` float32 in ``[0, 1]`` (largest entry 1 unless the
@@ -386,8 +405,11 @@ def voxel_footprints(
         the window leaves the detector, with value 0).
     """
     grid = (carm.height // patch_size, carm.width // patch_size)
-    matrices = carm.projection_matrices().to(torch.float64)[camera]  # (n, V, 3, 4)
-    pixels, depth = _projected_corners(centre, edges, matrices)
+    if edge_index is None:
+        pixels, depth = _projected_corners(centre, edges, carm.projection_matrices().to(torch.float64)[camera])
+    else:
+        pixels, depth = _projected_shared_corners(centre, edges, edge_index, camera, carm)
+        edges = edges[edge_index]
     seen = (depth > 1e-6).all(-1) & (depth.mean(-1) < carm.sdd.to(torch.float64)[camera])  # (n, V)
     first, last, start = _patch_range(pixels, patch_size, grid)  # (n, V, 2) each
     steps = torch.arange(window, device=centre.device, dtype=torch.float64)
