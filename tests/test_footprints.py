@@ -148,6 +148,25 @@ def test_sampled_footprints_converge_to_exact():
     assert errors[-1] < 0.1 * errors[0]
 
 
+@pytest.mark.parametrize("rays", [None, 2], ids=["exact", "sampled"])
+def test_shared_edge_sets_give_the_per_voxel_footprints(rays):
+    """Voxels that name their edges by ``edge_index`` (grids of several samples, several cameras) get the
+    footprints of the same edges given voxel by voxel."""
+    carm = camera([[0.3, 1.7], [2.5, 4.0], [1.0, 0.2]], [[0.1, -0.2], [0.0, 0.3], [0.2, 0.1]], [[0.2, 0.0], [0.1, 0.4], [0.0, 0.0]])
+    edge_sets = torch.stack([torch.diag(torch.tensor(e, dtype=F64)) for e in ([6.0, 8.0, 7.0], [9.0, 5.0, 6.5], [7.0, 7.0, 7.0])])
+    edge_sets[1, 0, 1] = 2.0  # a sheared grid
+    centre, _ = random_voxels(30, 5)
+    edge_index = torch.arange(30) % 3
+    camera_index = (edge_index + 1) % 3  # edge sets and cameras paired differently
+    shared = voxel_footprints(centre, edge_sets, camera_index, carm, patch_size=PATCH, window=4, rays_per_patch=rays,
+                              edge_index=edge_index)
+    alone = voxel_footprints(centre, edge_sets[edge_index], camera_index, carm, patch_size=PATCH, window=4,
+                             rays_per_patch=rays)
+    assert float(alone[0].amax(-1).min()) > 0  # every voxel is seen
+    torch.testing.assert_close(shared[0], alone[0], rtol=0, atol=1e-5)
+    assert torch.equal(shared[1], alone[1])
+
+
 def test_window_holds_every_shadow():
     """With footprint_window's K nothing is cut off (a larger window changes nothing); K - 1 cuts some shadow."""
     volume = Volume.from_tensor(torch.full((12, 10, 14), 200.0), spacing=(4.0, 5.0, 3.0))
