@@ -409,7 +409,7 @@ def voxel_footprints(
         pixels, depth = _projected_corners(centre, edges, carm.projection_matrices().to(torch.float64)[camera])
     else:
         pixels, depth = _projected_shared_corners(centre, edges, edge_index, camera, carm)
-        edges = edges[edge_index]
+        edges = edges[edge_index] if rays_per_patch is not None else None  # the sampled footprints need them
     seen = (depth > 1e-6).all(-1) & (depth.mean(-1) < carm.sdd.to(torch.float64)[camera])  # (n, V)
     first, last, start = _patch_range(pixels, patch_size, grid)  # (n, V, 2) each
     steps = torch.arange(window, device=centre.device, dtype=torch.float64)
