@@ -270,15 +270,17 @@ def _face_components(vector: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(_select(vector, constants[name]) for name in ("face_normal", "face_first", "face_second"))
 
 
-def _traces(plane: Tensor, offset: Tensor) -> dict[str, Tensor]:
-    """Traces of ``plane . tau = offset (M, I)`` on the 6 faces, clipped to each face's square.
+def _traces(plane: Tensor | None, offset: Tensor, faces: tuple[Tensor, Tensor, Tensor] | None = None
+            ) -> dict[str, Tensor]:
+    """Traces of ``plane . tau = offset (M, I)`` on the 6 faces, clipped to each face's square
+    (``faces``: the plane's :func:`_face_components`, when already computed).
 
     Returns ``height`` (signed distance from the face centre, 0 where the plane is
     parallel to the face), ``foot_i, foot_j``, ``step_i, step_j`` (unit direction) and
     the parameter interval ``low, high`` inside the square, each ``(M, 6, I)`` (steps ``(M, 6, 1)``).
     """
-    side = _cube_constants(plane.device, plane.dtype)["face_side"]
-    normal_k, normal_i, normal_j = _face_components(plane)  # (M, 6) the trace's normal in the face
+    side = _cube_constants(offset.device, offset.dtype)["face_side"]
+    normal_k, normal_i, normal_j = _face_components(plane) if faces is None else faces  # (M, 6) the trace's normal
     norm = torch.sqrt(normal_i * normal_i + normal_j * normal_j)
     exists = norm > 1e-6 * torch.sqrt(norm * norm + normal_k * normal_k)
     safe_norm = norm.clamp_min(1e-30)
@@ -345,19 +347,26 @@ def cube_volume_below_planes(a: Tensor, b: Tensor, alpha: Tensor, beta: Tensor) 
     heights = ((1.0 - alpha[:, None, :] * _edge_heights(to_p0_alpha)[:, :, None])[..., :, None]
                - (beta[:, None, :] * _edge_heights(to_p0_beta)[:, :, None])[..., None, :])
     volume = (length * heights).sum(1) / 12.0
-    volume = volume + _clipped_trace_terms(a, b, alpha, beta, to_p0_alpha, to_p0_beta)
-    volume = volume + _clipped_trace_terms(b, a, beta, alpha, to_p0_beta, to_p0_alpha).transpose(1, 2)
+    # Each plane's face components serve both terms; of p0's parts only the normal ones are needed.
+    faces_a, faces_b = _face_components(a), _face_components(b)
+    normal = _cube_constants(a.device, a.dtype)["face_normal"]
+    p0_a, p0_b = _select(to_p0_alpha, normal), _select(to_p0_beta, normal)
+    volume = volume + _clipped_trace_terms(alpha, beta, faces_a, faces_b, p0_a, p0_b)
+    volume = volume + _clipped_trace_terms(beta, alpha, faces_b, faces_a, p0_b, p0_a).transpose(1, 2)
     return volume.clamp(0.0, 1.0)
 
 
-def _clipped_trace_terms(plane: Tensor, other: Tensor, offset: Tensor, other_offset: Tensor, to_p0: Tensor,
-                         to_p0_other: Tensor) -> Tensor:
-    """``sum_f h_f h_t length / 6`` over the traces of ``plane`` (offsets ``(M, I)``) clipped by ``other``
-    (offsets ``(M, J)``): ``(M, I, J)``."""
-    side = _cube_constants(plane.device, plane.dtype)["face_side"]
-    trace = _traces(plane, offset)
+def _clipped_trace_terms(offset: Tensor, other_offset: Tensor, faces: tuple[Tensor, Tensor, Tensor],
+                         other_faces: tuple[Tensor, Tensor, Tensor], to_p0_normal: Tensor,
+                         to_p0_other_normal: Tensor) -> Tensor:
+    """``sum_f h_f h_t length / 6`` over the traces of a plane (offsets ``(M, I)``, :func:`_face_components`
+    ``faces``) clipped by the other plane (offsets ``(M, J)``, ``other_faces``): ``(M, I, J)``.
+    ``to_p0_normal``, ``to_p0_other_normal`` ``(M, 6)``: the face-normal components of the vectors that
+    map the two offsets to the point ``p0`` on both planes."""
+    side = _cube_constants(offset.device, offset.dtype)["face_side"]
+    trace = _traces(None, offset, faces)
     # other . (foot + s step) <= other_offset - other_k side / 2, in the face's coordinates.
-    other_k, other_i, other_j = (t[:, :, None] for t in _face_components(other))
+    other_k, other_i, other_j = (t[:, :, None] for t in other_faces)
     coefficient = (other_i * trace["step_i"] + other_j * trace["step_j"])[..., None]  # (M, 6, 1, 1)
     inverse, nudge, upper_pad, lower_pad = _limits(coefficient)
     base = 0.5 * side[:, None] * other_k + other_i * trace["foot_i"] + other_j * trace["foot_j"]  # (M, 6, I)
@@ -365,8 +374,8 @@ def _clipped_trace_terms(plane: Tensor, other: Tensor, offset: Tensor, other_off
     length = (torch.minimum(trace["high"][..., None], limit + upper_pad)
               - torch.maximum(trace["low"][..., None], limit - lower_pad)).clamp_min(0.0)
     # Face height from p0: 1/2 - side * p0_k, p0 = offset * to_p0 + other_offset * to_p0_other.
-    near = (0.5 - side[:, None] * offset[:, None, :] * _face_components(to_p0)[0][:, :, None]) * trace["height"]
-    far = (side[:, None] * _face_components(to_p0_other)[0][:, :, None]) * other_offset[:, None, :]  # (M, 6, J)
+    near = (0.5 - side[:, None] * offset[:, None, :] * to_p0_normal[:, :, None]) * trace["height"]
+    far = (side[:, None] * to_p0_other_normal[:, :, None]) * other_offset[:, None, :]  # (M, 6, J)
     return ((near[..., None] - trace["height"][..., None] * far[:, :, None, :]) * length).sum(1) / 6.0
 
 
