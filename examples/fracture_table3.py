@@ -70,6 +70,12 @@ def parse(argv: list[str] | None):
     parser.add_argument("--crop-size", type=float, default=112.0, help="crop edge, mm")
     parser.add_argument("--min-visibility", type=float, default=0.06, help="fractures less visible are redrawn")
     parser.add_argument("--max-redraws", type=int, default=6, help="redraws of a fracture below --min-visibility")
+    parser.add_argument("--translation", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="fragment shift range, mm (default: FractureConfig's)")
+    parser.add_argument("--gap", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="width of bone removed at each cut, mm (default: FractureConfig's)")
+    parser.add_argument("--bones", nargs="+", help="label name patterns to fracture, weight 1 each (default: all bones, "
+                                                   "weighted by FractureConfig's DEFAULT_BONE_WEIGHTS)")
     parser.add_argument("--layers", type=int, default=2, help="transformer layers on the CNN")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--patch-weight", type=float, default=1.0, help="weight of the patch detection loss")
@@ -81,7 +87,9 @@ def parse(argv: list[str] | None):
 
 def make_samplers(args, seed: int, *, correspondence: bool):
     train_part, held_out = split_volume(otf.example_volume(labels=True), fraction=0.6)
-    fractures = FractureConfig(probability=0.5, min_visibility=args.min_visibility, max_redraws=args.max_redraws)
+    shape = {name: tuple(getattr(args, name)) for name in ("translation", "gap") if getattr(args, name) is not None}
+    fractures = FractureConfig(probability=0.5, min_visibility=args.min_visibility, max_redraws=args.max_redraws,
+                               bones=args.bones, **shape)
     data = dict(views=2, image_size=args.image_size, patch_size=16, crop_size=args.crop_size, spacing=args.spacing,
                 batch_size=args.batch_size, fractures=fractures, correspondence=correspondence)
     augmentation = otf.Augmentation(brightness=0.05, contrast=0.1, invert=0.0, gamma=0.1, noise=0.005, blur=0.3,

@@ -91,6 +91,26 @@ def test_cube_volume_complement_and_range():
     assert float(below.min()) >= 0 and float(below.max()) <= 1
 
 
+def trapezoid_cdf(w1: float, w2: float, x: torch.Tensor) -> torch.Tensor:
+    """Distribution function of ``U1 w1 + U2 w2`` (``U`` uniform in [-1/2, 1/2], ``w1 > 0``): the box
+    distribution function of ``U1 w1`` averaged over ``U2`` by the midpoint rule."""
+    t = (torch.arange(4000, dtype=F64) + 0.5) / 4000 - 0.5
+    return ((x[:, None] - w2 * t[None, :]) / w1 + 0.5).clamp(0, 1).mean(-1)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_cube_volume_below_a_plane_with_vanishing_components(dtype):
+    """Normals with one or two (near) zero components (views along a voxel's edges or faces): the volume
+    is a trapezoid's or a box's distribution function, with no blow-up from dividing by the small widths."""
+    x = torch.linspace(-1.6, 1.6, 41, dtype=F64)
+    box = (x + 0.5).clamp(0, 1)
+    for normal, expected in (((1.0, 0.0, 0.0), box), ((0.0, -1.0, 1e-9), box), ((1.0, 1e-7, 1e-8), box),
+                             ((0.0, 1.0, -2.0), trapezoid_cdf(2.0, 1.0, x)),
+                             ((2.0, 1e-6, 1.0), trapezoid_cdf(2.0, 1.0, x))):
+        got = cube_volume_below_plane(torch.tensor([normal], dtype=dtype), x[None].to(dtype))[0]
+        torch.testing.assert_close(got.to(F64), expected, atol=2e-4 if expected is not box else 2e-6, rtol=0)
+
+
 # --------------------------------------------------------------------------- footprints
 
 PATCH = 8

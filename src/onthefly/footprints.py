@@ -16,7 +16,9 @@ integral over the quadrant ``{row <= r, col <= q}`` is the volume of the unit
 cube ``tau in [-1/2, 1/2]^3`` below the two planes ``sum_k tau_k xi_k <= (r, q) - c``,
 which :func:`cube_volume_below_planes` computes in closed form (divergence
 theorem: each face's area by the same theorem in its plane, with clipped
-segments only; no sampling, no sorting). Patch integrals are differences of
+segments only; no sampling, no sorting); below a single plane (a boundary
+that crosses the shadow in one axis only) the volume is the distribution
+function of a sum of three uniform variables (:func:`cube_volume_below_plane`). Patch integrals are differences of
 these quadrant values at the patch corners. The paraxial camera is the only
 approximation; its error grows with the square of voxel size over source
 distance. Against footprints computed with 256 x 256 rays per patch through
@@ -270,17 +272,16 @@ def _face_components(vector: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(_select(vector, constants[name]) for name in ("face_normal", "face_first", "face_second"))
 
 
-def _traces(plane: Tensor | None, offset: Tensor, faces: tuple[Tensor, Tensor, Tensor] | None = None
-            ) -> dict[str, Tensor]:
+def _traces(offset: Tensor, faces: tuple[Tensor, Tensor, Tensor]) -> dict[str, Tensor]:
     """Traces of ``plane . tau = offset (M, I)`` on the 6 faces, clipped to each face's square
-    (``faces``: the plane's :func:`_face_components`, when already computed).
+    (``faces``: the plane's :func:`_face_components`).
 
     Returns ``height`` (signed distance from the face centre, 0 where the plane is
     parallel to the face), ``foot_i, foot_j``, ``step_i, step_j`` (unit direction) and
     the parameter interval ``low, high`` inside the square, each ``(M, 6, I)`` (steps ``(M, 6, 1)``).
     """
     side = _cube_constants(offset.device, offset.dtype)["face_side"]
-    normal_k, normal_i, normal_j = _face_components(plane) if faces is None else faces  # (M, 6) the trace's normal
+    normal_k, normal_i, normal_j = faces  # (M, 6) the trace's normal
     norm = torch.sqrt(normal_i * normal_i + normal_j * normal_j)
     exists = norm > 1e-6 * torch.sqrt(norm * norm + normal_k * normal_k)
     safe_norm = norm.clamp_min(1e-30)
@@ -303,18 +304,31 @@ def _traces(plane: Tensor | None, offset: Tensor, faces: tuple[Tensor, Tensor, T
 def cube_volume_below_plane(a: Tensor, alpha: Tensor) -> Tensor:
     """Volume of ``{tau in [-1/2, 1/2]^3 : a . tau <= alpha_i}``: ``a (M, 3)``, ``alpha (M, I)`` -> ``(M, I)``.
 
-    Divergence theorem from the point ``p0`` of the plane nearest the cube's
-    centre (see :func:`cube_volume_below_planes`).
+    The volume is the distribution function of ``a . tau`` for ``tau`` uniform
+    in the cube: a sum of three independent uniform variables of widths
+    ``w1 >= w2 >= w3`` (the ``|a_k|``), a piecewise cubic. It is evaluated on the
+    lower half only (``alpha <= 0``; the upper half by symmetry, ``1 - F(-alpha)``),
+    where with ``y = (w1 + w2 + w3) / 2 - |alpha|`` it is
+    ``(P(y) - P(y - w2) - P(y - w1)) / (6 w1 w2)``, ``P(z) = (z+^3 - (z - w3)+^3) / w3``.
+    ``P`` is computed as ``min(z / w3, 1) (3 z^2 - 3 z s + s^2)``, ``s = min(z, w3)``,
+    which stays exact as ``w3 -> 0``; ``w2`` is kept at least ``1e-9 w1`` (a change
+    of the volume below 1e-9). In float64 whatever the inputs' dtype (returned in it).
     """
-    alpha = alpha + _NUDGE_FIRST * a.abs().sum(-1, keepdim=True)
-    to_p0 = a / (a * a).sum(-1, keepdim=True)  # p0 = alpha * to_p0
-    low, high = _edge_intervals(a, alpha)
-    edges = ((high - low).clamp_min(0.0) * (1.0 - alpha[:, None, :] * _edge_heights(to_p0)[:, :, None])).sum(1) / 12.0
-    side = _cube_constants(a.device, a.dtype)["face_side"]
-    trace = _traces(a, alpha)
-    face_height = 0.5 - side[:, None] * alpha[:, None, :] * _face_components(to_p0)[0][:, :, None]
-    traces = (face_height * trace["height"] * (trace["high"] - trace["low"]).clamp_min(0.0)).sum(1) / 6.0
-    return (edges + traces).clamp(0.0, 1.0)
+    dtype = torch.promote_types(a.dtype, alpha.dtype)
+    widths = a.to(torch.float64).abs()
+    w1, w3 = widths.amax(-1, keepdim=True).clamp_min(1e-30), widths.amin(-1, keepdim=True)
+    w2 = torch.maximum(widths.sum(-1, keepdim=True) - w1 - w3, 1e-9 * w1)
+    alpha = alpha.to(torch.float64)
+    y = (0.5 * (w1 + w2 + w3) - alpha.abs()).clamp_min(0.0)
+
+    def difference(z: Tensor) -> Tensor:  # (z+^3 - (z - w3)+^3) / w3
+        z = z.clamp_min(0.0)
+        s = torch.minimum(z, w3)
+        ratio = torch.where(z < w3, z / w3.clamp_min(1e-300), 1.0)
+        return ratio * (3.0 * z * z - 3.0 * z * s + s * s)
+
+    lower = (difference(y) - difference(y - w2) - difference(y - w1)) / (6.0 * w1 * w2)
+    return torch.where(alpha <= 0, lower, 1.0 - lower).clamp(0.0, 1.0).to(dtype)
 
 
 def cube_volume_below_planes(a: Tensor, b: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
@@ -364,7 +378,7 @@ def _clipped_trace_terms(offset: Tensor, other_offset: Tensor, faces: tuple[Tens
     ``to_p0_normal``, ``to_p0_other_normal`` ``(M, 6)``: the face-normal components of the vectors that
     map the two offsets to the point ``p0`` on both planes."""
     side = _cube_constants(offset.device, offset.dtype)["face_side"]
-    trace = _traces(None, offset, faces)
+    trace = _traces(offset, faces)
     # other . (foot + s step) <= other_offset - other_k side / 2, in the face's coordinates.
     other_k, other_i, other_j = (t[:, :, None] for t in other_faces)
     coefficient = (other_i * trace["step_i"] + other_j * trace["step_j"])[..., None]  # (M, 6, 1, 1)
