@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -260,3 +262,20 @@ def test_the_classifier_fits_one_fixed_batch_of_simulated_fractures():
         logits = model.predict(batch.images, None).logits
     assert float(loss.detach()) < 0.5 * first
     assert torch.equal(logits > 0, batch.fracture)
+
+
+@pytest.mark.parametrize("patches", [4, 64])
+def test_patch_loss_keeps_patch_logits_calibrated(patches):
+    """With targets drawn Bernoulli(p), the patch loss's expected value is smallest at logit = logit(p), for any
+    p: positives weigh as all negatives without shifting the logits (an intact view's largest patch logit,
+    the study logit of pooling="max", then stays below 0)."""
+    from onthefly.train import _patch_loss
+
+    for p in (0.01, 0.2, 0.7):
+        logit = torch.full((1, 1, patches), math.log(p / (1 - p)), requires_grad=True)
+        weight = torch.ones(1)
+        expected = p * _patch_loss(logit, torch.ones(1, 1, patches), weight) + (1 - p) * _patch_loss(
+            logit, torch.zeros(1, 1, patches), weight)
+        (gradient,) = torch.autograd.grad(expected, logit)
+        assert float(gradient.abs().max()) < 1e-6, (p, float(gradient.abs().max()))
+

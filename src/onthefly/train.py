@@ -488,9 +488,15 @@ def _patch_targets(patch_logits: Tensor, fracture_pixel: Tensor, grid: tuple[int
 
 def _patch_loss(patch_logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
     """Binary cross-entropy of every patch against its soft target, the positive part weighted as all the
-    negatives (one patch holds a fracture, ``N - 1`` do not); per-sample ``weight (B,)``."""
+    negatives (one patch holds a fracture, ``N - 1`` do not); per-sample ``weight (B,)``.
+
+    Weighting the positives by ``w = N - 1`` moves the loss's optimum to ``logit(p) + log(w)``; the loss is
+    taken on ``patch_logits + log(w)`` so that the patch logits themselves stay calibrated
+    (``sigmoid(logit)`` estimates the patch's probability, and an intact view's largest one stays below 0,
+    which the study logit of ``pooling="max"`` relies on)."""
     count = patch_logits.shape[-1]
-    losses = F.binary_cross_entropy_with_logits(patch_logits, target, reduction="none",
+    shift = math.log(max(count - 1, 1))
+    losses = F.binary_cross_entropy_with_logits(patch_logits + shift, target, reduction="none",
                                                 pos_weight=torch.tensor(float(count - 1), device=patch_logits.device))
     per_sample = losses.mean((1, 2))
     return (per_sample * weight).sum() / weight.sum().clamp_min(1.0)
