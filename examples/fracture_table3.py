@@ -23,7 +23,7 @@ detection loss, a visibility curriculum from ``1.5 x --min-visibility`` down to
 5. ``guided``: the same + attention guidance by the true correspondence ``C``.
 
 Run: ``.venv/bin/python examples/fracture_table3.py --rows early --seeds 0`` (learnability:
-early fusion, one seed, about 8 minutes on a 2-core CPU), then
+early fusion, one seed, about 5 minutes on a 2-core CPU), then
 ``.venv/bin/python examples/fracture_table3.py --markdown docs/fracture_table3.md``
 (Table 3, three seeds, several hours; an interrupted run continues where it
 stopped). Outputs go to ``outputs/fracture_table3/``; ``--markdown`` writes the
