@@ -278,4 +278,3 @@ def test_patch_loss_keeps_patch_logits_calibrated(patches):
             logit, torch.zeros(1, 1, patches), weight)
         (gradient,) = torch.autograd.grad(expected, logit)
         assert float(gradient.abs().max()) < 1e-6, (p, float(gradient.abs().max()))
-

@@ -211,9 +211,8 @@ def test_single_voxel_gives_rank_one_outer_product(scene, position):
     seen = [float(p.view(views, -1)[a].max()) for a in range(views)]
     # Normalised where seen; a footprint fades below 1 only where its best patch holds under 0.1 % of the
     # voxel's shadow (see onthefly.footprints), which needs the voxel's centre to project off the detector.
-    block = torch.tensor([2 * (position // 16), 2 * ((position // 4) % 4), 2 * (position % 4), 1.0]) + 0.5
-    block[3] = 1.0
-    centre = (single.affine.to(torch.float64) @ block.to(torch.float64))
+    index = torch.tensor([2 * (position // 16), 2 * ((position // 4) % 4), 2 * (position % 4)], dtype=torch.float64)
+    centre = single.affine.to(torch.float64) @ torch.cat([index + 0.5, torch.ones(1, dtype=torch.float64)])
     projected = scene.carm.projection_matrices().to(torch.float64)[0] @ centre  # (V, 3)
     pixel = projected[:, :2] / projected[:, 2:]
     on_detector = ((pixel[:, 0] > -0.5) & (pixel[:, 0] < scene.carm.height - 0.5) & (pixel[:, 1] > -0.5)
@@ -222,7 +221,7 @@ def test_single_voxel_gives_rank_one_outer_product(scene, position):
         faded = 0.0 < value < 1.0 - 1e-5
         assert not faded or not bool(on_detector[view]), (view, value)
         assert value <= 1.0 + 1e-5
-    if all(value > 0 for value in seen):
+    if all(value == pytest.approx(1.0, abs=1e-5) for value in seen):
         assert float(c.max()) == pytest.approx(weight, rel=1e-4)
 
 

@@ -18,8 +18,8 @@ which :func:`cube_volume_below_planes` computes in closed form (divergence
 theorem: each face's area by the same theorem in its plane, with clipped
 segments only; no sampling, no sorting); below a single plane (a boundary
 that crosses the shadow in one axis only) the volume is the distribution
-function of a sum of three uniform variables (:func:`cube_volume_below_plane`). Patch integrals are differences of
-these quadrant values at the patch corners. The paraxial camera is the only
+function of a sum of three uniform variables (:func:`cube_volume_below_plane`).
+Patch integrals are differences of these quadrant values at the patch corners. The paraxial camera is the only
 approximation; its error grows with the square of voxel size over source
 distance. Against footprints computed with 256 x 256 rays per patch through
 the exact cone-beam geometry, the normalised footprints differ by at most
