@@ -108,7 +108,8 @@ def test_cube_volume_below_a_plane_with_vanishing_components(dtype):
                              ((0.0, 1.0, -2.0), trapezoid_cdf(2.0, 1.0, x)),
                              ((2.0, 1e-6, 1.0), trapezoid_cdf(2.0, 1.0, x))):
         got = cube_volume_below_plane(torch.tensor([normal], dtype=dtype), x[None].to(dtype))[0]
-        torch.testing.assert_close(got.to(F64), expected, atol=2e-4 if expected is not box else 2e-6, rtol=0)
+        # box: exact to the few 1e-6 by which offsets are nudged off faces; trapezoid: to the midpoint rule
+        torch.testing.assert_close(got.to(F64), expected, atol=2e-4 if expected is not box else 1e-5, rtol=0)
 
 
 # --------------------------------------------------------------------------- footprints
