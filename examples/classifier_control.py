@@ -70,10 +70,10 @@ def marked(generator: torch.Generator, images: torch.Tensor, args):
     label = torch.rand(size, generator=generator) < 0.5
     pixel = torch.full((size, 2, 2), float("nan"))
     for sample in torch.nonzero(label)[:, 0].tolist():
-        row, col = torch.randint(edge // 2, height - (edge - edge // 2) + 1, (2,), generator=generator).tolist()
-        chosen[sample, :, 0, row - edge // 2:row - edge // 2 + edge, col - edge // 2:col - edge // 2 + edge] += \
-            args.amplitude
-        pixel[sample] = torch.tensor([row - 0.5 if edge % 2 == 0 else row, col - 0.5 if edge % 2 == 0 else col])
+        top, left = (torch.randint(edge // 2, height - (edge - edge // 2) + 1, (2,), generator=generator)
+                     - edge // 2).tolist()  # the square's first row and column
+        chosen[sample, :, 0, top:top + edge, left:left + edge] += args.amplitude
+        pixel[sample] = torch.tensor([top + (edge - 1) / 2, left + (edge - 1) / 2])  # its centre
     grid = (height // 16, height // 16)
     return SimpleNamespace(images=chosen.clamp(0, 1), fracture=label, fracture_pixel=pixel, grid_shape=grid,
                            patch_size=16, correspondence=None, step=0)
