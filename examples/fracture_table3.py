@@ -76,6 +76,8 @@ def parse(argv: list[str] | None):
                         help="width of bone removed at each cut, mm (default: FractureConfig's)")
     parser.add_argument("--bones", nargs="+", help="label name patterns to fracture, weight 1 each (default: all bones, "
                                                    "weighted by FractureConfig's DEFAULT_BONE_WEIGHTS)")
+    parser.add_argument("--display", default="minmax", choices=["minmax", "radiograph"],
+                        help="how line integrals become the views (onthefly.DISPLAYS)")
     parser.add_argument("--layers", type=int, default=2, help="transformer layers on the CNN")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--patch-weight", type=float, default=1.0, help="weight of the patch detection loss")
@@ -91,7 +93,7 @@ def make_samplers(args, seed: int, *, correspondence: bool):
     fractures = FractureConfig(probability=0.5, min_visibility=args.min_visibility, max_redraws=args.max_redraws,
                                bones=args.bones, **shape)
     data = dict(views=2, image_size=args.image_size, patch_size=16, crop_size=args.crop_size, spacing=args.spacing,
-                batch_size=args.batch_size, fractures=fractures, correspondence=correspondence)
+                batch_size=args.batch_size, fractures=fractures, correspondence=correspondence, display=args.display)
     augmentation = otf.Augmentation(brightness=0.05, contrast=0.1, invert=0.0, gamma=0.1, noise=0.005, blur=0.3,
                                     geometric=0.5)
     train = otf.DRRCorrespondenceSampler(volumes=[train_part], seed=seed, alpha=(0.0, math.pi),

@@ -2,7 +2,8 @@
 
 Run: ``.venv/bin/python examples/fracture_views.py`` (about a minute on a 2-core CPU); it writes
 ``outputs/fracture_views.png``. The picture in the docs is made with
-``.venv/bin/python examples/fracture_views.py --output docs/images/fracture_views.png``.
+``.venv/bin/python examples/fracture_views.py --output docs/images/fracture_views.png``, and the one through
+the processed display with ``--display radiograph --output docs/images/fracture_views_radiograph.png``.
 
 The sampler cuts a fracture into a bone of every crop (default
 :class:`~onthefly.fractures.FractureConfig` with ``probability=1``): the cut
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--seed", type=int, default=1, help="the sampler's seed")
     parser.add_argument("--rows", type=int, default=4, help="samples to show")
     parser.add_argument("--image-size", type=int, default=256, help="detector pixels per side")
+    parser.add_argument("--display", default="minmax", choices=sorted(otf.DISPLAYS),
+                        help="how line integrals become the views (minmax: linear; radiograph: local contrast)")
     args = parser.parse_args(argv)
 
     import matplotlib
@@ -53,12 +56,12 @@ def main(argv: list[str] | None = None) -> Path:
     sampler = otf.DRRCorrespondenceSampler(
         volumes=[otf.example_volume()], views=2, image_size=args.image_size, patch_size=16, crop_size=120.0,
         spacing=1.0, batch_size=8, augmentation=None, correspondence=False, return_volume=True, seed=args.seed,
-        fractures=otf.FractureConfig(probability=1.0),
+        fractures=otf.FractureConfig(probability=1.0), display=args.display,
     )
     batch = sampler.sample(0)
     crops, labels = sampler.store.crops(batch.volume_index, batch.crop_start, sampler.config.crop_voxels(), labels=True)
-    intact = otf.to_display(otf.render(otf.VolumeBatch(attenuation=crops[:, None], affine=batch.crop_affine),
-                                       batch.carm))
+    lines = otf.render(otf.VolumeBatch(attenuation=crops[:, None], affine=batch.crop_affine), batch.carm)
+    intact = sampler.config.display(lines, pixel_spacing=sampler.config.pixel_spacing)
     best_view = batch.fracture_visibility.argmax(1)  # (B,)
     visibility = batch.fracture_visibility.amax(1)
     order = [i for i in visibility.argsort(descending=True).tolist() if batch.fracture[i]]
@@ -97,10 +100,12 @@ def main(argv: list[str] | None = None) -> Path:
         for axis in axis_row:
             axis.set_xticks([])
             axis.set_yticks([])
+    shown_as = ("Display images are min-max scaled line integrals (bright = dense)" if args.display == "minmax" else
+                "Display images: radiograph display (detail above a 5 mm Gaussian, percentile window; bright = dense)")
     figure.suptitle(
         f"Simulated fractures on the bundled chest CT (120 mm crops, {args.image_size} x {args.image_size}, default "
         "FractureConfig), rows from the most to the least visible of a batch of 8;\neach in its most visible view. "
-        "Display images are min-max scaled line integrals (bright = dense); the difference is in those display units.",
+        f"{shown_as}; the difference is in those display units.",
         fontsize=10,
     )
     figure.tight_layout()

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from onthefly import CArm, DRRCorrespondenceSampler, Volume, VolumeBatch, hu_to_attenuation, render, to_display
+from onthefly import DISPLAYS, CArm, DRRCorrespondenceSampler, Volume, VolumeBatch, hu_to_attenuation, render, to_display
 from onthefly.fractures import (
     DEFAULT_BONE_WEIGHTS,
     FractureConfig,
@@ -430,6 +430,26 @@ def test_contrast_and_visibility_match_the_rendered_change(rib_scene):
     torch.testing.assert_close(ranges, flat.amax(-1) - flat.amin(-1), rtol=0.15, atol=0)
 
 
+def test_contrast_through_a_display_matches_the_displayed_change(rib_scene):
+    crops, affine, carm, config, params, _ = rib_scene
+    display = DISPLAYS["radiograph"]
+    probe = visibility_probe(config, spacing=1.0, pixel_spacing=1.2, sid=600.0, sdd=900.0, image_size=64,
+                             crop_radius=35.0, display=display)
+    result = apply_fractures(crops, affine, params, config=config)
+    intact = render(VolumeBatch(attenuation=crops[:, None], affine=affine), carm)
+    fractured = render(VolumeBatch(attenuation=result.attenuation[:, None], affine=affine), carm)
+    shown = (display(fractured, pixel_spacing=1.2) - display(intact, pixel_spacing=1.2)).abs().flatten(2).amax(-1)
+    visibility = fracture_visibility(fracture_contrast(result, carm, probe=probe),
+                                     display.width(fractured[:, :, 0], pixel_spacing=1.2))
+    torch.testing.assert_close(visibility, shown, rtol=0.1, atol=2e-3)
+    plain = fracture_visibility(fracture_contrast(result, carm, probe=replace(probe, display=None)), fractured)
+    assert bool((visibility > plain).all())  # the processed display shows the break more
+    ranges = view_ranges(crops, affine, carm, display=display, pixel_spacing=1.2)  # a coarse render loses fine detail
+    torch.testing.assert_close(ranges, display.width(intact[:, :, 0], pixel_spacing=1.2), rtol=0.25, atol=0)
+    with pytest.raises(ValueError, match="pixel_spacing"):
+        view_ranges(crops, affine, carm, display=display)
+
+
 def test_invisible_fractures_are_redrawn_or_flagged(rib_scene):
     crops, affine, carm, config, _, probe = rib_scene
     # Candidate 0 moves nothing and leaves a thin gap; candidate 1 shifts the fragment by 6 mm.
@@ -485,17 +505,18 @@ def make(volume: Volume, **changes) -> DRRCorrespondenceSampler:
 
 
 @pytest.mark.slow
-def test_sampler_batches_carry_visibility_and_leave_the_ct_untouched(chest):
-    sampler = make(chest, fractures=FractureConfig(probability=0.5), seed=2)
+@pytest.mark.parametrize("shown_as", ["minmax", "radiograph"])
+def test_sampler_batches_carry_visibility_and_leave_the_ct_untouched(chest, shown_as):
+    sampler = make(chest, fractures=FractureConfig(probability=0.5), seed=2, display=shown_as)
     stored = sampler.store._attenuation.clone()
     batch = sampler.sample(0)
-    intact = make(chest, seed=2).sample(0)
+    intact = make(chest, seed=2, display=shown_as).sample(0)
     assert sampler.fracture_bone_source == ("labels",)
     assert batch.fracture.any() and not batch.fracture.all()
     assert batch.fracture_visibility.shape == (6, 2) and batch.fracture_invisible.shape == (6,)
     assert torch.equal(sampler.store._attenuation, stored)  # the crops were cut, never the store
     lines = render(batch.volume, batch.carm)
-    difference = (to_display(lines) - intact.images).abs()
+    difference = (sampler.config.display(lines, pixel_spacing=sampler.config.pixel_spacing) - intact.images).abs()
     display = difference.flatten(2).amax(-1)
     for i in range(6):
         if batch.fracture[i]:
@@ -508,7 +529,7 @@ def test_sampler_batches_carry_visibility_and_leave_the_ct_untouched(chest):
         else:
             assert torch.equal(batch.images[i], intact.images[i])
             assert float(batch.fracture_visibility[i].abs().max()) == 0.0
-    again = make(chest, fractures=FractureConfig(probability=0.5), seed=2).sample(0)
+    again = make(chest, fractures=FractureConfig(probability=0.5), seed=2, display=shown_as).sample(0)
     assert torch.equal(again.images, batch.images) and torch.equal(again.fracture_visibility, batch.fracture_visibility)
 
 

@@ -1,6 +1,6 @@
 """onthefly: multi-view X-ray training data rendered inside the training loop.
 
-Data flow: volume -> geometry -> projector -> correspondence -> (augment, fractures) ->
+Data flow: volume -> geometry -> projector (-> display) -> correspondence -> (augment, fractures) ->
 sampling (config -> store -> draw -> make -> stream) -> models -> training.
 """
 
@@ -29,6 +29,7 @@ from .fractures import (
     draw_fractures,
     fracture_visibility,
 )
+from .display import DISPLAYS, Display
 from .geometry import CArm, camera_to_world, patch_index, project_points, relative_camera_pose, rotation_matrix
 from .losses import ProjectionLoss
 from .preview import save_batch_preview, save_correspondence_preview, save_views
@@ -110,4 +111,6 @@ __all__ = [
     "save_views",
     "rotation_matrix",
     "to_display",
+    "Display",
+    "DISPLAYS",
 ]

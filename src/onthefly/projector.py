@@ -51,6 +51,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ._checks import check_choice, check_positive_int
+from .display import to_display  # noqa: F401  (re-exported: it was defined here)
 from .geometry import CArm
 from .volume import Volume, VolumeBatch, as_volume_batch
 
@@ -113,17 +114,6 @@ def render(
 def beer_lambert(line_integrals: Tensor, *, incident: float = 1.0) -> Tensor:
     """Transmitted intensity ``incident * exp(-line_integrals)``, same shape."""
     return incident * torch.exp(-line_integrals)
-
-
-def to_display(line_integrals: Tensor, *, eps: float = 1e-8) -> Tensor:
-    """Per-image min-max scaling of ``(..., H, W)`` line integrals to ``[0, 1]``.
-
-    Dense structures are bright, as on a radiograph. A constant image maps to 0.
-    """
-    flat = line_integrals.flatten(-2)
-    low = flat.amin(-1, keepdim=True)[..., None]
-    high = flat.amax(-1, keepdim=True)[..., None]
-    return ((line_integrals - low) / (high - low).clamp_min(eps)).clamp(0.0, 1.0)
 
 
 def _check_batch_sizes(volume_batch: int, carm_batch: int) -> None:

@@ -9,7 +9,11 @@ divides it by the view's range of line integrals, which is what the display
 image (:func:`~onthefly.projector.to_display`, a per-view min-max scaling)
 divides by: so the visibility is the largest change of the display image the
 fracture causes, up to the few pixels where the fracture moves the view's
-extremes.
+extremes. With another :class:`~onthefly.display.Display` (local contrast, a
+percentile window) it divides by that display's window width instead: the
+display's filter is linear and keeps most of a small, sharp change, so the
+ratio is again about the largest change of the image (the fractures benchmark
+measures how close).
 
 The make stage of a sampler (per batch, on the crops' device)::
 
@@ -17,12 +21,12 @@ The make stage of a sampler (per batch, on the crops' device)::
     window = fracture_window(config, spacing)                          # once per store
     probe = visibility_probe(config, spacing=spacing, pixel_spacing=..., sid=..., sdd=..., image_size=...,
                              crop_radius=radius)                      # once per sampler
-    ranges = view_ranges(crops, crop_affine, carm) if config.min_visibility > 0 else None
+    ranges = view_ranges(crops, crop_affine, carm, display=display, pixel_spacing=...) if config.min_visibility > 0 else None
     result = cut_visible_fractures(crops, crop_affine, params.fracture, carm, config=config, probe=probe,
                                    labels=label_crops, table=tables[volume_index], window=window,
                                    view_range=ranges, inplace=True)
     lines = render(VolumeBatch(attenuation=result.attenuation[:, None], affine=crop_affine), carm)
-    visibility = fracture_visibility(result.contrast, lines)  # (B, V): batch.fracture_visibility
+    visibility = fracture_visibility(result.contrast, display.width(lines, pixel_spacing=...))  # (B, V)
 
 Without ``min_visibility`` the step cuts candidate 0 and measures it (one cut,
 one patch march). With it, each round re-cuts every sample whose fracture is
@@ -44,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..display import Display
 from ..geometry import CArm, project_points
 from ..projector import render
 from ..volume import MU_WATER_PER_MM, VolumeBatch
@@ -70,17 +75,22 @@ class VisibilityProbe:
         stride: every ``stride``-th pixel of the patch is measured (1: all).
         step: ray step through the box, mm.
         reach: half the ray's length through the box, mm (the fracture's reach).
+        display: the views' :class:`~onthefly.display.Display`, ``None`` for min-max: the
+            contrast is measured on the change as that display's filter passes it.
+        pixel_spacing: the detector's pixel edge, mm (for the display's filter).
     """
 
     patch: int
     stride: int
     step: float
     reach: float
+    display: Display | None = None
+    pixel_spacing: float = 1.0
 
 
 def visibility_probe(config: FractureConfig, *, spacing: float | Sequence[float], pixel_spacing: float, sid: float,
                      sdd: float, image_size: int | Sequence[int], crop_radius: float = 0.0,
-                     stride: int = 2) -> VisibilityProbe:
+                     stride: int = 2, display: Display | None = None) -> VisibilityProbe:
     """The probe that sees all of a fracture's change in any view of a sampler (host numbers, fixed per sampler).
 
     A fracture changes voxels within ``config.reach`` of its bone point, and the
@@ -98,6 +108,7 @@ def visibility_probe(config: FractureConfig, *, spacing: float | Sequence[float]
             (for a crop of edges ``e``: ``|e| / 2`` plus ``sqrt(3)`` times the isocenter jitter).
         stride: measure every ``stride``-th pixel first, then every pixel around the
             largest (:func:`fracture_contrast`); 1 measures every pixel.
+        display: the views' display (``None`` or min-max: the change of line integrals itself).
 
     Example:
         >>> visibility_probe(FractureConfig(reach=20.0), spacing=1.0, pixel_spacing=1.0, sid=800.0, sdd=1000.0,
@@ -117,7 +128,12 @@ def visibility_probe(config: FractureConfig, *, spacing: float | Sequence[float]
     magnification = sdd / max(sid - crop_radius - config.reach, 1.0)
     radius = config.reach * magnification / max(pixel_spacing, 1e-9)
     patch = min(2 * math.ceil(radius) + 3, *size)
-    return VisibilityProbe(patch=patch, stride=stride, step=step, reach=config.reach)
+    if display is not None and display.is_minmax:
+        display = None
+    if display is not None and pixel_spacing <= 0:
+        raise ValueError(f"pixel_spacing: expected a length > 0 mm with a display, got {pixel_spacing!r}")
+    return VisibilityProbe(patch=patch, stride=stride, step=step, reach=config.reach, display=display,
+                           pixel_spacing=float(pixel_spacing))
 
 
 def _rays(carm: CArm, samples: Tensor, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
@@ -174,7 +190,12 @@ def _contrast(change: Tensor, box_affine: Tensor, point: Tensor, carm: CArm, sam
     rows = (first[..., 0, None, None] + steps[:, None]).expand(-1, -1, count, count).flatten(2)
     cols = (first[..., 1, None, None] + steps[None, :]).expand(-1, -1, count, count).flatten(2)
     rows, cols = rows.clamp_max(carm.height - 1), cols.clamp_max(carm.width - 1)
-    coarse = _march(change, box_affine, point, _rays(carm, samples, rows, cols), probe).abs()
+    signed = _march(change, box_affine, point, _rays(carm, samples, rows, cols), probe)
+    # Through a display's filter: the patch covers all of the change (zero beyond it), so the filter applied to the
+    # patch is the filter applied to the view's change.
+    shown = signed if probe.display is None else probe.display.processed(
+        signed.unflatten(-1, (count, count)), pixel_spacing=probe.pixel_spacing * stride).flatten(-2)
+    coarse = shown.abs()
     if stride == 1:
         return coarse.amax(-1).to(change.dtype)
     best = coarse.argmax(-1, keepdim=True)  # (M, V, 1)
@@ -182,7 +203,9 @@ def _contrast(change: Tensor, box_affine: Tensor, point: Tensor, carm: CArm, sam
     rows = (rows.gather(-1, best)[..., None] + around[:, None]).expand(-1, -1, len(around), len(around)).flatten(2)
     cols = (cols.gather(-1, best)[..., None] + around[None, :]).expand(-1, -1, len(around), len(around)).flatten(2)
     rays = _rays(carm, samples, rows.clamp(0, carm.height - 1), cols.clamp(0, carm.width - 1))
-    fine = _march(change, box_affine, point, rays, probe).abs()
+    # Around the best pixel the filter's removed background is about constant: the same offset as at that pixel.
+    removed = signed.gather(-1, best) - shown.gather(-1, best)
+    fine = (_march(change, box_affine, point, rays, probe) - removed).abs()
     return torch.maximum(coarse.amax(-1), fine.amax(-1)).to(change.dtype)
 
 
@@ -211,10 +234,11 @@ def fracture_visibility(contrast: Tensor, line_integrals: Tensor) -> Tensor:
 
     Args:
         contrast: ``(B, V)`` from :func:`fracture_contrast` (``FractureResult.contrast``).
-        line_integrals: the rendered views ``(B, V, 1, H, W)``, or their ranges ``(B, V)``.
+        line_integrals: the rendered views ``(B, V, 1, H, W)``, or their ranges ``(B, V)``
+            (or a display's window widths, :meth:`~onthefly.display.Display.width`).
 
     Returns:
-        ``(B, V)``, about the largest change of the display image (``to_display``) in ``[0, 1]``.
+        ``(B, V)``, about the largest change of the display image (``to_display``, or that display) in ``[0, 1]``.
 
     Example:
         >>> fracture_visibility(torch.tensor([[0.3, 0.1]]), torch.tensor([[3.0, 2.0]]))
@@ -229,7 +253,8 @@ def fracture_visibility(contrast: Tensor, line_integrals: Tensor) -> Tensor:
     return contrast / line_integrals.clamp_min(1e-8)
 
 
-def view_ranges(attenuation: Tensor, affine: Tensor, carm: CArm, *, factor: int = 4) -> Tensor:
+def view_ranges(attenuation: Tensor, affine: Tensor, carm: CArm, *, factor: int = 4, display: Display | None = None,
+                pixel_spacing: float | None = None) -> Tensor:
     """A cheap estimate of each view's range of line integrals, ``(B, V)``: a coarse render of the crops.
 
     The crops are averaged over 2 x 2 x 2 voxels and rendered on a detector
@@ -240,9 +265,16 @@ def view_ranges(attenuation: Tensor, affine: Tensor, carm: CArm, *, factor: int 
         affine: ``(B, 4, 4)`` their voxel-to-world matrices.
         carm: the views, batch ``(B, V)``.
         factor: detector coarsening.
+        display: with a :class:`~onthefly.display.Display` other than min-max, the
+            width of its window (:meth:`~onthefly.display.Display.width`) instead of the range.
+        pixel_spacing: the full detector's pixel edge (mm), needed with such a ``display``.
     """
     if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
         raise ValueError(f"factor: expected a positive int, got {factor!r}")
+    if display is not None and display.is_minmax:
+        display = None
+    if display is not None and pixel_spacing is None:
+        raise ValueError("pixel_spacing: expected the detector's pixel edge (mm) with a display other than min-max")
     pooled = F.avg_pool3d(attenuation[:, None], 2) if min(attenuation.shape[1:]) >= 2 else attenuation[:, None]
     scale = torch.eye(4, dtype=affine.dtype, device=affine.device)
     if pooled.shape[2:] != attenuation.shape[1:]:
@@ -251,8 +283,11 @@ def view_ranges(attenuation: Tensor, affine: Tensor, carm: CArm, *, factor: int 
     coarse = CArm(alpha=carm.alpha, beta=carm.beta, gamma=carm.gamma, sid=carm.sid, sdd=carm.sdd,
                   isocenter=carm.isocenter, height=max(1, -(-carm.height // factor)),
                   width=max(1, -(-carm.width // factor)), pixel_spacing=carm.pixel_spacing * factor)
-    lines = render(VolumeBatch(attenuation=pooled, affine=affine @ scale), coarse).flatten(2)
-    return lines.amax(-1) - lines.amin(-1)
+    lines = render(VolumeBatch(attenuation=pooled, affine=affine @ scale), coarse)[:, :, 0]
+    if display is None:
+        flat = lines.flatten(2)
+        return flat.amax(-1) - flat.amin(-1)
+    return display.width(lines, pixel_spacing=pixel_spacing * factor)
 
 
 def cut_visible_fractures(

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from .._checks import check_choice, check_positive_int
 from ..augment import Augmentation
 from ..correspondence import WEIGHTINGS
+from ..display import Display, as_display
 from ..distributions import CardinalAngles, Distribution, as_distribution
 from ..fractures import FractureConfig
 from ..projector import METHODS
@@ -104,6 +105,10 @@ class SamplerConfig:
         return_volume: also return the crops (``batch.volume``).
         correspondence: compute the correspondence matrix.
         fractures: a :class:`~onthefly.fractures.FractureConfig`, or ``None``.
+        display: how line integrals become the views' ``[0, 1]`` images: ``"minmax"``
+            (per-view min-max, the default), ``"radiograph"`` (local contrast and a
+            percentile window, as a processed radiograph) or a
+            :class:`~onthefly.display.Display`; stored as a ``Display``.
         method: projector method, ``"trilinear"`` or ``"siddon"``.
         mu_water: attenuation of water (1/mm).
         shard: under ``torch.distributed``, give each rank a disjoint share of
@@ -145,6 +150,7 @@ class SamplerConfig:
     return_volume: bool = False
     correspondence: bool = True
     fractures: FractureConfig | None = None
+    display: str | Display = "minmax"
     method: str = "trilinear"
     mu_water: float = MU_WATER_PER_MM
     shard: bool | None = None
@@ -205,6 +211,7 @@ class SamplerConfig:
         if self.augmentation.turns and height != width:
             raise ValueError(f"augmentation: quarter turns need square views, got image_size {height} x {width}")
         check_choice("weighting", self.weighting, WEIGHTINGS)
+        set_(self, "display", as_display(self.display))
         check_choice("method", self.method, METHODS)
         set_(self, "air_threshold_hu", _number("air_threshold_hu", self.air_threshold_hu, low=-1e4, high=1e5, unit=" HU"))
         if self.rays_per_patch is not None:
@@ -286,10 +293,11 @@ class SamplerConfig:
     def describe(self) -> dict:
         """The stream-defining settings as plain JSON-able values (distributions, layout and target by their fields).
 
-        ``compile`` is left out: it changes how a batch is computed, not what it holds.
+        ``compile`` is left out: it changes how a batch is computed, not what it holds; so is ``display``
+        when it is the default min-max scaling (the settings of earlier versions keep their fingerprint).
         """
         return {item.name: describe(getattr(self, item.name)) for item in dataclasses.fields(self)
-                if item.name != "compile"}
+                if item.name != "compile" and not (item.name == "display" and self.display.is_minmax)}
 
     def fingerprint(self) -> str:
         """A stable hash of :meth:`describe` (same settings, same fingerprint, across runs and machines)."""

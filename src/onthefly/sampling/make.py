@@ -32,7 +32,7 @@ from ..fractures import (
     visibility_probe,
 )
 from ..geometry import CArm, patch_index
-from ..projector import render, to_display
+from ..projector import render
 from ..volume import VolumeBatch
 from . import seeds
 from .batch import DRRBatch, augmented_pixels
@@ -115,7 +115,7 @@ class BatchMaker:
                 volume = VolumeBatch(attenuation=crops[:, None], affine=crop_affine.to(device), mu_water=config.mu_water,
                                      validate=False)
                 lines = render(volume, carm, method=config.method, mu_water=config.mu_water, compile=config.compile)
-                images = to_display(lines)
+                images = config.display(lines, pixel_spacing=config.pixel_spacing)
                 projected = self._structures(params, labels, crop_affine, carm_host) if self.structures else None
             with stage("correspondence"):
                 correspondence = (self._correspondence(params, carm, carm_host, crop_affine)
@@ -131,7 +131,8 @@ class BatchMaker:
             volume=volume if config.return_volume or config.target.needs_crops else None,
         )
         if fractured is not None:
-            self._fracture_fields(batch, fractured, fracture_visibility(fractured.contrast, lines))
+            widths = config.display.width(lines[:, :, 0], pixel_spacing=config.pixel_spacing)
+            self._fracture_fields(batch, fractured, fracture_visibility(fractured.contrast, widths))
         with stage("target"), torch.no_grad():
             return config.target.build(batch, config)
 
@@ -140,7 +141,9 @@ class BatchMaker:
                    carm: CArm):
         config = self.config.fractures
         table = None if labels is None else self.bone_tables[params.volume_index.to(self.device)]
-        ranges = view_ranges(crops, crop_affine, carm) if config.min_visibility > 0 else None
+        ranges = (view_ranges(crops, crop_affine, carm, display=self.config.display,
+                              pixel_spacing=self.config.pixel_spacing)
+                  if config.min_visibility > 0 else None)
         drawn = params.fracture.drawn.nonzero()[:, 0]  # host values: only the drawn samples are cut
         # the store's crops are this batch's own tensor: the fractures are written into them
         return cut_visible_fractures(crops, crop_affine, params.fracture.to(self.device), carm, config=config,
@@ -248,6 +251,7 @@ def _fracture_setup(config: SamplerConfig, store: VolumeStore):
     spacing = store.spacing.tolist()
     crop_radius = 0.5 * float(torch.tensor(config.crop_size, dtype=torch.float64).norm()) + 3**0.5 * config.isocenter_jitter
     probe = visibility_probe(fractures, spacing=spacing, pixel_spacing=config.pixel_spacing, sid=config.sid.bounds()[0],
-                             sdd=config.sdd.bounds()[1], image_size=config.image_size, crop_radius=crop_radius)
+                             sdd=config.sdd.bounds()[1], image_size=config.image_size, crop_radius=crop_radius,
+                             display=config.display)
     within = max(0.5 * min(config.crop_size) - 3**0.5 * config.isocenter_jitter, 0.25 * min(config.crop_size))
     return tables.to(store.device), source, fracture_window(fractures, spacing), probe, within

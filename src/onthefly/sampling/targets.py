@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from ..geometry import CArm, relative_camera_pose
-from ..projector import render, to_display
+from ..projector import render
 from ..volume import resample_to_cube, window_attenuation
 from .batch import BiplanarBatch, DRRBatch, NovelViewBatch, SequenceBatch
 
@@ -202,7 +202,8 @@ class NovelViewTarget(TargetBuilder):
             pixel_spacing=config.pixel_spacing * config.height / height,
         ).to(device=device, dtype=torch.float32)
         if self.renders_targets(config):
-            targets = to_display(render(batch.volume, target_carm, method=config.method, mu_water=config.mu_water))
+            targets = config.display(render(batch.volume, target_carm, method=config.method, mu_water=config.mu_water),
+                                     pixel_spacing=config.pixel_spacing * config.height / height)
         else:
             targets = batch.images[:, 1:]
         relative_angles = torch.stack([params.alpha, params.beta, params.gamma], -1)

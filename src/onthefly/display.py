@@ -1,0 +1,169 @@
+"""How a view's line integrals become the image a model sees, in ``[0, 1]``.
+
+A DRR's line integrals span a wide range (air beside the body, a long path
+through the mediastinum), and a linear min-max scaling (:func:`to_display`,
+the default) leaves fine structures such as a rib's cortex a few hundredths
+of that range. Digital radiography systems do not show raw exposure either:
+they compress the large-scale background and enhance detail before display
+(multi-scale processing). :class:`Display` offers the simplest form of that,
+one scale of unsharp masking and a percentile window::
+
+    background = gaussian_blur(line_integrals, sigma=detail mm on the detector)
+    processed = line_integrals - (1 - background_kept) * background
+    image = clamp((processed - low) / (high - low), 0, 1)   # low, high: the clip and 1 - clip quantiles
+
+Dense structures stay bright. With ``detail=None`` and ``clip=0`` this is
+exactly :func:`to_display`. The filter is linear, so a small, sharp change of
+the line integrals (a fracture) changes the processed view by about as much
+as it changes the line integrals, and the image by about that over the
+window's width (:meth:`Display.width`), which is how
+:func:`~onthefly.fractures.fracture_visibility` measures it.
+
+Everything is batched over any leading axes, differentiable, and free of
+host reads and data-dependent shapes (``torch.compile`` traces it whole).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["DISPLAYS", "Display", "as_display", "to_display"]
+
+_QUANTILE_PIXELS = 128 * 128  # window quantiles are taken on at most about this many pixels per view (a regular subsample)
+
+
+def to_display(line_integrals: Tensor, *, eps: float = 1e-8) -> Tensor:
+    """Per-image min-max scaling of ``(..., H, W)`` line integrals to ``[0, 1]``.
+
+    Dense structures are bright, as on a radiograph. A constant image maps to 0.
+
+    Example:
+        >>> to_display(torch.tensor([[0.0, 1.0], [2.0, 4.0]]))
+        tensor([[0.0000, 0.2500],
+                [0.5000, 1.0000]])
+    """
+    flat = line_integrals.flatten(-2)
+    low = flat.amin(-1, keepdim=True)[..., None]
+    high = flat.amax(-1, keepdim=True)[..., None]
+    return ((line_integrals - low) / (high - low).clamp_min(eps)).clamp(0.0, 1.0)
+
+
+def _gaussian_blur(images: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of ``(..., H, W)`` with ``sigma`` pixels; edges replicated."""
+    radius = max(1, math.ceil(3.0 * sigma))
+    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    shape = images.shape
+    flat = images.reshape(-1, 1, shape[-2], shape[-1])
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+    return flat.reshape(shape)
+
+
+@dataclass(frozen=True)
+class Display:
+    """How line integrals ``(..., H, W)`` become an image in ``[0, 1]`` (see the module's description).
+
+    Attributes:
+        detail: standard deviation of the Gaussian that separates the
+            large-scale background from detail, mm on the detector (> 0); ``None``:
+            no local-contrast processing.
+        background: share of the large-scale background kept, in ``[0, 1]``
+            (1: none removed; 0: detail only). Used only with ``detail``.
+        clip: share of the pixels of each view saturated at each end of the
+            window, in ``[0, 0.5)`` (0: the view's minimum and maximum).
+
+    Example:
+        >>> lines = torch.rand(2, 3, 1, 64, 64)
+        >>> DISPLAYS["radiograph"](lines, pixel_spacing=1.0).shape
+        torch.Size([2, 3, 1, 64, 64])
+        >>> torch.equal(Display()(lines, pixel_spacing=1.0), to_display(lines))
+        True
+    """
+
+    detail: float | None = None
+    background: float = 1.0
+    clip: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.detail is not None:
+            if isinstance(self.detail, bool) or not isinstance(self.detail, (int, float)) \
+                    or not math.isfinite(self.detail) or self.detail <= 0:
+                raise ValueError(f"detail: expected None or a length > 0 mm, got {self.detail!r}")
+            object.__setattr__(self, "detail", float(self.detail))
+        for name, high, closed in (("background", 1.0, True), ("clip", 0.5, False)):
+            value = getattr(self, name)
+            inside = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+                and 0.0 <= value and (value <= high if closed else value < high)
+            if not inside:
+                interval = f"[0, {high:g}]" if closed else f"[0, {high:g})"
+                raise ValueError(f"{name}: expected a number in {interval}, got {value!r}")
+            object.__setattr__(self, name, float(value))
+
+    @property
+    def is_minmax(self) -> bool:
+        """Whether this is the plain min-max scaling (:func:`to_display`)."""
+        return (self.detail is None or self.background == 1.0) and self.clip == 0.0
+
+    def processed(self, line_integrals: Tensor, *, pixel_spacing: float) -> Tensor:
+        """The views before the window: line integrals minus the removed share of their background, same shape."""
+        if self.detail is None or self.background == 1.0:
+            return line_integrals
+        _check_pixel_spacing(pixel_spacing)
+        return line_integrals - (1.0 - self.background) * _gaussian_blur(line_integrals, self.detail / pixel_spacing)
+
+    def window(self, processed: Tensor) -> tuple[Tensor, Tensor]:
+        """``(low, high)`` of each view's window, each ``(..., 1, 1)``, from :meth:`processed` views ``(..., H, W)``."""
+        if self.clip == 0.0:
+            flat = processed.flatten(-2)
+            return flat.amin(-1)[..., None, None], flat.amax(-1)[..., None, None]
+        height, width = processed.shape[-2:]
+        stride = max(1, round(math.sqrt(height * width / _QUANTILE_PIXELS)))
+        values = processed[..., ::stride, ::stride].flatten(-2).sort(-1).values
+        count = values.shape[-1]
+        low_index = min(count - 1, int(self.clip * (count - 1) + 0.5))
+        high_index = max(0, count - 1 - low_index)
+        return values[..., low_index, None, None], values[..., high_index, None, None]
+
+    def width(self, line_integrals: Tensor, *, pixel_spacing: float) -> Tensor:
+        """Each view's window width ``(...)`` in line-integral units (1/mm x mm): a change of ``c`` shows as ``c / width``."""
+        low, high = self.window(self.processed(line_integrals, pixel_spacing=pixel_spacing))
+        return (high - low)[..., 0, 0]
+
+    def __call__(self, line_integrals: Tensor, *, pixel_spacing: float, eps: float = 1e-8) -> Tensor:
+        """The images ``(..., H, W)`` in ``[0, 1]`` of line integrals ``(..., H, W)`` on pixels of ``pixel_spacing`` mm."""
+        if self.is_minmax:
+            return to_display(line_integrals, eps=eps)
+        processed = self.processed(line_integrals, pixel_spacing=pixel_spacing)
+        low, high = self.window(processed)
+        return ((processed - low) / (high - low).clamp_min(eps)).clamp(0.0, 1.0)
+
+
+DISPLAYS: dict[str, Display] = {
+    "minmax": Display(),
+    "radiograph": Display(detail=5.0, background=0.2, clip=0.02),
+}
+"""Named displays: ``"minmax"`` (:func:`to_display`, the default) and ``"radiograph"``
+(detail above a 5 mm Gaussian, a fifth of the background kept, 2 % of the pixels
+saturated at each end: about how a processed digital radiograph shows bone edges)."""
+
+
+def as_display(value) -> Display:
+    """A :class:`Display` from itself or a name in :data:`DISPLAYS`; a clear error otherwise."""
+    if isinstance(value, Display):
+        return value
+    if isinstance(value, str) and value in DISPLAYS:
+        return DISPLAYS[value]
+    raise ValueError(f"display: expected one of {sorted(DISPLAYS)} or a Display, got {value!r}")
+
+
+def _check_pixel_spacing(pixel_spacing) -> None:
+    if isinstance(pixel_spacing, bool) or not isinstance(pixel_spacing, (int, float)) \
+            or not math.isfinite(pixel_spacing) or pixel_spacing <= 0:
+        raise ValueError(f"pixel_spacing: expected a length > 0 mm (a number), got {pixel_spacing!r}")
