@@ -39,6 +39,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -76,6 +77,9 @@ def parse(argv: list[str] | None):
                         help="width of bone removed at each cut, mm (default: FractureConfig's)")
     parser.add_argument("--bones", nargs="+", help="label name patterns to fracture, weight 1 each (default: all bones, "
                                                    "weighted by FractureConfig's DEFAULT_BONE_WEIGHTS)")
+    parser.add_argument("--paired", action="store_true",
+                        help="train on paired batches (each fractured crop next to the same crop intact); "
+                             "evaluation stays unpaired")
     parser.add_argument("--display", default="minmax", choices=["minmax", "radiograph"],
                         help="how line integrals become the views (onthefly.DISPLAYS)")
     parser.add_argument("--layers", type=int, default=2, help="transformer layers on the CNN")
@@ -97,7 +101,8 @@ def make_samplers(args, seed: int, *, correspondence: bool):
     augmentation = otf.Augmentation(brightness=0.05, contrast=0.1, invert=0.0, gamma=0.1, noise=0.005, blur=0.3,
                                     geometric=0.5)
     train = otf.DRRCorrespondenceSampler(volumes=[train_part], seed=seed, alpha=(0.0, math.pi),
-                                         augmentation=augmentation, **data)
+                                         augmentation=augmentation,
+                                         **(data | {"fractures": replace(fractures, paired=args.paired)}))
     held = otf.DRRCorrespondenceSampler(volumes=[held_out], seed=10_000, alpha=(math.pi, 2 * math.pi),
                                         augmentation=None, **data)
     return train, held

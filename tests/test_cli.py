@@ -375,3 +375,21 @@ def test_tensorboard_missing_stops_before_training(tiny_run, tmp_path, capsys, m
     assert "--tensorboard: TensorBoard logs need the tensorboard package" in message
     assert "pip install 'onthefly[logs]'" in message
     assert not (tmp_path / "run").exists()
+
+
+def test_classifier_display_and_paired_fractures_reach_the_samplers(tiny_run, tmp_path, monkeypatch):
+    import onthefly.train
+
+    seen = {}
+
+    def capture(model_config, sampler, config, *, eval_sampler=None, **_):
+        seen["train"], seen["eval"] = sampler.config, eval_sampler.config
+        return {}
+
+    monkeypatch.setattr(onthefly.train, "train_classifier", capture)
+    assert main(["train", "classifier", *tiny_run, "--display", "radiograph", "--paired-fractures",
+                 "--output", str(tmp_path / "cls")]) in (0, None)
+    assert seen["train"].display == seen["eval"].display == onthefly.DISPLAYS["radiograph"]
+    assert seen["train"].fractures.paired and not seen["eval"].fractures.paired
+    with pytest.raises(SystemExit):
+        main(["train", "correspondence", *tiny_run, "--display", "log", "--output", str(tmp_path / "corr")])

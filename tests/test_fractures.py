@@ -27,6 +27,7 @@ from onthefly.fractures import (
     visibility_probe,
 )
 from onthefly.fractures.bone import bone_axis, bone_component, choose_bone_points
+from onthefly.sampling import SamplerConfig
 
 SOFT = 0.02 * 1.04  # soft_tissue_hu = 40 at mu_water = 0.02
 BONE = 0.02 * 1.8  # an 800 HU bone
@@ -551,3 +552,30 @@ def test_sampler_refuses_bones_no_ct_has(chest):
         make(unlabelled, fractures=FractureConfig(bones=["rib"]))
     sampler = make(unlabelled, fractures=FractureConfig(probability=1.0))
     assert sampler.fracture_bone_source == ("threshold",)
+
+
+def test_paired_batches_repeat_each_sample_intact(chest):
+    sampler = make(chest, fractures=FractureConfig(probability=1.0, paired=True), seed=2, batch_size=8)
+    batch = sampler.sample(0)
+    first, second = slice(0, 4), slice(4, 8)
+    for name in ("volume_index", "crop_start", "alpha", "beta", "sid", "sdd", "isocenter"):
+        value = getattr(batch.params, name)
+        assert torch.equal(value[first], value[second]), name
+    assert batch.fracture[first].any() and not batch.fracture[second].any()
+    same = ~batch.fracture[first]  # a twin without bone in reach: identical views
+    assert torch.equal(batch.images[first][same], batch.images[second][same])
+    changed = (batch.images[first] - batch.images[second]).abs().flatten(1).amax(1)
+    assert bool((changed[batch.fracture[first]] > 0.005).all())
+    assert float(batch.fracture_visibility[second].abs().max()) == 0.0
+    unpaired = make(chest, fractures=FractureConfig(probability=1.0), seed=2, batch_size=8).sample(0)
+    assert torch.equal(unpaired.params.crop_start[first], batch.params.crop_start[first])  # the same first half
+
+
+def test_paired_fractures_need_an_even_batch_and_keep_old_fingerprints():
+    with pytest.raises(ValueError, match="batch_size: expected an even size"):
+        SamplerConfig(batch_size=5, fractures=FractureConfig(paired=True))
+    with pytest.raises(TypeError, match="paired"):
+        FractureConfig(paired=1)
+    plain = SamplerConfig(batch_size=4, fractures=FractureConfig())
+    assert "paired" not in plain.describe()["fractures"]
+    assert SamplerConfig(batch_size=4, fractures=FractureConfig(paired=True)).fingerprint() != plain.fingerprint()

@@ -26,6 +26,9 @@ MIN_LENGTH_MM = 1e-3
 """Smallest spacing or distance accepted, mm."""
 MAX_LENGTH_MM = 1e5
 """Largest spacing, distance or distance from the world origin accepted, mm."""
+OMIT_WHEN = "omit_when"
+"""Configuration field metadata key: a description (and fingerprint) leaves the field out while it holds this
+value, the behaviour of versions before the field existed (``SamplerConfig.describe``)."""
 
 
 def check_tensor_kind(name: str, tensor: Tensor) -> Tensor:

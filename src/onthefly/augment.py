@@ -70,6 +70,10 @@ class AugmentationParams:
         """The same parameters on ``device``."""
         return AugmentationParams(**{item.name: getattr(self, item.name).to(device) for item in fields(self)})
 
+    def rows(self, index: Tensor) -> "AugmentationParams":
+        """The parameters of samples ``index (B',)`` (long), in that order."""
+        return AugmentationParams(**{item.name: getattr(self, item.name)[index] for item in fields(self)})
+
 
 @dataclass(frozen=True)
 class Augmentation:

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -44,6 +45,9 @@ def _add_train_options(parser: argparse.ArgumentParser, task: str = "corresponde
     data.add_argument("--eval-angles", choices=["same", "held-out"], default="held-out",
                       help="held-out: train on primary angles in [0, 180) deg, evaluate on [180, 360)")
     data.add_argument("--seed", type=int, default=0, help="stream and initialisation seed (an integer)")
+    data.add_argument("--display", choices=["minmax", "radiograph"], default="minmax",
+                      help="how line integrals become the views: min-max scaled, or processed as a radiograph "
+                           "(local contrast, percentile window)")
     if task == "correspondence":
         model = parser.add_argument_group("model (CorrespondenceConfig)")
         model.add_argument("--model", choices=["small", "paper"], default="paper",
@@ -67,6 +71,9 @@ def _add_train_options(parser: argparse.ArgumentParser, task: str = "corresponde
         model.add_argument("--guidance-from",
                            help="checkpoint.pt of `onthefly train correspondence` whose predicted C guides attention "
                                 "at evaluation (default: the true C)")
+        model.add_argument("--paired-fractures", action="store_true",
+                           help="train on paired batches: each fractured crop next to the same crop intact "
+                                "(held-out batches stay unpaired)")
         model.add_argument("--fracture-probability", type=float, default=0.5,
                            help="share of samples with a simulated fracture, in [0, 1]")
     model.add_argument("--d-model", type=int, help="token width, channels (default: the --model preset's)")
@@ -105,8 +112,9 @@ def _add_train_options(parser: argparse.ArgumentParser, task: str = "corresponde
     run.add_argument("--stop-at", type=int, help="stop after this step (resumable), e.g. to fit a time budget")
 
 
-def _samplers_from_args(args: argparse.Namespace, **extra):
-    """The training and held-out samplers the data options describe (``extra``: more sampler settings)."""
+def _samplers_from_args(args: argparse.Namespace, *, train_only: dict | None = None, **extra):
+    """The training and held-out samplers the data options describe (``extra``: more sampler settings;
+    ``train_only``: settings of the training sampler that replace those)."""
     from ..sampling import DRRCorrespondenceSampler
     from ..train import split_volume
 
@@ -126,9 +134,10 @@ def _samplers_from_args(args: argparse.Namespace, **extra):
     held_out = args.eval_angles == "held-out"
     common = dict(views=args.views, image_size=args.image_size, patch_size=args.patch_size,
                   crop_size=args.crop_size, spacing=args.spacing, batch_size=args.batch_size,
-                  device=check_device(args.device), **extra)
+                  device=check_device(args.device), display=getattr(args, "display", "minmax"), **extra)
     train_sampler = DRRCorrespondenceSampler(
-        volumes=train_volumes, seed=args.seed, **common, **({"alpha": (0.0, math.pi)} if held_out else {}))
+        volumes=train_volumes, seed=args.seed, **(common | (train_only or {})),
+        **({"alpha": (0.0, math.pi)} if held_out else {}))
     eval_sampler = DRRCorrespondenceSampler(
         volumes=eval_volumes, seed=args.seed + 10_000, augmentation=None, **common,
         **({"alpha": (math.pi, 2 * math.pi)} if held_out else {}))
@@ -271,8 +280,9 @@ def train_classifier_from_args(args: argparse.Namespace, *, given: set[str] | No
     resuming = args.resume and (Path(args.output) / "checkpoint.pt").exists()
     trunk = _trunk_arguments(args, given) if args.init_from and not resuming else {}
     guidance_model = _guidance_model(args.guidance_from) if args.guidance_from else None
-    train_sampler, eval_sampler = _samplers_from_args(
-        args, fractures=FractureConfig(probability=args.fracture_probability))
+    fractures = FractureConfig(probability=args.fracture_probability)
+    paired = {"fractures": replace(fractures, paired=True)} if getattr(args, "paired_fractures", False) else None
+    train_sampler, eval_sampler = _samplers_from_args(args, fractures=fractures, train_only=paired)
     overrides = {key: value for key, value in dict(
         d_model=args.d_model, layers=args.layers, heads=args.heads, backbone_weights=args.backbone_weights).items()
         if value is not None}

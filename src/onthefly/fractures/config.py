@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from .._checks import OMIT_WHEN
 from ..distributions import Uniform, as_distribution
 
 __all__ = ["BONE_STRUCTURES", "DEFAULT_BONE_WEIGHTS", "FractureConfig", "fracture_window"]
@@ -105,6 +106,11 @@ class FractureConfig:
         max_redraws: candidates beyond the first drawn per sample for those redraws;
             a sample whose candidates all stay below ``min_visibility`` keeps its most
             visible one and is flagged (``FractureResult.invisible``).
+        paired: the sampler's batches come in pairs: the second half of a batch
+            repeats the first half's CTs, crops, cameras and augmentation without
+            fractures, and the first half is fractured with ``probability`` (so the
+            only difference within a pair is the fracture; the batch size must be
+            even). For training; evaluate on unpaired batches.
 
     Example:
         >>> config = FractureConfig(probability=1.0, translation=(2.0, 4.0), bones=["rib", "clavicula"])
@@ -125,6 +131,7 @@ class FractureConfig:
     soft_tissue_hu: float = 40.0
     min_visibility: float = 0.0
     max_redraws: int = 4
+    paired: bool = field(default=False, metadata={OMIT_WHEN: False})
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)
@@ -156,6 +163,8 @@ class FractureConfig:
         if isinstance(self.max_redraws, bool) or not isinstance(self.max_redraws, int) or self.max_redraws < 0:
             raise ValueError(f"max_redraws: expected an int >= 0, got {self.max_redraws!r}")
         set_("bones", _bone_weights(self.bones))
+        if not isinstance(self.paired, bool):
+            raise TypeError(f"paired: expected a bool, got {self.paired!r}")
 
     @property
     def bone_weights(self) -> tuple[tuple[str | int, float], ...]:

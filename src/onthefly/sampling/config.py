@@ -16,7 +16,7 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .._checks import check_choice, check_positive_int
+from .._checks import OMIT_WHEN, check_choice, check_positive_int
 from ..augment import Augmentation
 from ..correspondence import WEIGHTINGS
 from ..display import Display, as_display
@@ -150,7 +150,7 @@ class SamplerConfig:
     return_volume: bool = False
     correspondence: bool = True
     fractures: FractureConfig | None = None
-    display: str | Display = "minmax"
+    display: str | Display = field(default="minmax", metadata={OMIT_WHEN: Display()})
     method: str = "trilinear"
     mu_water: float = MU_WATER_PER_MM
     shard: bool | None = None
@@ -229,6 +229,9 @@ class SamplerConfig:
                 raise TypeError(f"{name}: expected a bool, got {getattr(self, name)!r}")
         if self.fractures is not None and not isinstance(self.fractures, FractureConfig):
             raise TypeError(f"fractures: expected a FractureConfig or None, got {type(self.fractures).__name__}")
+        if self.fractures is not None and self.fractures.paired and self.batch_size % 2:
+            raise ValueError(f"batch_size: expected an even size with paired fractures (a fractured sample and its "
+                             f"intact twin), got {self.batch_size}")
         set_(self, "mu_water", _number("mu_water", self.mu_water, low=1e-6, high=10.0, unit=" (1/mm)"))
         if self.shard is not None and not isinstance(self.shard, bool):
             raise TypeError(f"shard: expected True, False or None, got {self.shard!r}")
@@ -293,16 +296,22 @@ class SamplerConfig:
     def describe(self) -> dict:
         """The stream-defining settings as plain JSON-able values (distributions, layout and target by their fields).
 
-        ``compile`` is left out: it changes how a batch is computed, not what it holds; so is ``display``
-        when it is the default min-max scaling (the settings of earlier versions keep their fingerprint).
+        ``compile`` is left out: it changes how a batch is computed, not what it holds; so are settings added
+        after the first version while they hold the value that version behaved as (``OMIT_WHEN`` in a field's
+        metadata: ``display="minmax"``, ``FractureConfig(paired=False)``), so earlier settings keep their fingerprint.
         """
         return {item.name: describe(getattr(self, item.name)) for item in dataclasses.fields(self)
-                if item.name != "compile" and not (item.name == "display" and self.display.is_minmax)}
+                if item.name != "compile" and not _omitted(item, getattr(self, item.name))}
 
     def fingerprint(self) -> str:
         """A stable hash of :meth:`describe` (same settings, same fingerprint, across runs and machines)."""
         text = json.dumps(self.describe(), sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def _omitted(item: dataclasses.Field, value) -> bool:
+    """Whether a field holds the value its ``OMIT_WHEN`` metadata names (left out of descriptions)."""
+    return OMIT_WHEN in item.metadata and value == item.metadata[OMIT_WHEN]
 
 
 def describe(value):
@@ -318,6 +327,7 @@ def describe(value):
     if dataclasses.is_dataclass(value):
         return {"type": type(value).__name__} | {
             item.name: describe(getattr(value, item.name)) for item in dataclasses.fields(value)
+            if not _omitted(item, getattr(value, item.name))
         }
     if hasattr(value, "distributions"):  # PerView
         return {"type": type(value).__name__, "distributions": describe(list(value.distributions))}

@@ -80,7 +80,19 @@ def draw(config: SamplerConfig, store: VolumeStore, step: int, *, seed: int, ran
     if config.fractures is not None:
         generator = torch.Generator().manual_seed(seeds.stream_seed(seed, rank, step, seeds.FRACTURES))
         fracture = draw_fractures(config.fractures, config.batch_size, generator)
-    return replace(params, augmentation=augmentation, fracture=fracture)
+    params = replace(params, augmentation=augmentation, fracture=fracture)
+    if config.fractures is not None and config.fractures.paired:
+        params = _paired(params)
+    return params
+
+
+def _paired(params: SampleParams) -> SampleParams:
+    """The first half of ``params`` twice: fractures as drawn, then the same samples without them."""
+    half = params.batch_size // 2
+    first = torch.arange(half)
+    paired = params.rows(torch.cat([first, first]))
+    drawn = torch.cat([paired.fracture.drawn[:half], torch.zeros(half, dtype=torch.bool)])
+    return replace(paired, fracture=replace(paired.fracture, drawn=drawn))
 
 
 def _draw_once(config: SamplerConfig, store: VolumeStore, pool: Tensor, generator: torch.Generator, *,

@@ -99,6 +99,19 @@ class SampleParams:
                 }
         return replace(self, **changes)
 
+    def rows(self, index: Tensor) -> "SampleParams":
+        """The parameters of samples ``index (B',)`` (long, on the host), in that order; fractures included."""
+        changes = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, Tensor):
+                changes[item.name] = value[index]
+            elif isinstance(value, dict):
+                changes[item.name] = {key: tensor[index] for key, tensor in value.items()}
+            elif value is not None and hasattr(value, "rows"):  # the typed parameter groups
+                changes[item.name] = value.rows(index)
+        return replace(self, **changes)
+
     def to(self, device: torch.device | str) -> "SampleParams":
         """The same parameters with every tensor on ``device``."""
         changes = {}
