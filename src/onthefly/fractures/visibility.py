@@ -20,13 +20,13 @@ The make stage of a sampler (per batch, on the crops' device)::
     tables = bone_weight_tables(store.label_names, config)            # once per store: (n, L)
     window = fracture_window(config, spacing)                          # once per store
     probe = visibility_probe(config, spacing=spacing, pixel_spacing=..., sid=..., sdd=..., image_size=...,
-                             crop_radius=radius)                      # once per sampler
+                             crop_radius=radius, display=display)     # once per sampler
     ranges = view_ranges(crops, crop_affine, carm, display=display, pixel_spacing=...) if config.min_visibility > 0 else None
     result = cut_visible_fractures(crops, crop_affine, params.fracture, carm, config=config, probe=probe,
                                    labels=label_crops, table=tables[volume_index], window=window,
                                    view_range=ranges, inplace=True)
     lines = render(VolumeBatch(attenuation=result.attenuation[:, None], affine=crop_affine), carm)
-    visibility = fracture_visibility(result.contrast, display.width(lines, pixel_spacing=...))  # (B, V)
+    visibility = fracture_visibility(result.contrast, display.width(lines[:, :, 0], pixel_spacing=...))  # (B, V)
 
 Without ``min_visibility`` the step cuts candidate 0 and measures it (one cut,
 one patch march). With it, each round re-cuts every sample whose fracture is
@@ -113,7 +113,7 @@ def visibility_probe(config: FractureConfig, *, spacing: float | Sequence[float]
     Example:
         >>> visibility_probe(FractureConfig(reach=20.0), spacing=1.0, pixel_spacing=1.0, sid=800.0, sdd=1000.0,
         ...                  image_size=128)
-        VisibilityProbe(patch=55, stride=2, step=1.0, reach=20.0)
+        VisibilityProbe(patch=55, stride=2, step=1.0, reach=20.0, display=None, pixel_spacing=1.0)
     """
     values = {"pixel_spacing": pixel_spacing, "sid": sid, "sdd": sdd, "crop_radius": crop_radius}
     for name, value in values.items():
