@@ -109,8 +109,9 @@ class FractureConfig:
         paired: the sampler's batches come in pairs: the second half of a batch
             repeats the first half's CTs, crops, cameras and augmentation without
             fractures, and the first half is fractured with ``probability`` (so the
-            only difference within a pair is the fracture; the batch size must be
-            even). For training; evaluate on unpaired batches.
+            fracture, and the pixel noise of an intensity augmentation, which is
+            drawn per view, are the only differences within a pair; the batch size
+            must be even). For training; evaluate on unpaired batches.
 
     Example:
         >>> config = FractureConfig(probability=1.0, translation=(2.0, 4.0), bones=["rib", "clavicula"])
