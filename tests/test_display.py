@@ -95,13 +95,14 @@ def test_radiograph_display_is_differentiable():
     assert torch.autograd.gradcheck(lambda x: display(x, pixel_spacing=1.0), (views,))
 
 
-@pytest.mark.parametrize(("changes", "name"), [
-    ({"detail": 0.0}, "detail"), ({"detail": float("nan")}, "detail"), ({"detail": True}, "detail"),
-    ({"background": 1.5}, "background"), ({"background": -0.1}, "background"),
-    ({"clip": 0.5}, "clip"), ({"clip": -0.01}, "clip"), ({"clip": "2%"}, "clip"),
+@pytest.mark.parametrize(("changes", "name", "error"), [
+    ({"detail": 0.0}, "detail", ValueError), ({"detail": float("nan")}, "detail", ValueError),
+    ({"detail": True}, "detail", TypeError), ({"background": 1.5}, "background", ValueError),
+    ({"background": -0.1}, "background", ValueError), ({"clip": 0.5}, "clip", ValueError),
+    ({"clip": -0.01}, "clip", ValueError), ({"clip": "2%"}, "clip", TypeError),
 ])
-def test_bad_display_settings_are_rejected_with_the_field_named(changes, name):
-    with pytest.raises(ValueError, match=name):
+def test_bad_display_settings_are_rejected_with_the_field_named(changes, name, error):
+    with pytest.raises(error, match=name):
         Display(**changes)
 
 

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._checks import MIN_LENGTH_MM, check_real
+
 __all__ = ["DISPLAYS", "Display", "as_display", "to_display"]
 
 _QUANTILE_PIXELS = 128 * 128  # window quantiles are taken on at most about this many pixels per view (a regular subsample)
@@ -93,18 +95,12 @@ class Display:
 
     def __post_init__(self) -> None:
         if self.detail is not None:
-            if isinstance(self.detail, bool) or not isinstance(self.detail, (int, float)) \
-                    or not math.isfinite(self.detail) or self.detail <= 0:
-                raise ValueError(f"detail: expected None or a length > 0 mm, got {self.detail!r}")
-            object.__setattr__(self, "detail", float(self.detail))
-        for name, high, closed in (("background", 1.0, True), ("clip", 0.5, False)):
-            value = getattr(self, name)
-            inside = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-                and 0.0 <= value and (value <= high if closed else value < high)
-            if not inside:
-                interval = f"[0, {high:g}]" if closed else f"[0, {high:g})"
-                raise ValueError(f"{name}: expected a number in {interval}, got {value!r}")
-            object.__setattr__(self, name, float(value))
+            object.__setattr__(self, "detail", check_real("detail", self.detail, low=MIN_LENGTH_MM, unit="mm"))
+        object.__setattr__(self, "background", check_real("background", self.background, low=0.0, high=1.0))
+        clip = check_real("clip", self.clip, low=0.0, high=0.5)
+        if clip == 0.5:
+            raise ValueError("clip: expected a share below 0.5 (0.5 at each end would leave no window), got 0.5")
+        object.__setattr__(self, "clip", clip)
 
     @property
     def is_minmax(self) -> bool:
@@ -115,7 +111,7 @@ class Display:
         """The views before the window: line integrals minus the removed share of their background, same shape."""
         if self.detail is None or self.background == 1.0:
             return line_integrals
-        _check_pixel_spacing(pixel_spacing)
+        check_real("pixel_spacing", pixel_spacing, low=MIN_LENGTH_MM, unit="mm")
         return line_integrals - (1.0 - self.background) * _gaussian_blur(line_integrals, self.detail / pixel_spacing)
 
     def window(self, processed: Tensor) -> tuple[Tensor, Tensor]:
@@ -136,13 +132,17 @@ class Display:
         low, high = self.window(self.processed(line_integrals, pixel_spacing=pixel_spacing))
         return (high - low)[..., 0, 0]
 
-    def __call__(self, line_integrals: Tensor, *, pixel_spacing: float, eps: float = 1e-8) -> Tensor:
-        """The images ``(..., H, W)`` in ``[0, 1]`` of line integrals ``(..., H, W)`` on pixels of ``pixel_spacing`` mm."""
-        if self.is_minmax:
-            return to_display(line_integrals, eps=eps)
+    def images_and_widths(self, line_integrals: Tensor, *, pixel_spacing: float,
+                          eps: float = 1e-8) -> tuple[Tensor, Tensor]:
+        """The images ``(..., H, W)`` and each view's window width ``(...)`` (:meth:`width`) in one pass."""
         processed = self.processed(line_integrals, pixel_spacing=pixel_spacing)
         low, high = self.window(processed)
-        return ((processed - low) / (high - low).clamp_min(eps)).clamp(0.0, 1.0)
+        images = ((processed - low) / (high - low).clamp_min(eps)).clamp(0.0, 1.0)
+        return images, (high - low)[..., 0, 0]
+
+    def __call__(self, line_integrals: Tensor, *, pixel_spacing: float, eps: float = 1e-8) -> Tensor:
+        """The images ``(..., H, W)`` in ``[0, 1]`` of line integrals ``(..., H, W)`` on pixels of ``pixel_spacing`` mm."""
+        return self.images_and_widths(line_integrals, pixel_spacing=pixel_spacing, eps=eps)[0]
 
 
 DISPLAYS: dict[str, Display] = {
@@ -162,8 +162,3 @@ def as_display(value) -> Display:
         return DISPLAYS[value]
     raise ValueError(f"display: expected one of {sorted(DISPLAYS)} or a Display, got {value!r}")
 
-
-def _check_pixel_spacing(pixel_spacing) -> None:
-    if isinstance(pixel_spacing, bool) or not isinstance(pixel_spacing, (int, float)) \
-            or not math.isfinite(pixel_spacing) or pixel_spacing <= 0:
-        raise ValueError(f"pixel_spacing: expected a length > 0 mm (a number), got {pixel_spacing!r}")

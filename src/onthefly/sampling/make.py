@@ -115,7 +115,8 @@ class BatchMaker:
                 volume = VolumeBatch(attenuation=crops[:, None], affine=crop_affine.to(device), mu_water=config.mu_water,
                                      validate=False)
                 lines = render(volume, carm, method=config.method, mu_water=config.mu_water, compile=config.compile)
-                images = config.display(lines, pixel_spacing=config.pixel_spacing)
+                images, widths = config.display.images_and_widths(lines[:, :, 0], pixel_spacing=config.pixel_spacing)
+                images = images[:, :, None]
                 projected = self._structures(params, labels, crop_affine, carm_host) if self.structures else None
             with stage("correspondence"):
                 correspondence = (self._correspondence(params, carm, carm_host, crop_affine)
@@ -131,7 +132,6 @@ class BatchMaker:
             volume=volume if config.return_volume or config.target.needs_crops else None,
         )
         if fractured is not None:
-            widths = config.display.width(lines[:, :, 0], pixel_spacing=config.pixel_spacing)
             self._fracture_fields(batch, fractured, fracture_visibility(fractured.contrast, widths))
         with stage("target"), torch.no_grad():
             return config.target.build(batch, config)
