@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 import torch
 
@@ -41,6 +42,14 @@ def test_sampled_preview(tmp_path, capsys):
     assert summary["images"] == [2, 3, 1, 64, 64]
     assert summary["correspondence"] == [2, 48, 48]
     read_png(output)
+    pictures = {}
+    for display in ("minmax", "radiograph"):  # the same batch, shown two ways
+        pictures[display] = tmp_path / f"{display}.png"
+        assert main(["preview", "--sampled", "--size", "64", "--patch-size", "16", "--samples", "2", "--spacing", "4",
+                     "--crop-size", "160", "--display", display, "--output", str(pictures[display])]) == 0
+    capsys.readouterr()
+    plain, processed = read_png(pictures["minmax"]), read_png(pictures["radiograph"])
+    assert plain.shape == processed.shape and not np.array_equal(plain, processed)
 
 
 def test_bad_beta_count_is_reported():

@@ -89,6 +89,7 @@ def _sampled_preview(args: argparse.Namespace, output: Path) -> dict:
             volumes=[load_ct(args.volume, "--volume")], views=args.views, image_size=args.size,
             patch_size=args.patch_size, batch_size=args.samples, seed=args.seed,
             augmentation=Augmentation(geometric=args.geometric), crop_size=args.crop_size, spacing=args.spacing,
+            display=args.display,
         )
     except (TypeError, ValueError) as error:
         raise UsageError(f"onthefly preview --sampled: {error}") from None
@@ -201,6 +202,9 @@ def add_picture_parsers(commands) -> None:
     preview.add_argument("--crop-size", type=positive(float), default=200.0, help="with --sampled: crop edge, mm")
     preview.add_argument("--spacing", type=positive(float), default=1.0,
                          help="with --sampled: voxel spacing the CT is resampled to, mm")
+    preview.add_argument("--display", choices=["minmax", "radiograph"], default="minmax",
+                         help="with --sampled: how line integrals become the views (min-max, or processed as a "
+                              "radiograph: local contrast, percentile window)")
     _add_view_options(preview, alpha=[0.0, 90.0])
 
     view = commands.add_parser("render", help="render DRRs of a CT (yours or the bundled one) to a PNG",
