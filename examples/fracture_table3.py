@@ -8,7 +8,10 @@ A simulated fracture is drawn in half of the samples (the default
 :class:`~onthefly.fractures.FractureConfig`), kept visible: a fracture whose
 best view changes the display image by less than ``--min-visibility`` is
 redrawn (``FractureConfig.min_visibility``); a crop without bone near its centre
-is never fractured.
+is never fractured. ``--display radiograph`` shows the views as processed
+radiographs (``onthefly.display``; the visibility is then measured through that
+display), and ``--paired`` trains on batches of pairs, each fractured crop next
+to the same crop intact (``FractureConfig.paired``; held-out batches stay unpaired).
 
 Model: the CNN classifier (:meth:`ClassifierConfig.cnn`: the small CNN to
 stride 16, d = 128, ``--layers`` transformer layers), study logit = the largest
