@@ -8,7 +8,16 @@ from dataclasses import replace
 import pytest
 import torch
 
-from onthefly import DISPLAYS, CArm, DRRCorrespondenceSampler, Volume, VolumeBatch, hu_to_attenuation, render, to_display
+from onthefly import (
+    DISPLAYS,
+    CArm,
+    DRRCorrespondenceSampler,
+    Volume,
+    VolumeBatch,
+    hu_to_attenuation,
+    render,
+    to_display,
+)
 from onthefly.fractures import (
     DEFAULT_BONE_WEIGHTS,
     FractureConfig,

@@ -36,7 +36,7 @@ from ._checks import MIN_LENGTH_MM, check_real
 
 __all__ = ["DISPLAYS", "Display", "as_display", "to_display"]
 
-_QUANTILE_PIXELS = 128 * 128  # window quantiles are taken on at most about this many pixels per view (a regular subsample)
+_QUANTILE_PIXELS = 128 * 128  # window quantiles: at most about this many pixels per view (a regular subsample)
 
 
 def to_display(line_integrals: Tensor, *, eps: float = 1e-8) -> Tensor:
@@ -128,7 +128,7 @@ class Display:
         return values[..., low_index, None, None], values[..., high_index, None, None]
 
     def width(self, line_integrals: Tensor, *, pixel_spacing: float) -> Tensor:
-        """Each view's window width ``(...)`` in line-integral units (1/mm x mm): a change of ``c`` shows as ``c / width``."""
+        """Each view's window width ``(...)``, line-integral units: a change of ``c`` shows as ``c / width``."""
         low, high = self.window(self.processed(line_integrals, pixel_spacing=pixel_spacing))
         return (high - low)[..., 0, 0]
 
@@ -141,7 +141,7 @@ class Display:
         return images, (high - low)[..., 0, 0]
 
     def __call__(self, line_integrals: Tensor, *, pixel_spacing: float, eps: float = 1e-8) -> Tensor:
-        """The images ``(..., H, W)`` in ``[0, 1]`` of line integrals ``(..., H, W)`` on pixels of ``pixel_spacing`` mm."""
+        """Images ``(..., H, W)`` in ``[0, 1]`` of line integrals ``(..., H, W)`` on pixels of ``pixel_spacing`` mm."""
         return self.images_and_widths(line_integrals, pixel_spacing=pixel_spacing, eps=eps)[0]
 
 

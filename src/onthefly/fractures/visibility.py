@@ -21,7 +21,8 @@ The make stage of a sampler (per batch, on the crops' device)::
     window = fracture_window(config, spacing)                          # once per store
     probe = visibility_probe(config, spacing=spacing, pixel_spacing=..., sid=..., sdd=..., image_size=...,
                              crop_radius=radius, display=display)     # once per sampler
-    ranges = view_ranges(crops, crop_affine, carm, display=display, pixel_spacing=...) if config.min_visibility > 0 else None
+    ranges = (view_ranges(crops, crop_affine, carm, display=display, pixel_spacing=...)
+              if config.min_visibility > 0 else None)
     result = cut_visible_fractures(crops, crop_affine, params.fracture, carm, config=config, probe=probe,
                                    labels=label_crops, table=tables[volume_index], window=window,
                                    view_range=ranges, inplace=True)
