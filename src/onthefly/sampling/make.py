@@ -35,7 +35,7 @@ from ..geometry import CArm, patch_index
 from ..projector import render
 from ..volume import VolumeBatch
 from . import seeds
-from .batch import DRRBatch, augmented_pixels
+from .batch import DRRBatch
 from .config import SamplerConfig
 from .params import SampleParams
 from .store import VolumeStore
