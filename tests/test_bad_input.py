@@ -311,6 +311,13 @@ def test_patch_correspondence_huge_rays_per_patch_is_refused_before_allocating()
         patch_correspondence(small_volume(), small_carm(), rays_per_patch=10**6)
 
 
+def test_patch_correspondence_unknown_or_conflicting_footprint_is_refused():
+    with pytest.raises(ValueError, match=r"footprint: expected one of \['exact', 'separable'\]"):
+        patch_correspondence(small_volume(), small_carm(), footprint="trapezoid")
+    with pytest.raises(ValueError, match="rays_per_patch, footprint"):
+        patch_correspondence(small_volume(), small_carm(), footprint="separable", rays_per_patch=4)
+
+
 def test_patch_correspondence_absurd_coarse_voxel_is_refused():
     with pytest.raises(ValueError, match="coarse_voxel_size"):
         patch_correspondence(small_volume(), small_carm(), coarse_voxel_size=1e5)

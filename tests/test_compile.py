@@ -41,10 +41,13 @@ GRID = (4, 4, 4)  # ceil(16 / 4) coarse voxels per axis bounds every crop
 
 
 def correspondence_path(table: WeightIntegral, carm: CArm, window: int, rays_per_patch=None, compile=False):
-    """The sampler's correspondence path: pooled weights of crops from tables, then the matrix."""
+    """The sampler's correspondence path: pooled weights of crops from tables, then the matrix.
+    ``rays_per_patch="separable"`` stands for the separable closed-form footprints."""
     pooled = table.pool(CROPS["volume_index"], CROPS["start"], CROPS["stop"], CROPS["factor"], grid_shape=GRID)
-    return patch_correspondence(pooled, carm, patch_size=4, window=window, rays_per_patch=rays_per_patch,
-                                compile=compile)
+    footprint = "separable" if rays_per_patch == "separable" else "exact"
+    rays = None if rays_per_patch == "separable" else rays_per_patch
+    return patch_correspondence(pooled, carm, patch_size=4, window=window, rays_per_patch=rays, compile=compile,
+                                footprint=footprint)
 
 
 def window_of(table: WeightIntegral, carm: CArm) -> int:
@@ -59,7 +62,7 @@ def test_render_has_no_graph_breaks(tiny_batch, tiny_carm, method):
     assert explanation.graph_count == 1
 
 
-@pytest.mark.parametrize("rays", [None, 2], ids=["exact", "sampled"])
+@pytest.mark.parametrize("rays", [None, "separable", 2], ids=["exact", "separable", "sampled"])
 def test_correspondence_path_has_no_graph_breaks(table, tiny_carm, rays):
     window = window_of(table, tiny_carm)
     explanation = torch._dynamo.explain(correspondence_path)(table, tiny_carm, window, rays)
@@ -108,7 +111,7 @@ def test_compiled_render_gradient_equals_eager(tiny_carm, make_phantom_hu):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rays", [None, 2], ids=["exact", "sampled"])
+@pytest.mark.parametrize("rays", [None, 2], ids=["exact", "sampled"])  # the separable path is the exact one's, less
 def test_compiled_correspondence_equals_eager(table, tiny_carm, rays):
     window = window_of(table, tiny_carm)
     eager = correspondence_path(table, tiny_carm, window, rays)

@@ -49,6 +49,24 @@ def assert_same_batch(a: DRRBatch, b: DRRBatch) -> None:
 # Batches
 
 
+def test_separable_footprints_reach_the_sampler_and_keep_the_default_fingerprint(small_ct):
+    """``footprint="separable"`` gives the library's separable matrix of the same crops; the default (exact)
+    leaves the configuration's fingerprint as it was before the option existed."""
+    sampler = make(small_ct, augmentation=None, footprint="separable")
+    batch = next(iter(sampler))
+    edge = (batch.params.coarse_factor[:, 0].double() * 6.0).tolist()
+    for i in range(len(edge)):
+        crop = small_ct.crop(batch.crop_start[i].tolist(), batch.crop_stop[i].tolist())
+        expected = patch_correspondence(crop, batch.carm.select(i), patch_size=8, coarse_voxel_size=edge[i],
+                                        footprint="separable")
+        torch.testing.assert_close(batch.correspondence[i : i + 1], expected, atol=1e-5, rtol=1e-4)
+        exact = patch_correspondence(crop, batch.carm.select(i), patch_size=8, coarse_voxel_size=edge[i])
+        assert not torch.equal(expected, exact)
+    default = make(small_ct, augmentation=None).config
+    assert "footprint" not in default.describe() and "footprint" in sampler.config.describe()
+    assert default.fingerprint() != sampler.config.fingerprint()
+
+
 def test_batch_shapes_ranges_and_consistency_with_the_library(small_ct):
     sampler = make(small_ct, augmentation=None, rays_per_patch=3)
     batch = next(iter(sampler))

@@ -67,6 +67,8 @@ def test_config_is_frozen_validated_and_normalised():
         (dict(max_redraws=MAX_REDRAWS + 1), "max_redraws"),
         (dict(max_redraws=-1), "max_redraws"),
         (dict(rays_per_patch=10**6), "rays_per_patch"),
+        (dict(footprint="hexagon"), "footprint"),
+        (dict(footprint="separable", rays_per_patch=2), "rays_per_patch, footprint"),
         (dict(pixel_spacing=float("inf")), "pixel_spacing"),
         (dict(layout="biplanar"), "layout"),
         (dict(layout=BiplanarViews(), views=3), "views"),

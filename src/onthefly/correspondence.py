@@ -12,8 +12,10 @@ views are concatenated view-major, token ``a*N + i`` is patch ``i`` of view ``a`
 3. Footprint ``p_a^v[i]`` of coarse voxel ``v`` in view ``a``: the integral
    over patch ``i`` of the length (mm) of the rays inside the voxel's box,
    normalised so that ``max_i p_a^v[i] = 1``. Exact by default (closed form,
-   :mod:`onthefly.footprints`); ``rays_per_patch=m`` samples ``m x m`` rays per
-   patch instead (an approximation).
+   :mod:`onthefly.footprints`); ``footprint="separable"`` approximates it by
+   the product of its exact row and column marginals (about half the time);
+   ``rays_per_patch=m`` samples ``m x m`` rays per patch instead (an
+   approximation).
 4. ``C[a*N+i, b*N+j] = max_v w_v p_a^v[i] p_b^v[j]`` for all view pairs.
 
 The cameras are the rendering cameras (:class:`~onthefly.geometry.CArm`).
@@ -56,7 +58,7 @@ from ._checks import (
     check_positive_int,
     check_real,
 )
-from .footprints import footprint_bytes_per_voxel, footprint_window, voxel_footprints
+from .footprints import FOOTPRINTS, footprint_bytes_per_voxel, footprint_window, voxel_footprints
 from .geometry import CArm, project_points
 from .volume import Volume, VolumeBatch, as_volume_batch
 
@@ -494,6 +496,7 @@ def patch_correspondence(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     window: int | None = None,
     compile: bool = False,
+    footprint: str = "exact",
 ) -> Tensor:
     """Patch correspondence matrices between all views of each sample.
 
@@ -508,9 +511,9 @@ def patch_correspondence(
         air_threshold_hu: voxels at or below this HU are air (weight 0).
         coarse_voxel_size: coarse voxel edge in mm (default: ``k dx sid / sdd``,
             the smallest over each sample's views), at most the volume's extent.
-        rays_per_patch: ``None`` (default) for exact footprints; an int ``m``
-            samples ``m x m`` rays per patch instead, an approximation (see
-            :mod:`onthefly.footprints` for its error).
+        rays_per_patch: ``None`` (default) for closed-form footprints (``footprint``);
+            an int ``m`` samples ``m x m`` rays per patch instead, an
+            approximation (see :mod:`onthefly.footprints` for its error).
         mu_water: attenuation of water (1/mm) to read HU back from attenuation
             (default :data:`~onthefly.volume.MU_WATER_PER_MM`; a batch keeps its own).
         memory_budget: bytes of intermediate tensors per voxel chunk; a call
@@ -521,6 +524,10 @@ def patch_correspondence(
             affines back when they live on a device). Smaller values cut shadows short.
         compile: run the computation through ``torch.compile`` (compiled once
             per shape, then cached; every coarse voxel is processed, air too).
+        footprint: ``"exact"`` (default) or ``"separable"``, the product of the
+            exact footprint's row and column marginals: about half the time, IoU
+            0.99 at ``C >= 0.5`` against many rays on crops of the bundled CT
+            (:mod:`onthefly.footprints`). Only with ``rays_per_patch=None``.
 
     Returns:
         ``(B, V*N, V*N)`` in ``[0, 1]``, symmetric, ``N = (H/k) (W/k)``.
@@ -543,8 +550,12 @@ def patch_correspondence(
         )
     if coarse_voxel_size is not None:
         check_real("coarse_voxel_size", coarse_voxel_size, low=MIN_LENGTH_MM, high=MAX_LENGTH_MM, unit="mm")
+    check_choice("footprint", footprint, FOOTPRINTS)
     if rays_per_patch is not None:
         rays_per_patch = check_positive_int("rays_per_patch", rays_per_patch)
+        if footprint != "exact":
+            raise ValueError(f"rays_per_patch, footprint: sampled footprints (rays_per_patch={rays_per_patch}) "
+                             f"cannot be {footprint!r}; give one of the two")
     if window is not None:
         window = check_int("window", window, minimum=1)
     if not isinstance(compile, bool):
@@ -556,7 +567,7 @@ def patch_correspondence(
     chunk = _voxel_chunk(views, window, rays_per_patch, memory_budget)
     carm = carm.to(device=coarse.device, dtype=torch.float32)
     core = _compiled_correspondence() if compile else _correspondence
-    return core(coarse.weight, coarse.affine, carm, patch_size, window, rays_per_patch, chunk)
+    return core(coarse.weight, coarse.affine, carm, patch_size, window, rays_per_patch, chunk, footprint)
 
 
 def _coarse_weights(volume, carm: CArm, patch_size: int, weighting: str, air_threshold_hu: float,
@@ -618,7 +629,7 @@ def _compiled_correspondence():
 
 
 def _correspondence(weight: Tensor, affine: Tensor, carm: CArm, patch_size: int, window: int,
-                    rays_per_patch: int | None, chunk: int) -> Tensor:
+                    rays_per_patch: int | None, chunk: int, footprint: str = "exact") -> Tensor:
     """``(B, V*N, V*N)`` from pooled weights ``(B, d, h, w)``, their affines ``(B, 4, 4)`` and float32 cameras."""
     batch = weight.shape[0]
     views = carm.batch_shape[1]
@@ -634,7 +645,8 @@ def _correspondence(weight: Tensor, affine: Tensor, carm: CArm, patch_size: int,
     for first in range(0, sample.shape[0], chunk):
         part = slice(first, first + chunk)
         values, patches = voxel_footprints(centre[part], edges, camera[part], carm, patch_size=patch_size,
-                                           window=window, rays_per_patch=rays_per_patch, edge_index=sample[part])
+                                           window=window, rays_per_patch=rays_per_patch, edge_index=sample[part],
+                                           footprint=footprint)
         _scatter_outer_max(result, sample[part], voxel_weight[part], values, patches, views, n_patches)
     return result.view(batch, tokens, tokens)
 
@@ -673,13 +685,35 @@ def _coarse_voxels(weight: Tensor, affine: Tensor, *, compact: bool) -> tuple[Te
 def _scatter_outer_max(
     result: Tensor, sample: Tensor, weight: Tensor, values: Tensor, patches: Tensor, views: int, n_patches: int
 ) -> None:
-    """``result.flat[b, a*N+i, c*N+j] = max(., w * p_a[i] * p_c[j])`` for all view pairs, in place."""
+    """``result.flat[b, a*N+i, c*N+j] = max(., w * p_a[i] * p_c[j])`` for all view pairs, in place.
+
+    Eagerly, voxels whose footprint covers at most :data:`_FEW_PATCHES` patches
+    in every view (most of them) scatter just those (a third of the products).
+    """
+    if not torch.compiler.is_compiling() and values.shape[-1] > _FEW_PATCHES and values.shape[0]:
+        few = ((values > 0).sum(-1) <= _FEW_PATCHES).all(-1)  # (n,)
+        many = torch.nonzero(~few)[:, 0]
+        if len(many) < values.shape[0]:
+            keep = torch.nonzero(few)[:, 0]
+            position = values[keep].topk(_FEW_PATCHES, dim=-1).indices
+            _scatter_products(result, sample[keep], weight[keep], values[keep].gather(-1, position),
+                              patches[keep].gather(-1, position), views, n_patches)
+            sample, weight, values, patches = sample[many], weight[many], values[many], patches[many]
+    _scatter_products(result, sample, weight, values, patches, views, n_patches)
+
+
+_FEW_PATCHES = 4  # a coarse voxel's shadow usually covers at most 2 x 2 patches of a view
+
+
+def _scatter_products(result: Tensor, sample: Tensor, weight: Tensor, values: Tensor, patches: Tensor, views: int,
+                      n_patches: int) -> None:
+    """The scatter of :func:`_scatter_outer_max` for ``values, patches (n, V, E)``."""
     tokens = views * n_patches
+    entries = views * values.shape[-1]
     view_offset = torch.arange(views, device=values.device)[None, :, None] * n_patches
-    token = patches + view_offset  # (n, V, T)
-    flat_token = token.reshape(token.shape[0], -1)  # (n, V*T)
-    flat_value = values.reshape(values.shape[0], -1)
-    products = weight[:, None, None] * flat_value[:, :, None] * flat_value[:, None, :]  # (n, VT, VT)
+    flat_token = (patches + view_offset).reshape(patches.shape[0], entries)  # (n, V*E)
+    flat_value = values.reshape(values.shape[0], entries)
+    products = weight[:, None, None] * flat_value[:, :, None] * flat_value[:, None, :]  # (n, VE, VE)
     index = sample[:, None, None] * (tokens * tokens) + flat_token[:, :, None] * tokens + flat_token[:, None, :]
     result.scatter_reduce_(0, index.reshape(-1), products.reshape(-1).to(result.dtype), reduce="amax", include_self=True)
 

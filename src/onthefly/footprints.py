@@ -6,7 +6,7 @@ box: mm of path times detector area. :func:`voxel_footprints` returns it for
 a window of ``K x K`` patches around each voxel's projection, normalised so
 that its largest entry (over the detector's patches) is 1.
 
-Two ways to compute it:
+Three ways to compute it:
 
 **Exact** (the default): each voxel is seen through its *paraxial camera*,
 the affine map that best fits (least squares) the perspective projections of
@@ -34,6 +34,19 @@ one patch holds 0.1 % of the voxel's shadow and fade continuously to 0
 below that (sampled footprints alike, with the whole shadow estimated from
 the voxel's volume and magnification).
 
+**Separable** (``footprint="separable"``): the same paraxial shadow, with
+each patch integral taken as the product of the shadow's two exact marginals
+(the share of the shadow between the patch's row boundaries times the share
+between its column boundaries), the idea of the separable-footprint CT
+projectors (Long, Fessler and Balter, IEEE TMI 2010) with exact marginals in
+place of their trapezoids. Exact where every projected edge is parallel to
+a detector axis; elsewhere it ignores the shear of the shadow. It skips the
+two-plane volumes, about half the time of the exact footprints. On crops of
+the bundled CT at the sampler's scale the matrix's IoU at ``C >= 0.5`` with
+64 x 64 rays per patch was 0.991 (exact: 0.998), and 0.996 with the exact
+matrix on a sampler batch (mean difference 1e-3 where ``C > 0.05``, largest
+0.27).
+
 **Sampled** (``rays_per_patch=m``): ``m x m`` rays through the centres of an
 ``m x m`` split of each patch, each ray's chord through the box by the slab
 method. An approximation, converging as ``m`` grows: on a sampler batch of the
@@ -60,7 +73,10 @@ from torch import Tensor
 from .geometry import CArm
 
 __all__ = ["voxel_footprints", "footprint_window", "cube_volume_below_plane", "cube_volume_below_planes",
-           "footprint_bytes_per_voxel"]
+           "footprint_bytes_per_voxel", "FOOTPRINTS"]
+
+#: Closed-form footprint methods (``rays_per_patch=None``): the exact one and its separable approximation.
+FOOTPRINTS = ("exact", "separable")
 
 # Offsets of the 8 corners of a voxel (index units, about its centre); axis k of corner c is _CORNERS[c, k].
 _CORNERS = torch.tensor(list(itertools.product((-0.5, 0.5), repeat=3)), dtype=torch.float64)
@@ -100,7 +116,7 @@ def _projected_shared_corners(centre: Tensor, edges: Tensor, edge_index: Tensor,
     offsets = _CORNERS.to(centre.device) @ edges.transpose(-1, -2)  # (E, 8, 3) world mm
     shared = (offsets[None, :, None, :, None, :] * matrices[:, None, :, None, :, :3]).sum(-1)  # (Bc, E, V, 8, 3)
     voxel = matrices[camera]  # (n, V, 3, 4)
-    centres = (centre[:, None, None, :] * voxel[..., :3]).sum(-1) + voxel[..., 3]  # (n, V, 3)
+    centres = torch.einsum("nk,nvjk->nvj", centre, voxel[..., :3]) + voxel[..., 3]  # (n, V, 3)
     projected = centres[:, :, None, :] + shared[camera, edge_index]  # (n, V, 8, 3)
     depth = projected[..., 2]
     return projected[..., :2] / depth.clamp_min(1e-9)[..., None], depth
@@ -410,6 +426,7 @@ def voxel_footprints(
     window: int,
     rays_per_patch: int | None = None,
     edge_index: Tensor | None = None,
+    footprint: str = "exact",
 ) -> tuple[Tensor, Tensor]:
     """Normalised footprints of voxels in every view, on a ``window x window`` patch window.
 
@@ -424,6 +441,8 @@ def voxel_footprints(
         edge_index: ``(n,)``: ``edges`` is then ``(E, 3, 3)``, shared by the voxels
             (voxel ``i`` has ``edges[edge_index[i]]``, as all voxels of one grid do);
             their corners are projected once per camera and edge set.
+        footprint: ``"exact"`` or ``"separable"`` (see the module's text), for
+            ``rays_per_patch=None``; ignored by the sampled footprints.
 
     Returns:
         ``values (n, V, K*K)`` float32 in ``[0, 1]`` (largest entry 1 unless the
@@ -448,7 +467,7 @@ def voxel_footprints(
     if rays_per_patch is None:
         centre_pixel, projected_edges = _paraxial(pixels)
         integrals = _exact_integrals(centre_pixel, projected_edges, window_rows, window_cols, patch_size,
-                                     compact=not torch.compiler.is_compiling())
+                                     compact=not torch.compiler.is_compiling(), separable=footprint == "separable")
     else:
         integrals = _sampled_integrals(centre, edges, camera, carm, window_rows, window_cols, patch_size, rays_per_patch)
     integrals = torch.where(valid, integrals, 0.0).flatten(-2)  # (n, V, K*K)
@@ -471,7 +490,7 @@ def _sampled_shadow(edges: Tensor, depth: Tensor, camera: Tensor, carm: CArm, pa
 
 
 def _exact_integrals(centre: Tensor, edges: Tensor, window_rows: Tensor, window_cols: Tensor, patch_size: int,
-                     compact: bool) -> Tensor:
+                     compact: bool, separable: bool = False) -> Tensor:
     """``(n, V, K, K)`` patch integrals of the paraxial footprint (unnormalised, voxel volume 1).
 
     Patch integrals are differences of the quadrant integrals at the window's
@@ -480,7 +499,9 @@ def _exact_integrals(centre: Tensor, edges: Tensor, window_rows: Tensor, window_
     one plane where a boundary crosses the shadow's bounding box in one axis,
     two planes where both do. ``compact`` evaluates those volumes only where a
     boundary crosses the shadow (data-dependent sizes, for the eager path);
-    otherwise everywhere (static shapes, same values).
+    otherwise everywhere (static shapes, same values). ``separable`` takes each
+    inner quadrant as the product of its two marginal shares instead (equal to the
+    two-plane volume wherever a boundary misses the shadow).
     """
     n, views, window = window_rows.shape
     boundary = torch.arange(1, window, device=centre.device, dtype=torch.float64) * patch_size - 0.5
@@ -492,7 +513,10 @@ def _exact_integrals(centre: Tensor, edges: Tensor, window_rows: Tensor, window_
     reach = 0.5 * edges.abs().sum(1)  # (M, 2) half-extent of the shadow
     row_share = _marginal(rows, row_offsets, reach[:, 0, None], compact)  # (M, K-1): the share above each boundary
     col_share = _marginal(cols, col_offsets, reach[:, 1, None], compact)
-    inner = _corners(rows, cols, row_offsets, col_offsets, reach, row_share, col_share, compact)  # (M, K-1, K-1)
+    if separable:
+        inner = row_share[:, :, None] * col_share[:, None, :]  # (M, K-1, K-1)
+    else:
+        inner = _corners(rows, cols, row_offsets, col_offsets, reach, row_share, col_share, compact)
     last_row = torch.cat([col_share, torch.ones_like(col_share[:, :1])], 1)[:, None]
     quadrant = torch.cat([torch.cat([inner, row_share[:, :, None]], 2), last_row], 1)
     quadrant = torch.nn.functional.pad(quadrant, (1, 0, 1, 0))  # nothing below the first boundaries

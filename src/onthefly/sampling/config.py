@@ -20,6 +20,7 @@ from .._checks import OMIT_WHEN, check_choice, check_positive_int
 from ..augment import Augmentation
 from ..correspondence import WEIGHTINGS
 from ..display import Display, as_display
+from ..footprints import FOOTPRINTS
 from ..distributions import CardinalAngles, Distribution, as_distribution
 from ..fractures import FractureConfig
 from ..projector import METHODS
@@ -96,6 +97,10 @@ class SamplerConfig:
         rays_per_patch: ``None`` for the exact footprints (the default), else the
             sampled footprints' rays per patch side, an approximation
             (:func:`~onthefly.correspondence.patch_correspondence`).
+        footprint: ``"exact"`` (the default) or ``"separable"``, the product of
+            the exact footprint's marginals: about half the correspondence
+            time, IoU 0.99 at ``C >= 0.5`` against many rays
+            (:mod:`onthefly.footprints`). Only with ``rays_per_patch=None``.
         min_tissue_fraction: a crop whose non-air fraction is lower is redrawn.
         min_projection_fraction: a sample with a view in which tissue covers a
             smaller share of the patches is redrawn.
@@ -151,6 +156,7 @@ class SamplerConfig:
     correspondence: bool = True
     fractures: FractureConfig | None = None
     display: str | Display = field(default="minmax", metadata={OMIT_WHEN: Display()})
+    footprint: str = field(default="exact", metadata={OMIT_WHEN: "exact"})
     method: str = "trilinear"
     mu_water: float = MU_WATER_PER_MM
     shard: bool | None = None
@@ -218,6 +224,10 @@ class SamplerConfig:
             check_positive_int("rays_per_patch", self.rays_per_patch)
             if self.rays_per_patch > 64:
                 raise ValueError(f"rays_per_patch: expected at most 64 rays per patch side, got {self.rays_per_patch}")
+        check_choice("footprint", self.footprint, FOOTPRINTS)
+        if self.rays_per_patch is not None and self.footprint != "exact":
+            raise ValueError(f"rays_per_patch, footprint: sampled footprints (rays_per_patch={self.rays_per_patch}) "
+                             f"cannot be {self.footprint!r}; give one of the two")
         for name in ("min_tissue_fraction", "min_projection_fraction"):
             set_(self, name, _number(name, getattr(self, name), low=0.0, high=1.0))
         redraws = self.max_redraws
@@ -298,7 +308,8 @@ class SamplerConfig:
 
         ``compile`` is left out: it changes how a batch is computed, not what it holds; so are settings added
         after the first version while they hold the value that version behaved as (``OMIT_WHEN`` in a field's
-        metadata: ``display="minmax"``, ``FractureConfig(paired=False)``), so earlier settings keep their fingerprint.
+        metadata: ``display="minmax"``, ``footprint="exact"``, ``FractureConfig(paired=False)``), so earlier
+        settings keep their fingerprint.
         """
         return {item.name: describe(getattr(self, item.name)) for item in dataclasses.fields(self)
                 if item.name != "compile" and not _omitted(item, getattr(self, item.name))}

@@ -183,7 +183,7 @@ class BatchMaker:
             coarse = self.store.pooled_weights(params.volume_index, params.crop_start, params.crop_stop,
                                                params.coarse_factor)
             return patch_correspondence(coarse, carm, patch_size=config.patch_size,
-                                        rays_per_patch=config.rays_per_patch)
+                                        rays_per_patch=config.rays_per_patch, footprint=config.footprint)
         # Static shapes for torch.compile: the grid that holds any crop's, and a footprint window that only grows
         # (a larger window gives the same matrix; a new one means one more compilation).
         grid = config.coarse_grid()
@@ -193,7 +193,7 @@ class BatchMaker:
                                   config.patch_size)
         self.window = max(self.window, needed)
         return patch_correspondence(coarse, carm, patch_size=config.patch_size, rays_per_patch=config.rays_per_patch,
-                                    window=self.window, compile=True)
+                                    window=self.window, compile=True, footprint=config.footprint)
 
     def _augment(self, params: SampleParams, images: Tensor, correspondence: Tensor | None,
                  projected: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
