@@ -19,9 +19,18 @@ Rows (each: warm-up, then the median of timed calls, with device synchronisation
   trunk, 8 layers of d = 512; ``--quick``: the small backbone, 2 layers):
   run when the sampler and models import; otherwise the row is skipped with
   the reason.
+* ``training, batch in the step`` and ``training, prefetched``: the same
+  model trained on the sampler's stream (``train_batch`` samples per step),
+  each batch made inside the step or by :class:`onthefly.Prefetcher` (depth 2:
+  a side stream on a GPU): seconds per step, to set beside the sampler batch
+  and the training step alone.
 
-Results: a JSON file (``--output``) and a Markdown table on stdout. Timings
-taken while other processes compute are indicative only.
+Eager rows run first, compiled rows last; a compiled row that would start
+after ``--budget-s`` seconds is skipped (compiling is the slow part), so the
+run fits a fixed allowance of device time. Each finished row is printed at
+once and the JSON file (``--output``) is rewritten after every row, so a run
+cut short keeps what it measured. Timings taken while other processes compute
+are indicative only.
 """
 
 from __future__ import annotations
@@ -94,31 +103,66 @@ def crops_and_cameras(ct: otf.Volume, batch: int, views: int, settings: dict, de
     return volume, start, stop, carm
 
 
-def render_rows(ct, settings, device, generator, compile_rows: bool) -> list[dict]:
-    rows = []
+class Report:
+    """Rows as they finish: printed at once, the JSON file rewritten after each; compiled rows within a budget."""
+
+    def __init__(self, output: Path, header: dict, budget_s: float, compile_rows: bool) -> None:
+        self.output, self.header, self.budget_s, self.compile_rows = output, header, budget_s, compile_rows
+        self.start = time.perf_counter()
+        self.rows: list[dict] = []
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def skip_compiled(self) -> str | None:
+        """Why a compiled row is not measured, or ``None``."""
+        if not self.compile_rows:
+            return NOT_COMPILED
+        if self.elapsed() > self.budget_s:
+            return f"not compiled: {self.elapsed():.0f} s spent, past --budget-s {self.budget_s:g}"
+        return None
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        print(f"[{self.elapsed():6.1f} s] {format_row(row)}", flush=True)
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        report = self.header | {"total_seconds": self.elapsed(), "rows": self.rows}
+        self.output.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def format_row(row: dict) -> str:
+    if row["status"] != "ok":
+        return f"{row['name']}: skipped ({row['reason']})"
+    rate = f", {row['drrs_per_second']:.4g} DRR/s" if "drrs_per_second" in row else ""
+    size = row.get("views_total", row.get("batch", ""))
+    first = "" if row["first_call_seconds"] is None else f" (first call {row['first_call_seconds']:.3g} s)"
+    return f"{row['name']} [{size}]: {row['seconds']:.4g} s{first}{rate}"
+
+
+def render_rows(ct, settings, device, report: Report, mode: str) -> None:
+    generator = torch.Generator().manual_seed(0)  # the same crops and cameras for eager and compiled rows
     for total in settings["views"]:
         views = 1 if total == 1 else 2
         volume, _, _, carm_host = crops_and_cameras(ct, total // views, views, settings, device, generator)
         carm = carm_host.to(device=device, dtype=torch.float32)
         for precision, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+            name = f"render {mode} {precision}"
+            reason = report.skip_compiled() if mode == "compiled" else None
+            if reason is not None:
+                report.add(skipped(name, reason, {"views_total": total}))
+                continue
             batch = otf.VolumeBatch(attenuation=volume.attenuation.to(dtype), affine=volume.affine, validate=False)
-            for mode in ("eager", "compiled"):
-                name = f"render {mode} {precision}"
-                if mode == "compiled" and not compile_rows:
-                    rows.append(skipped(name, NOT_COMPILED, {"views_total": total}))
-                    continue
 
-                def call():
-                    with torch.no_grad():
-                        return otf.render(batch, carm, compile=mode == "compiled")
+            def call():
+                with torch.no_grad():
+                    return otf.render(batch, carm, compile=mode == "compiled")
 
-                rows.append(measure(name, call, device, settings["repeats"], drrs=total,
-                                    extra={"views_total": total}))
-    return rows
+            report.add(measure(name, call, device, settings["repeats"], drrs=total, extra={"views_total": total}))
 
 
-def correspondence_rows(ct, settings, device, generator, compile_rows: bool) -> list[dict]:
+def correspondence_rows(ct, settings, device, report: Report, mode: str) -> None:
     batch = settings["correspondence_batch"]
+    generator = torch.Generator().manual_seed(1)
     _, start, stop, carm_host = crops_and_cameras(ct, batch, 2, settings, device, generator)
     table = WeightIntegral(ct, device=device)
     backprojected = settings["patch"] * settings["pixel_spacing"] * 850.0 / 1050.0
@@ -128,38 +172,42 @@ def correspondence_rows(ct, settings, device, generator, compile_rows: bool) -> 
     pooled = table.pool(index, start, stop, factor, grid_shape=grid)
     window = footprint_window(carm_host, pooled.affine, grid, settings["patch"])
     carm = carm_host.to(device=device, dtype=torch.float32)
-    rows = []
-    for mode in ("eager", "compiled"):
-        name = "correspondence from tables" + (" (compiled)" if mode == "compiled" else "")
-        if mode == "compiled" and not compile_rows:
-            rows.append(skipped(name, NOT_COMPILED))
-            continue
+    name = "correspondence from tables" + (" (compiled)" if mode == "compiled" else "")
+    reason = report.skip_compiled() if mode == "compiled" else None
+    if reason is not None:
+        report.add(skipped(name, reason))
+        return
 
-        def call():
-            coarse = table.pool(index, start, stop, factor, grid_shape=grid)
-            return patch_correspondence(coarse, carm, patch_size=settings["patch"], window=window,
-                                        compile=mode == "compiled")
+    def call():
+        coarse = table.pool(index, start, stop, factor, grid_shape=grid)
+        return patch_correspondence(coarse, carm, patch_size=settings["patch"], window=window,
+                                    compile=mode == "compiled")
 
-        rows.append(measure(name, call, device, settings["repeats"], extra={"batch": batch, "views": 2, "window": window}))
-    return rows
+    report.add(measure(name, call, device, settings["repeats"], extra={"batch": batch, "views": 2, "window": window}))
 
 
-def sampler_rows(ct, settings, device, quick: bool) -> list[dict]:
+def make_sampler(ct, settings, device, batch_size: int):
+    return otf.DRRCorrespondenceSampler(
+        volumes=[ct], views=2, batch_size=batch_size, image_size=settings["detector"],
+        patch_size=settings["patch"], crop_size=settings["crop_mm"], spacing=settings["spacing_mm"],
+        device=device, min_tissue_fraction=0.0, min_projection_fraction=0.0,
+    )
+
+
+def sampler_rows(ct, settings, device, quick: bool, report: Report) -> None:
     try:
-        sampler = otf.DRRCorrespondenceSampler(
-            volumes=[ct], views=2, batch_size=settings["sampler_batch"], image_size=settings["detector"],
-            patch_size=settings["patch"], crop_size=settings["crop_mm"], spacing=settings["spacing_mm"],
-            device=device, min_tissue_fraction=0.0, min_projection_fraction=0.0,
-        )
+        sampler = make_sampler(ct, settings, device, settings["sampler_batch"])
     except (ImportError, AttributeError, TypeError, ValueError) as error:
-        return [skipped("sampler batch", f"the sampler did not build here: {type(error).__name__}: {error}")]
+        report.add(skipped("sampler batch", f"the sampler did not build here: {type(error).__name__}: {error}"))
+        return
     steps = iter(range(10**6))
-    rows = [measure("sampler batch", lambda: sampler.sample(next(steps)), device, settings["repeats"],
-                    extra={"batch": settings["sampler_batch"], "views": 2})]
+    report.add(measure("sampler batch", lambda: sampler.sample(next(steps)), device, settings["repeats"],
+                       extra={"batch": settings["sampler_batch"], "views": 2}))
     try:
         from onthefly.models.correspondence import CorrespondenceConfig, CorrespondenceModel
     except ImportError as error:
-        return rows + [skipped("training step", f"the model does not import: {error}")]
+        report.add(skipped("training step", f"the model does not import: {error}"))
+        return
     config = CorrespondenceConfig(backbone="small", patch_size=settings["patch"], d_model=64, heads=4, layers=2,
                                   mlp=128) if quick else CorrespondenceConfig()
     model = CorrespondenceModel(config).to(device)
@@ -168,15 +216,41 @@ def sampler_rows(ct, settings, device, quick: bool) -> list[dict]:
     images = batch.images[: settings["train_batch"]]
     target = batch.correspondence[: settings["train_batch"]]
 
-    def step():
+    def step(images=images, target=target):
         optimizer.zero_grad(set_to_none=True)
         loss = torch.nn.functional.mse_loss(model(images).float(), target)
         loss.backward()
         optimizer.step()
+        return loss.detach()
 
-    rows.append(measure("training step", step, device, settings["repeats"],
-                        extra={"batch": settings["train_batch"], "model": "small" if quick else "paper (ResNet-50-D, 8 x 512)"}))
-    return rows
+    model_name = "small" if quick else "paper (ResNet-50-D, 8 x 512)"
+    report.add(measure("training step", step, device, settings["repeats"],
+                       extra={"batch": settings["train_batch"], "model": model_name}))
+    # The same steps on the stream: each batch made inside the step, then by the prefetcher.
+    stream = make_sampler(ct, settings, device, settings["train_batch"])
+    count = settings["repeats"] + 2
+
+    def train(batches) -> float:
+        """Seconds per step over the last ``count - 1`` of ``count`` steps (the first starts the stream)."""
+        total = torch.zeros((), device=device)
+        start = None
+        for index, made in zip(range(count), batches):
+            if index == 1:
+                synchronize(device)
+                start = time.perf_counter()
+            total += step(made.images, made.correspondence)  # summed on the device: no host read per step
+        synchronize(device)
+        return (time.perf_counter() - start) / (count - 1)
+
+    extra = {"batch": settings["train_batch"], "model": model_name, "steps": count - 1}
+    for name, batches in (("training, batch in the step", lambda: (stream.sample(s) for s in range(10**6))),
+                          ("training, prefetched", lambda: iter(otf.Prefetcher(stream, depth=2, start=0)))):
+        try:
+            seconds = train(batches())
+        except (RuntimeError, torch.OutOfMemoryError) as error:
+            report.add(skipped(name, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}", extra))
+            continue
+        report.add({"name": name, "status": "ok", "seconds": seconds, "first_call_seconds": None} | extra)
 
 
 def measure(name: str, call, device, repeats: int, *, drrs: int | None = None, extra: dict | None = None) -> dict:
@@ -201,8 +275,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="measure the compiled rows (default: yes, except --quick on a CPU, where compiling "
                              "takes minutes)")
+    parser.add_argument("--budget-s", type=float, default=300.0,
+                        help="skip the compiled rows that would start after this many seconds (default 300)")
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results" / "gpu.json")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not math.isfinite(args.budget_s) or args.budget_s < 0:
+        parser.error(f"--budget-s: expected a number of seconds >= 0, got {args.budget_s}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,29 +291,28 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks/gpu.py: no CUDA device here; run with --device cpu (and --quick for a smoke test)")
         return 2
     settings = QUICK if args.quick else FULL
-    generator = torch.Generator().manual_seed(0)
     ct = otf.example_volume(labels=False).resample(settings["spacing_mm"])
     compile_rows = args.compile if args.compile is not None else not (args.quick and device.type == "cpu")
-    start = time.perf_counter()
-    rows = render_rows(ct, settings, device, generator, compile_rows)
-    rows += correspondence_rows(ct, settings, device, generator, compile_rows)
-    rows += sampler_rows(ct, settings, device, args.quick)
-    report = {"machine": machine_info(), "device": str(device), "quick": args.quick, "settings": settings,
-              "total_seconds": time.perf_counter() - start, "rows": rows}
+    header = {"machine": machine_info(), "device": str(device), "quick": args.quick, "settings": settings}
     if device.type == "cuda":
-        report["gpu"] = torch.cuda.get_device_name(device)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+        header["gpu"] = torch.cuda.get_device_name(device)
+    report = Report(args.output, header, args.budget_s, compile_rows)
+    render_rows(ct, settings, device, report, "eager")
+    correspondence_rows(ct, settings, device, report, "eager")
+    sampler_rows(ct, settings, device, args.quick, report)
+    render_rows(ct, settings, device, report, "compiled")
+    correspondence_rows(ct, settings, device, report, "compiled")
+    print()
     print(markdown_table(
         ["row", "views / batch", "median s", "first call s", "DRR/s", "note"],
         [[row["name"], str(row.get("views_total", row.get("batch", ""))),
           f"{row['seconds']:.4g}" if row["status"] == "ok" else "—",
-          f"{row['first_call_seconds']:.3g}" if row["status"] == "ok" else "—",
+          f"{row['first_call_seconds']:.3g}" if row.get("first_call_seconds") is not None else "—",
           f"{row['drrs_per_second']:.4g}" if "drrs_per_second" in row else "—",
-          row.get("reason", "")] for row in rows],
+          row.get("reason", "")] for row in report.rows],
         align=["l", "r", "r", "r", "r", "l"],
     ))
-    print(f"total {report['total_seconds']:.1f} s; JSON: {args.output}")
+    print(f"total {report.elapsed():.1f} s; JSON: {args.output}")
     return 0
 
 

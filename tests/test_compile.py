@@ -137,12 +137,38 @@ def test_gpu_benchmark_smoke_run(tmp_path):
     rows = json.loads(output.read_text())["rows"]
     names = {row["name"] for row in rows}
     assert {"render eager float32", "render eager bfloat16", "correspondence from tables"} <= names
+    assert {"training, batch in the step", "training, prefetched"} <= names
     for row in rows:
         assert row["status"] in ("ok", "skipped"), row
         if row["status"] == "ok":
             assert math.isfinite(row["seconds"]) and row["seconds"] > 0
         else:
             assert row["reason"]
+    # Eager rows first, compiled last; the lines printed as rows finish name every row.
+    modes = ["compiled" in row["name"] for row in rows]
+    assert modes == sorted(modes)
+    assert all(row["name"] in completed.stdout for row in rows)
+
+
+def test_gpu_benchmark_skips_compiled_rows_past_its_budget(tmp_path):
+    """``--budget-s 0``: every compiled row is skipped, saying why; the eager rows still run."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.py"
+    output = tmp_path / "gpu.json"
+    completed = subprocess.run([sys.executable, str(script), "--device", "cpu", "--quick", "--compile", "--budget-s",
+                                "0", "--output", str(output)], capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = json.loads(output.read_text())["rows"]
+    compiled = [row for row in rows if "compiled" in row["name"]]
+    assert compiled and all(row["status"] == "skipped" and "--budget-s" in row["reason"] for row in compiled)
+    assert any(row["status"] == "ok" for row in rows if "compiled" not in row["name"])
+    refused = subprocess.run([sys.executable, str(script), "--device", "cpu", "--budget-s", "-1"],
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "--budget-s" in refused.stderr
 
 
 @pytest.mark.slow
