@@ -311,6 +311,19 @@ def test_patch_correspondence_huge_rays_per_patch_is_refused_before_allocating()
         patch_correspondence(small_volume(), small_carm(), rays_per_patch=10**6)
 
 
+def test_correspondence_memory_budget_defaults_by_device_and_is_checked():
+    from onthefly.correspondence import DEFAULT_MEMORY_BUDGET, DEVICE_MEMORY_BUDGET, default_memory_budget
+
+    assert default_memory_budget("cpu") == DEFAULT_MEMORY_BUDGET
+    assert default_memory_budget(torch.device("cuda", 0)) == default_memory_budget("mps") == DEVICE_MEMORY_BUDGET
+    assert DEVICE_MEMORY_BUDGET > DEFAULT_MEMORY_BUDGET
+    default = patch_correspondence(small_volume(), small_carm())
+    two_voxels_per_chunk = patch_correspondence(small_volume(), small_carm(), memory_budget=40_000)
+    torch.testing.assert_close(two_voxels_per_chunk, default)
+    with pytest.raises(ValueError, match="memory_budget"):
+        patch_correspondence(small_volume(), small_carm(), memory_budget=0)
+
+
 def test_patch_correspondence_unknown_or_conflicting_footprint_is_refused():
     with pytest.raises(ValueError, match=r"footprint: expected one of \['exact', 'separable'\]"):
         patch_correspondence(small_volume(), small_carm(), footprint="trapezoid")

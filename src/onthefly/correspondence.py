@@ -82,6 +82,8 @@ __all__ = [
 WEIGHTINGS = ("soft", "binary")
 IMAGE_OPERATIONS = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270")
 DEFAULT_MEMORY_BUDGET = 64 * 2**20  # measured fastest on a 2-core CPU (larger chunks leave the cache)
+# On an accelerator each chunk costs a few hundred kernel launches and host reads: fewer, larger chunks.
+DEVICE_MEMORY_BUDGET = 512 * 2**20
 
 
 def voxel_weights(hu: Tensor, *, weighting: str = "soft", air_threshold_hu: float = -900.0) -> Tensor:
@@ -493,7 +495,7 @@ def patch_correspondence(
     coarse_voxel_size: float | None = None,
     rays_per_patch: int | None = None,
     mu_water: float | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    memory_budget: int | None = None,
     window: int | None = None,
     compile: bool = False,
     footprint: str = "exact",
@@ -517,7 +519,9 @@ def patch_correspondence(
         mu_water: attenuation of water (1/mm) to read HU back from attenuation
             (default :data:`~onthefly.volume.MU_WATER_PER_MM`; a batch keeps its own).
         memory_budget: bytes of intermediate tensors per voxel chunk; a call
-            that would need more for a single coarse voxel is refused.
+            that would need more for a single coarse voxel is refused. Default:
+            :data:`DEFAULT_MEMORY_BUDGET` (64 MiB, cache-sized) on the CPU,
+            :data:`DEVICE_MEMORY_BUDGET` (512 MiB) on an accelerator.
         window: patches per side of the window kept around each coarse voxel's
             shadow, a host int (:func:`~onthefly.footprints.footprint_window`;
             default: computed here, which reads the cameras and the coarse grid's
@@ -543,7 +547,8 @@ def patch_correspondence(
     check_positive_int("patch_size", patch_size)
     check_choice("weighting", weighting, WEIGHTINGS)
     air_threshold_hu = check_real("air_threshold_hu", air_threshold_hu, unit="HU")
-    check_positive_int("memory_budget", memory_budget)
+    if memory_budget is not None:
+        check_positive_int("memory_budget", memory_budget)
     if carm.height % patch_size or carm.width % patch_size:
         raise ValueError(
             f"patch_size: expected a divisor of the detector size {carm.height} x {carm.width}, got {patch_size}"
@@ -564,6 +569,8 @@ def patch_correspondence(
     views = carm.batch_shape[1]
     if window is None:
         window = footprint_window(carm, coarse.affine, tuple(coarse.weight.shape[1:]), patch_size)
+    if memory_budget is None:
+        memory_budget = default_memory_budget(coarse.device)
     chunk = _voxel_chunk(views, window, rays_per_patch, memory_budget)
     carm = carm.to(device=coarse.device, dtype=torch.float32)
     core = _compiled_correspondence() if compile else _correspondence
@@ -600,6 +607,12 @@ def _check_batches(volume_batch: int, carm_batch: int) -> None:
             f"volume, carm: mismatched batch sizes, {volume_batch} volumes for {carm_batch} C-arm samples "
             "(expected equal sizes, or one of them 1)"
         )
+
+
+def default_memory_budget(device: torch.device | str) -> int:
+    """Bytes per voxel chunk of :func:`patch_correspondence` by default: cache-sized on the CPU, larger on an
+    accelerator (where each chunk costs kernel launches and host reads, not cache misses)."""
+    return DEFAULT_MEMORY_BUDGET if torch.device(device).type == "cpu" else DEVICE_MEMORY_BUDGET
 
 
 def _voxel_chunk(views: int, window: int, rays_per_patch: int | None, memory_budget: int) -> int:
