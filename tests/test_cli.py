@@ -402,3 +402,22 @@ def test_classifier_display_and_paired_fractures_reach_the_samplers(tiny_run, tm
     assert seen["train"].fractures.paired and not seen["eval"].fractures.paired
     with pytest.raises(SystemExit):
         main(["train", "correspondence", *tiny_run, "--display", "log", "--output", str(tmp_path / "corr")])
+
+
+def test_correspondence_footprint_flag_reaches_both_samplers(tiny_run, tmp_path, monkeypatch):
+    import onthefly.train
+
+    seen = {}
+
+    def capture(model_config, sampler, config, *, eval_sampler=None, **_):
+        seen["train"], seen["eval"] = sampler.config, eval_sampler.config
+        return {}
+
+    monkeypatch.setattr(onthefly.train, "train_correspondence", capture)
+    assert main(["train", "correspondence", *tiny_run, "--footprint", "separable",
+                 "--output", str(tmp_path / "corr")]) in (0, None)
+    assert seen["train"].footprint == seen["eval"].footprint == "separable"
+    assert main(["train", "correspondence", *tiny_run, "--output", str(tmp_path / "corr2")]) in (0, None)
+    assert seen["train"].footprint == seen["eval"].footprint == "exact"
+    with pytest.raises(SystemExit):
+        main(["train", "correspondence", *tiny_run, "--footprint", "hexagon", "--output", str(tmp_path / "corr3")])

@@ -49,6 +49,9 @@ def _add_train_options(parser: argparse.ArgumentParser, task: str = "corresponde
                       help="how line integrals become the views: min-max scaled, or processed as a radiograph "
                            "(local contrast, percentile window)")
     if task == "correspondence":
+        data.add_argument("--footprint", choices=["exact", "separable"], default="exact",
+                          help="correspondence footprints: exact (closed form), or separable (the product of the "
+                               "exact footprint's marginals, about half the correspondence time)")
         model = parser.add_argument_group("model (CorrespondenceConfig)")
         model.add_argument("--model", choices=["small", "paper"], default="paper",
                            help="small: CNN backbone, d 64, 2 layers; paper: ResNet-50 to stride 16, d 512, 8 heads, 8 layers")
@@ -134,7 +137,8 @@ def _samplers_from_args(args: argparse.Namespace, *, train_only: dict | None = N
     held_out = args.eval_angles == "held-out"
     common = dict(views=args.views, image_size=args.image_size, patch_size=args.patch_size,
                   crop_size=args.crop_size, spacing=args.spacing, batch_size=args.batch_size,
-                  device=check_device(args.device), display=getattr(args, "display", "minmax"), **extra)
+                  device=check_device(args.device), display=getattr(args, "display", "minmax"),
+                  footprint=getattr(args, "footprint", "exact"), **extra)
     train_sampler = DRRCorrespondenceSampler(
         volumes=train_volumes, seed=args.seed, **(common | (train_only or {})),
         **({"alpha": (0.0, math.pi)} if held_out else {}))
