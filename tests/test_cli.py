@@ -386,7 +386,8 @@ def test_tensorboard_missing_stops_before_training(tiny_run, tmp_path, capsys, m
     assert not (tmp_path / "run").exists()
 
 
-def test_classifier_display_and_paired_fractures_reach_the_samplers(tiny_run, tmp_path, monkeypatch):
+def _capture_sampler_configs(monkeypatch, trainer: str) -> dict:
+    """Replace ``onthefly.train.<trainer>`` by a stub that records the train and eval samplers' configs."""
     import onthefly.train
 
     seen = {}
@@ -395,7 +396,12 @@ def test_classifier_display_and_paired_fractures_reach_the_samplers(tiny_run, tm
         seen["train"], seen["eval"] = sampler.config, eval_sampler.config
         return {}
 
-    monkeypatch.setattr(onthefly.train, "train_classifier", capture)
+    monkeypatch.setattr(onthefly.train, trainer, capture)
+    return seen
+
+
+def test_classifier_display_and_paired_fractures_reach_the_samplers(tiny_run, tmp_path, monkeypatch):
+    seen = _capture_sampler_configs(monkeypatch, "train_classifier")
     assert main(["train", "classifier", *tiny_run, "--display", "radiograph", "--paired-fractures",
                  "--output", str(tmp_path / "cls")]) in (0, None)
     assert seen["train"].display == seen["eval"].display == onthefly.DISPLAYS["radiograph"]
@@ -405,15 +411,7 @@ def test_classifier_display_and_paired_fractures_reach_the_samplers(tiny_run, tm
 
 
 def test_correspondence_footprint_flag_reaches_both_samplers(tiny_run, tmp_path, monkeypatch):
-    import onthefly.train
-
-    seen = {}
-
-    def capture(model_config, sampler, config, *, eval_sampler=None, **_):
-        seen["train"], seen["eval"] = sampler.config, eval_sampler.config
-        return {}
-
-    monkeypatch.setattr(onthefly.train, "train_correspondence", capture)
+    seen = _capture_sampler_configs(monkeypatch, "train_correspondence")
     assert main(["train", "correspondence", *tiny_run, "--footprint", "separable",
                  "--output", str(tmp_path / "corr")]) in (0, None)
     assert seen["train"].footprint == seen["eval"].footprint == "separable"
