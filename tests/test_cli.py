@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from onthefly import DISPLAYS
 from onthefly.cli import main
 
 
@@ -404,7 +405,7 @@ def test_classifier_display_and_paired_fractures_reach_the_samplers(tiny_run, tm
     seen = _capture_sampler_configs(monkeypatch, "train_classifier")
     assert main(["train", "classifier", *tiny_run, "--display", "radiograph", "--paired-fractures",
                  "--output", str(tmp_path / "cls")]) in (0, None)
-    assert seen["train"].display == seen["eval"].display == onthefly.DISPLAYS["radiograph"]
+    assert seen["train"].display == seen["eval"].display == DISPLAYS["radiograph"]
     assert seen["train"].fractures.paired and not seen["eval"].fractures.paired
     with pytest.raises(SystemExit):
         main(["train", "correspondence", *tiny_run, "--display", "log", "--output", str(tmp_path / "corr")])
