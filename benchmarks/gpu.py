@@ -140,10 +140,15 @@ def format_row(row: dict) -> str:
 
 
 def render_rows(ct, settings, device, report: Report, mode: str) -> None:
-    generator = torch.Generator().manual_seed(0)  # the same crops and cameras for eager and compiled rows
-    for total in settings["views"]:
+    # The same crops and cameras for eager and compiled rows; compiled rows run the largest batch first (the
+    # DRR/s target's row), so a run cut short by --budget-s loses the small ones.
+    generator = torch.Generator().manual_seed(0)
+    drawn = {total: None for total in settings["views"]}
+    for total in drawn:
         views = 1 if total == 1 else 2
-        volume, _, _, carm_host = crops_and_cameras(ct, total // views, views, settings, device, generator)
+        drawn[total] = crops_and_cameras(ct, total // views, views, settings, device, generator)
+    for total in (sorted(drawn, reverse=True) if mode == "compiled" else drawn):
+        volume, _, _, carm_host = drawn[total]
         carm = carm_host.to(device=device, dtype=torch.float32)
         for precision, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
             name = f"render {mode} {precision}"
