@@ -237,6 +237,32 @@ def test_rays_that_miss_the_volume_give_zero():
         assert bool((render(volume, elsewhere, method=method) == 0).all()), method
 
 
+def test_rays_skipped_as_missing_the_volume_see_nothing_of_it():
+    """The eager renderer skips rays whose segment misses the box bilinear samples can reach: a brute-force
+    walk along each segment finds no point of that box on any skipped ray, and the same volume padded with
+    air on every side (so that fewer rays are skipped) renders the same image."""
+    from onthefly import projector
+
+    generator = torch.Generator().manual_seed(8)
+    hu = torch.full((22, 24, 21), -1000.0)
+    hu[6:-6, 6:-6, 6:-6] = 400.0 * torch.rand(10, 12, 9, generator=generator) - 100.0
+    padded = Volume.from_tensor(hu, spacing=(2.0, 2.5, 3.0))
+    volume = padded.crop((6, 6, 6), (16, 18, 15))
+    carm = CArm(alpha=torch.tensor([0.0, 0.7, 2.2]), beta=torch.tensor([0.3, -0.2, 0.1]), sid=150.0, sdd=260.0,
+                height=24, width=20, pixel_spacing=3.0)
+    batch = VolumeBatch.from_volumes([volume])
+    rays = projector._prepare_rays(batch.attenuation, batch.affine, carm)
+    meets = projector._meets_volume(rays, volume.shape)
+    assert 0.2 < float(meets.float().mean()) < 0.9  # some rays are skipped, most are not
+    t = torch.linspace(0.0, 1.0, 4001)[:, None, None, None]
+    points = (rays.target - rays.direction)[None] + t * rays.direction[None]  # (T, V, P, 3) index units
+    inside = ((points > -1.0) & (points < torch.tensor(volume.shape, dtype=points.dtype))).all(-1).any(0)
+    assert not bool((inside & ~meets).any())
+    image = render(volume, carm)
+    assert bool((image.reshape(3, -1)[~meets] == 0).all())
+    torch.testing.assert_close(render(padded, carm), image, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("memory_budget", [512 * 2**20, 4096], ids=["default", "tiny-chunks"])
 def test_integral_stops_at_the_detector_and_at_the_source(method, memory_budget):

@@ -27,8 +27,9 @@ Two execution paths give the same images:
 * eager (the default): each volume's rays (those of all its views) are
   packed by dominant axis, and each chunk of slices is sampled for the rays
   of that axis by one ``grid_sample`` call per group of volumes: every ray is
-  sampled once, along its own axis, and a slice is read once per volume, not
-  once per view (memory under ``memory_budget``; under autograd, chunks are
+  sampled once, along its own axis (rays that miss the volume's box are
+  skipped: they are 0), and a slice is read once per volume, not once per
+  view (memory under ``memory_budget``; under autograd, chunks are
   re-computed in the backward pass). Packing reads a few small tensors back
   to the host per call.
 * traced (``compile=True``, or any ``torch.compile`` of a caller): every ray
@@ -250,8 +251,10 @@ def _trilinear(attenuation: Tensor, rays: _Rays, memory_budget: int) -> Tensor:
     # is shared), so each slice chunk is read once per volume, not once per view.
     volumes = 1 if rays.volume_batch == 1 else rays.batch_shape[0]
     per_row = views * pixels // volumes
-    dominant = rays.direction.abs().argmax(-1).reshape(volumes, per_row)
-    counts = F.one_hot(dominant, 3).sum(1).cpu()  # (volumes, 3) rays per volume and axis, host read
+    # Each ray's dominant axis; 3 for a ray that meets no voxel (it would only sample zero padding).
+    dominant = torch.where(_meets_volume(rays, attenuation.shape[1:]), rays.direction.abs().argmax(-1), 3)
+    dominant = dominant.reshape(volumes, per_row)
+    counts = F.one_hot(dominant, 4)[..., :3].sum(1).cpu()  # (volumes, 3) rays per volume and axis, host read
     image = rays.length.new_zeros(views * pixels)
     for axis in range(3):
         for rows in _row_groups(counts[:, axis]):
@@ -270,6 +273,19 @@ def _trilinear(attenuation: Tensor, rays: _Rays, memory_budget: int) -> Tensor:
             contribution = _march_axis(attenuation, rays, index, valid, rows, axis, memory_budget)
             image = image.index_add(0, index.reshape(-1), contribution.reshape(-1))
     return image.reshape(views, pixels)
+
+
+def _meets_volume(rays: _Rays, shape: Sequence[int]) -> Tensor:
+    """``(B*V, P)``: whether each ray's source->pixel segment meets the box ``[-1, n]`` of every index axis,
+    the only place where a bilinear sample of the volume can be non-zero (slab test, a little generous)."""
+    source = rays.target - rays.direction
+    tiny = torch.where(rays.direction < 0, -1e-12, 1e-12)
+    direction = torch.where(rays.direction.abs() < 1e-12, tiny, rays.direction)
+    size = torch.tensor(shape, dtype=source.dtype, device=source.device)
+    first, second = (-1.0 - source) / direction, (size - source) / direction
+    enter = torch.minimum(first, second).amax(-1).clamp_min(0.0)
+    leave = torch.maximum(first, second).amin(-1).clamp_max(1.0)
+    return enter <= leave + 1e-3
 
 
 def _row_groups(counts: Tensor) -> list[Tensor]:
