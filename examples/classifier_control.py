@@ -41,6 +41,8 @@ def parse(argv: list[str] | None):
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--spacing", type=float, default=1.5, help="CT voxel spacing, mm")
     parser.add_argument("--crop-size", type=float, default=112.0, help="crop edge, mm")
+    parser.add_argument("--backbone", default="vgg", choices=["vgg", "small"],
+                        help="the CNN under the tokens (onthefly.models.backbone); 'small' was the former default")
     parser.add_argument("--layers", type=int, default=2, help="transformer layers on the CNN")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--backgrounds", type=int, default=24, help="training batches of DRRs rendered once")
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_part, held_out = split_volume(otf.example_volume(), fraction=0.6)
     train_images = backgrounds(train_part, args.seed, args.backgrounds, args)
     eval_images = backgrounds(held_out, 10_000 + args.seed, max(1, args.eval_batches // 2), args)
-    task = _ClassifierTask(ClassifierConfig.cnn(layers=args.layers, pooling="max", fusion="early"))
+    task = _ClassifierTask(ClassifierConfig.cnn(backbone=args.backbone, layers=args.layers, pooling="max", fusion="early"))
     model = task.build()
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     generator = torch.Generator().manual_seed(args.seed)

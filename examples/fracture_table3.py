@@ -13,8 +13,8 @@ radiographs (``onthefly.display``; the visibility is then measured through that
 display), and ``--paired`` trains on batches of pairs, each fractured crop next
 to the same crop intact (``FractureConfig.paired``; held-out batches stay unpaired).
 
-Model: the CNN classifier (:meth:`ClassifierConfig.cnn`: the small CNN to
-stride 16, d = 128, ``--layers`` transformer layers), study logit = the largest
+Model: the CNN classifier (:meth:`ClassifierConfig.cnn`: the VGG-style CNN
+to stride 16, ``--backbone``, d = 128, ``--layers`` transformer layers), study logit = the largest
 patch logit (``pooling="max"``), trained with the study label and the patch
 detection loss, a visibility curriculum from ``1.5 x --min-visibility`` down to
 ``--min-visibility`` over the first third of the steps. Rows (same budget):
@@ -26,7 +26,7 @@ detection loss, a visibility curriculum from ``1.5 x --min-visibility`` down to
 5. ``guided``: the same + attention guidance by the true correspondence ``C``.
 
 Run: ``.venv/bin/python examples/fracture_table3.py --rows early --seeds 0`` (learnability:
-early fusion, one seed, about 5 minutes on a 2-core CPU), then
+early fusion, one seed, about 12 minutes on a 2-core CPU), then
 ``.venv/bin/python examples/fracture_table3.py --markdown docs/fracture_table3.md``
 (Table 3, three seeds, several hours; an interrupted run continues where it
 stopped). Outputs go to ``outputs/fracture_table3/``; ``--markdown`` writes the
@@ -85,6 +85,8 @@ def parse(argv: list[str] | None):
                              "evaluation stays unpaired")
     parser.add_argument("--display", default="minmax", choices=["minmax", "radiograph"],
                         help="how line integrals become the views (onthefly.DISPLAYS)")
+    parser.add_argument("--backbone", default="vgg", choices=["vgg", "small"],
+                        help="the CNN under the tokens (onthefly.models.backbone); 'small' was the former default")
     parser.add_argument("--layers", type=int, default=2, help="transformer layers on the CNN")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--patch-weight", type=float, default=1.0, help="weight of the patch detection loss")
@@ -128,7 +130,7 @@ def pretrain(args, seed: int, model: ClassifierConfig, folder: Path) -> Path:
 
 def run_row(args, row: str, seed: int) -> dict:
     name, settings, pretrained = ROWS[row]
-    model = ClassifierConfig.cnn(layers=args.layers, pooling="max", **settings)
+    model = ClassifierConfig.cnn(backbone=args.backbone, layers=args.layers, pooling="max", **settings)
     folder = Path(args.output) / f"seed{seed}"
     began = time.perf_counter()
     init_from = pretrain(args, seed, model, folder / "pretrain") if pretrained else None

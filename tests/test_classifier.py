@@ -150,7 +150,7 @@ def test_patch_logits_cover_the_views_each_fusion_sees():
 def test_the_cnn_classifier_runs_with_and_without_attention():
     images = torch.rand(2, 2, 1, 32, 32)
     plain = FractureClassifier(ClassifierConfig.cnn(fusion="early", d_model=32, heads=2, mlp=64)).eval()
-    assert plain.config.backbone == "small" and len(plain.trunk.layers) == 0
+    assert plain.config.backbone == "vgg" and len(plain.trunk.layers) == 0
     assert plain(images).shape == (2,)
     attending = FractureClassifier(ClassifierConfig.cnn(layers=1, d_model=32, heads=2, mlp=64)).eval()
     assert len(attending.trunk.layers) == 1 and attending.predict(images).patch_logits.shape == (2, 2, 4)
@@ -278,3 +278,53 @@ def test_patch_loss_keeps_patch_logits_calibrated(patches):
             logit, torch.zeros(1, 1, patches), weight)
         (gradient,) = torch.autograd.grad(expected, logit)
         assert float(gradient.abs().max()) < 1e-6, (p, float(gradient.abs().max()))
+
+
+@pytest.mark.slow
+def test_the_cnn_classifier_finds_a_faint_marker_on_anatomy_it_never_saw():
+    """The default CNN classifier learns a small square raised by 0.1 (display units) on DRRs of one part of the
+    CT and finds it on DRRs of the other part: the contrast the fractures reach in their best view
+    (examples/classifier_control.py is the full-size version)."""
+    import onthefly as otf
+    from onthefly.train import _ClassifierTask, split_volume
+
+    torch.manual_seed(0)
+    size, edge, batch_size = 64, 6, 16
+    train_part, held_out = split_volume(otf.example_volume(), fraction=0.6)
+
+    def backgrounds(volume, seed, batches):
+        sampler = otf.DRRCorrespondenceSampler(
+            volumes=[volume], seed=seed, views=2, image_size=size, patch_size=16, crop_size=112.0, spacing=3.0,
+            batch_size=batch_size, correspondence=False, augmentation=None)
+        return torch.cat([sampler.sample(step).images for step in range(batches)])
+
+    def marked(images, generator):
+        from types import SimpleNamespace
+
+        chosen = images[torch.randint(len(images), (batch_size,), generator=generator)].clone()
+        label = torch.rand(batch_size, generator=generator) < 0.5
+        pixel = torch.full((batch_size, 2, 2), float("nan"))
+        for sample in torch.nonzero(label)[:, 0].tolist():
+            top, left = torch.randint(0, size - edge + 1, (2,), generator=generator).tolist()
+            chosen[sample, :, 0, top:top + edge, left:left + edge] += 0.1
+            pixel[sample] = torch.tensor([top + (edge - 1) / 2, left + (edge - 1) / 2])
+        return SimpleNamespace(images=chosen.clamp(0, 1), fracture=label, fracture_pixel=pixel,
+                               grid_shape=(size // 16, size // 16), patch_size=16, correspondence=None, step=0)
+
+    train_images, test_images = backgrounds(train_part, 0, 8), backgrounds(held_out, 1, 2)
+    task = _ClassifierTask(ClassifierConfig.cnn(layers=0, pooling="max", fusion="early"))
+    model = task.build()
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        loss = task.loss(model, marked(train_images, generator))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    right = 0
+    with torch.no_grad():
+        for _ in range(4):
+            batch = marked(test_images, generator)
+            right += int(((model.predict(batch.images, None).logits > 0) == batch.fracture).sum())
+    assert right / (4 * batch_size) >= 0.85

@@ -98,6 +98,33 @@ def test_small_backbone_shape(patch_size, channels):
     assert features.shape == (3, channels, 64 // patch_size, 96 // patch_size)
 
 
+@pytest.mark.parametrize(("patch_size", "channels"), [(8, 128), (16, 128), (32, 128)])
+def test_vgg_backbone_shape_and_eval_independence(patch_size, channels):
+    backbone, out_channels = make_backbone("vgg", patch_size)
+    assert out_channels == channels
+    images = torch.rand(3, 1, 64, 96)
+    assert backbone(images).shape == (3, channels, 64 // patch_size, 96 // patch_size)  # training mode
+    backbone.eval()
+    with torch.no_grad():
+        alone = backbone(images[1:2])
+        together = backbone(images)
+    torch.testing.assert_close(together[1:2], alone, rtol=1e-5, atol=1e-5)  # running statistics: a batch = a loop
+
+
+def test_vgg_backbone_sees_a_single_pixel_at_full_resolution():
+    """A pixel reaches the features of its own patch, and none beyond the receptive field (gradients)."""
+    torch.manual_seed(0)
+    backbone, _ = make_backbone("vgg", 16)
+    backbone.eval()
+    images = torch.rand(1, 1, 192, 192, requires_grad=True)
+    features = backbone(images)  # (1, 128, 12, 12)
+    own, = torch.autograd.grad(features[0, :, 1, 2].sum(), images, retain_graph=True)
+    far, = torch.autograd.grad(features[0, :, 11, 11].sum(), images)
+    assert own[0, 0, 20, 40] != 0  # pixel (20, 40) lies in patch (1, 2)
+    assert far[0, 0, :60, :80].abs().amax() == 0  # over 100 pixels from patch (11, 11)
+    assert far[0, 0, 176:, 176:].abs().amax() > 0
+
+
 def test_resnet50_backbone_shape():
     backbone, channels = make_backbone("resnet50", 16)
     assert channels == 1024
@@ -123,7 +150,8 @@ def test_resnet50_torchvision_backbone_or_clear_error():
 
 @pytest.mark.parametrize(
     ("name", "patch_size", "argument"),
-    [("vgg16", 16, "name"), ("small", 4, "patch_size"), ("small", 64, "patch_size"), ("resnet50", 32, "patch_size")],
+    [("vgg16", 16, "name"), ("small", 4, "patch_size"), ("small", 64, "patch_size"), ("vgg", 4, "patch_size"),
+     ("resnet50", 32, "patch_size")],
 )
 def test_make_backbone_rejects(name, patch_size, argument):
     with pytest.raises(ValueError, match=rf"^{argument}:"):

@@ -62,7 +62,7 @@ def _add_train_options(parser: argparse.ArgumentParser, task: str = "corresponde
         model.add_argument("--model", choices=["small", "vit-s"], default="vit-s",
                            help="small: d 64, 4 heads, 2 layers; vit-s: d 384, 6 heads, 12 layers (patch embedding)")
         model.add_argument("--backbone", default="patch",
-                           help="token embedding: patch (ViT-style) | small | resnet50; with --init-from, "
+                           help="token embedding: patch (ViT-style) | small | vgg | resnet50; with --init-from, "
                                 "the checkpoint's unless given")
         model.add_argument("--fusion", choices=["single", "late", "early"], default="early",
                            help="single: view 0 only; late: views apart, logits averaged; early: joint attention")

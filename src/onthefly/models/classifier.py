@@ -13,8 +13,12 @@ trunk pre-trained on the correspondence task loads as it is
   each token), trained to find the fracture's patch (``batch.fracture_patch``)
   and shown as a heat map.
 
-A CNN backbone: ``ClassifierConfig.cnn()`` (the small CNN to stride 16, then
-the heads; ``layers`` transformer layers on top, 0 for none).
+A CNN backbone: ``ClassifierConfig.cnn()`` (the VGG-style CNN to stride 16,
+``backbone="vgg"``, then the heads; ``layers`` transformer layers on top, 0 for
+none). It keeps full resolution in its first layers: on the control task of
+``examples/classifier_control.py`` (an 8 x 8-pixel square raised by 0.1 on
+DRRs, held-out anatomy) it reaches 100 % in 300 steps, where the same
+classifier on the ``"small"`` CNN stays at chance after 1,200.
 
 Fusion of ``V`` views:
 
@@ -52,7 +56,7 @@ class ClassifierConfig:
 
     Attributes:
         backbone: token embedding: ``"patch"`` (ViT-style linear patch embedding,
-            the default), ``"small"`` (small CNN) or ``"resnet50"``.
+            the default), ``"small"`` (small CNN), ``"vgg"`` (VGG-style CNN) or ``"resnet50"``.
         backbone_weights: optional local state-dict file for the backbone.
         patch_size: patch edge ``k`` in pixels.
         d_model, heads, layers, mlp, dropout: the transformer (ViT-S: 384, 6, 12, 1536).
@@ -97,9 +101,9 @@ class ClassifierConfig:
 
     @classmethod
     def cnn(cls, **overrides) -> "ClassifierConfig":
-        """A CNN classifier: the small CNN backbone to stride 16, d 128, no transformer layer (then ``overrides``;
-        ``layers >= 1`` puts joint attention on top, as early fusion wants)."""
-        return cls(**(dict(backbone="small", d_model=128, heads=4, layers=0, mlp=256) | overrides))
+        """A CNN classifier: the VGG-style CNN backbone to stride 16, d 128, no transformer layer (then
+        ``overrides``; ``layers >= 1`` puts joint attention on top, as early fusion wants)."""
+        return cls(**(dict(backbone="vgg", d_model=128, heads=4, layers=0, mlp=256) | overrides))
 
     def trunk_config(self) -> CorrespondenceConfig:
         """The correspondence-model configuration whose token trunk this classifier uses."""

@@ -67,10 +67,10 @@ class CorrespondenceConfig:
 
     Attributes:
         backbone: one of :data:`~onthefly.models.backbone.BACKBONES`:
-            ``"resnet50"`` (kornia's ResNet-50-D), ``"resnet50_torchvision"``, ``"small"``.
+            ``"resnet50"`` (kornia's ResNet-50-D), ``"resnet50_torchvision"``, ``"small"``, ``"vgg"``, ``"patch"``.
         backbone_weights: optional local path of a state dict for the backbone
             (see :func:`~onthefly.models.backbone.load_backbone_weights`); never downloaded.
-        patch_size: backbone stride ``k`` in pixels (16 for the ResNets; 8, 16 or 32 for ``"small"``).
+        patch_size: backbone stride ``k`` in pixels (16 for the ResNets; 8, 16 or 32 for ``"small"`` and ``"vgg"``).
         d_model: token channels ``d``.
         heads: attention heads; ``d_model`` divisible by it, and for the
             RoPE variants a head dimension ``d_model / heads`` even and ``>= 4``.
