@@ -211,9 +211,9 @@ class VGGCNN(nn.Module):
 
     Two [3x3 conv, BatchNorm, ReLU] at full resolution with 16 channels, then
     ``log2(k)`` stages of [2x2 max-pool, two such convolutions] with ``32, 64,
-    128, 128, 128`` channels (``C = 128``). Small changes of a few pixels reach the features before any
-    striding. BatchNorm uses the training batch's statistics in ``train()``
-    mode and its running ones in ``eval()``.
+    128, 128, 128`` channels (``C = 128``). Small changes of a few pixels
+    reach the features before any striding. BatchNorm uses the training
+    batch's statistics in ``train()`` mode and its running ones in ``eval()``.
 
     Example:
         >>> VGGCNN(patch_size=16).eval()(torch.rand(2, 1, 64, 64)).shape
