@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo test test-fast test-props bench install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
+
+# Random exploration: every property test, ten times its examples, a fresh seed (printed; rerun one with
+# SEED=...). `make test` itself is derandomised (conftest.py), so CI never depends on luck.
+test-props: $(STAMP)
+	@seed=$${SEED:-$$($(PY) -c 'import secrets; print(secrets.randbelow(2**32))')}; \
+	echo "hypothesis seed $$seed (rerun: make test-props SEED=$$seed)"; \
+	ONTHEFLY_HYPOTHESIS_PROFILE=explore $(PY) -m pytest -p no:cacheprovider --hypothesis-seed=$$seed -q tests; \
+	status=$$?; echo "hypothesis seed $$seed"; exit $$status
 
 bench: $(STAMP)
 	$(PY) benchmarks/projector.py

@@ -137,3 +137,14 @@ def test_sampler_views_use_the_display(ct):
     torch.testing.assert_close(plain.images, to_display(lines))
     torch.testing.assert_close(batch.images, RADIOGRAPH(lines, pixel_spacing=processed.config.pixel_spacing))
     assert not torch.allclose(batch.images, plain.images, atol=0.05)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("display", ["to_display", "minmax", "radiograph"])
+def test_non_finite_line_integrals_are_refused_by_name(bad, display):
+    """One NaN would otherwise turn its whole view NaN through the window."""
+    lines = torch.rand(1, 2, 1, 16, 16)
+    lines[0, 1, 0, 5, 7] = bad
+    show = to_display if display == "to_display" else (lambda x: DISPLAYS[display](x, pixel_spacing=1.0))
+    with pytest.raises(ValueError, match="line_integrals: expected finite values, found 1 NaN or infinite"):
+        show(lines)

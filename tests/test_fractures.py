@@ -155,6 +155,8 @@ def test_parameters_move_select_and_take_rows():
         (dict(min_visibility=-0.1), "min_visibility"),
         (dict(max_redraws=-1), "max_redraws"),
         (dict(max_redraws=True), "max_redraws"),
+        (dict(max_redraws=101), "max_redraws"),
+        (dict(max_redraws=10**9), "max_redraws"),
         (dict(bones=[]), "bones"),
         (dict(bones={"rib": -1.0}), "bones"),
         (dict(bones={"rib": 0.0}), "bones"),

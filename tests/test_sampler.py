@@ -99,6 +99,19 @@ def test_batch_shapes_ranges_and_consistency_with_the_library(small_ct):
     assert offset.abs().max() <= 10.0 + 1e-4
 
 
+def test_rank_at_or_above_the_world_size_is_refused(small_ct, tmp_path):
+    """Under a process group of one rank, rank 1 would draw rank 0's CTs: refused at construction, by name."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    try:
+        with pytest.raises(ValueError, match="rank: expected an int below the process group's world size 1"):
+            make(small_ct, rank=1)
+        assert make(small_ct, rank=0).rank == 0
+    finally:
+        dist.destroy_process_group()
+
+
 def test_same_seed_same_batches_other_seed_or_rank_differs(small_ct):
     first = [batch for batch, _ in zip(make(small_ct, seed=3), range(2))]
     again = [batch for batch, _ in zip(make(small_ct, seed=3), range(2))]

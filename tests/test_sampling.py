@@ -9,11 +9,13 @@ import torch
 
 from onthefly import Augmentation, Prefetcher, SamplerConfig, Volume, make_batch
 from onthefly.sampling import (
+    AngularSequence,
     BiplanarViews,
     DegenerateDrawWarning,
     DRRCorrespondenceSampler,
     IndependentViews,
     SampleParams,
+    SequenceTarget,
     VolumeTarget,
     draw,
     require_fields,
@@ -75,6 +77,11 @@ def test_config_is_frozen_validated_and_normalised():
         (dict(target=VolumeTarget(size=8), augmentation=Augmentation(geometric=0.5)), "augmentation"),
         (dict(structures=[]), "structures"),
         (dict(shard="yes"), "shard"),
+        (dict(layout=BiplanarViews(), alpha=0.3), "alpha: the layout BiplanarViews draws it itself"),
+        (dict(layout=AngularSequence(), alpha=(0.0, 1.0)), "alpha: the layout AngularSequence draws it itself"),
+        (dict(target=SequenceTarget(), augmentation=None), "target: SequenceTarget reads the angles"),
+        (dict(layout=AngularSequence(axis="x"), target=SequenceTarget(axis="z"), augmentation=None),
+         r"target: SequenceTarget\(axis='z'\) would report"),
     ],
 )
 def test_config_refuses_bad_settings_by_name(changes, message):

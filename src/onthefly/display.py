@@ -32,23 +32,38 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import MIN_LENGTH_MM, check_real
+from ._checks import MIN_LENGTH_MM, check_finite, check_real
 
 __all__ = ["DISPLAYS", "Display", "as_display", "to_display"]
 
 _QUANTILE_PIXELS = 128 * 128  # window quantiles: at most about this many pixels per view (a regular subsample)
 
 
+def _check_line_integrals(line_integrals: Tensor) -> None:
+    """Refuse NaN or infinite line integrals (one NaN would turn its whole view NaN through the window).
+
+    A host read, skipped while a caller is being compiled (the traced hot path stays free of graph breaks).
+    """
+    if not isinstance(line_integrals, Tensor):
+        raise TypeError(f"line_integrals: expected a tensor (..., H, W), got {type(line_integrals).__name__}")
+    if line_integrals.dim() < 2:
+        raise ValueError(f"line_integrals: expected shape (..., H, W), got {tuple(line_integrals.shape)}")
+    if not torch.compiler.is_compiling():
+        check_finite("line_integrals", line_integrals)
+
+
 def to_display(line_integrals: Tensor, *, eps: float = 1e-8) -> Tensor:
     """Per-image min-max scaling of ``(..., H, W)`` line integrals to ``[0, 1]``.
 
     Dense structures are bright, as on a radiograph. A constant image maps to 0.
+    NaN or infinite line integrals are refused (``ValueError`` naming ``line_integrals``).
 
     Example:
         >>> to_display(torch.tensor([[0.0, 1.0], [2.0, 4.0]]))
         tensor([[0.0000, 0.2500],
                 [0.5000, 1.0000]])
     """
+    _check_line_integrals(line_integrals)
     flat = line_integrals.flatten(-2)
     low = flat.amin(-1, keepdim=True)[..., None]
     high = flat.amax(-1, keepdim=True)[..., None]
@@ -134,7 +149,10 @@ class Display:
 
     def images_and_widths(self, line_integrals: Tensor, *, pixel_spacing: float,
                           eps: float = 1e-8) -> tuple[Tensor, Tensor]:
-        """The images ``(..., H, W)`` and each view's window width ``(...)`` (:meth:`width`) in one pass."""
+        """The images ``(..., H, W)`` and each view's window width ``(...)`` (:meth:`width`) in one pass.
+
+        NaN or infinite line integrals are refused (``ValueError`` naming ``line_integrals``)."""
+        _check_line_integrals(line_integrals)
         processed = self.processed(line_integrals, pixel_spacing=pixel_spacing)
         low, high = self.window(processed)
         images = ((processed - low) / (high - low).clamp_min(eps)).clamp(0.0, 1.0)

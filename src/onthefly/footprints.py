@@ -112,7 +112,7 @@ def _projected_shared_corners(centre: Tensor, edges: Tensor, edge_index: Tensor,
     """As :func:`_projected_corners` for voxels that share edge sets ``edges (E, 3, 3)`` (``edge_index (n,)``):
     the corners' offsets from the centre are projected once per camera and edge set, then each voxel adds
     its projected centre (homogeneous coordinates are linear)."""
-    matrices = carm.projection_matrices().to(torch.float64)  # (Bc, V, 3, 4)
+    matrices = _float64_matrices(carm)  # (Bc, V, 3, 4)
     offsets = _CORNERS.to(centre.device) @ edges.transpose(-1, -2)  # (E, 8, 3) world mm
     shared = (offsets[None, :, None, :, None, :] * matrices[:, None, :, None, :, :3]).sum(-1)  # (Bc, E, V, 8, 3)
     voxel = matrices[camera]  # (n, V, 3, 4)
@@ -120,6 +120,23 @@ def _projected_shared_corners(centre: Tensor, edges: Tensor, edge_index: Tensor,
     projected = centres[:, :, None, :] + shared[camera, edge_index]  # (n, V, 8, 3)
     depth = projected[..., 2]
     return projected[..., :2] / depth.clamp_min(1e-9)[..., None], depth
+
+
+#: Pixels a voxel's projected box must reach into a patch for the patch to get a footprint entry (a sliver
+#: thinner than this holds under 1e-6 of a pixel row of the shadow; dropping it keeps rounding from
+#: putting an entry just outside the box).
+_BOX_MARGIN = 1e-6
+
+
+def _float64_matrices(carm: CArm) -> Tensor:
+    """``(B, V, 3, 4)`` projection matrices computed in float64 from the C-arm's parameters.
+
+    Computed in float32, a matrix's translation column (source distance times
+    focal length over pixel size) carries errors of about 1e-2 pixel, enough to
+    put a voxel's projected box on the wrong side of a patch boundary; the
+    float32 parameters converted to float64 give the same cameras to about 1e-12 pixel.
+    """
+    return carm.to(dtype=torch.float64).projection_matrices()
 
 
 def _paraxial(pixels: Tensor) -> tuple[Tensor, Tensor]:
@@ -451,7 +468,7 @@ def voxel_footprints(
     """
     grid = (carm.height // patch_size, carm.width // patch_size)
     if edge_index is None:
-        pixels, depth = _projected_corners(centre, edges, carm.projection_matrices().to(torch.float64)[camera])
+        pixels, depth = _projected_corners(centre, edges, _float64_matrices(carm)[camera])
     else:
         pixels, depth = _projected_shared_corners(centre, edges, edge_index, camera, carm)
         edges = edges[edge_index] if rays_per_patch is not None else None  # the sampled footprints need them
@@ -459,7 +476,11 @@ def voxel_footprints(
     first, last, start = _patch_range(pixels, patch_size, grid)  # (n, V, 2) each
     steps = torch.arange(window, device=centre.device, dtype=torch.float64)
     window_rows, window_cols = start[..., 0, None] + steps, start[..., 1, None] + steps  # (n, V, K)
-    # Patches on the detector that the projected corners' bounding box touches.
+    # Patches on the detector that the projected corners' bounding box reaches into by more than
+    # _BOX_MARGIN pixels: the perspective shadow lies inside that box, so nothing leaks past it, whatever
+    # the paraxial approximation or rounding put there.
+    first = torch.floor((pixels.amin(-2) + (0.5 + _BOX_MARGIN)) / patch_size)
+    last = torch.floor((pixels.amax(-2) + (0.5 - _BOX_MARGIN)) / patch_size)
     lower, upper = first.clamp_min(0.0), torch.minimum(last, torch.tensor(grid, dtype=last.dtype, device=last.device) - 1)
     rows_in = (window_rows >= lower[..., 0, None]) & (window_rows <= upper[..., 0, None])
     cols_in = (window_cols >= lower[..., 1, None]) & (window_cols <= upper[..., 1, None])

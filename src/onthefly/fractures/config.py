@@ -12,7 +12,10 @@ from torch import Tensor
 from .._checks import OMIT_WHEN
 from ..distributions import Uniform, as_distribution
 
-__all__ = ["BONE_STRUCTURES", "DEFAULT_BONE_WEIGHTS", "FractureConfig", "fracture_window"]
+__all__ = ["BONE_STRUCTURES", "DEFAULT_BONE_WEIGHTS", "FractureConfig", "MAX_FRACTURE_REDRAWS", "fracture_window"]
+
+MAX_FRACTURE_REDRAWS = 100
+"""Upper bound of ``FractureConfig.max_redraws`` (the sampler's own redraws have the same bound)."""
 
 DEFAULT_BONE_WEIGHTS: Mapping[str, float] = {
     # long bones, clavicle, scapula and pelvis: a displaced fracture stands out in projection
@@ -103,7 +106,7 @@ class FractureConfig:
         soft_tissue_hu: what the gap and the place a fragment leaves become, HU (below ``bone_hu``).
         min_visibility: redraw a fracture whose visibility (:func:`fracture_visibility`,
             the largest display change it causes in any view) is below this, in ``[0, 1)``; 0: never.
-        max_redraws: candidates beyond the first drawn per sample for those redraws;
+        max_redraws: candidates beyond the first drawn per sample for those redraws (at most 100);
             a sample whose candidates all stay below ``min_visibility`` keeps its most
             visible one and is flagged (``FractureResult.invisible``).
         paired: the sampler's batches come in pairs: the second half of a batch
@@ -161,8 +164,10 @@ class FractureConfig:
         if self.min_visibility >= 1.0:
             raise ValueError(f"min_visibility: expected a value in [0, 1) (the display spans [0, 1], no fracture "
                              f"can change it by more), got {self.min_visibility!r}")
-        if isinstance(self.max_redraws, bool) or not isinstance(self.max_redraws, int) or self.max_redraws < 0:
-            raise ValueError(f"max_redraws: expected an int >= 0, got {self.max_redraws!r}")
+        if (isinstance(self.max_redraws, bool) or not isinstance(self.max_redraws, int)
+                or not 0 <= self.max_redraws <= MAX_FRACTURE_REDRAWS):
+            raise ValueError(f"max_redraws: expected an int from 0 to {MAX_FRACTURE_REDRAWS} (each redraw renders "
+                             f"the batch's views once more), got {self.max_redraws!r}")
         set_("bones", _bone_weights(self.bones))
         if not isinstance(self.paired, bool):
             raise TypeError(f"paired: expected a bool, got {self.paired!r}")

@@ -198,6 +198,11 @@ class SamplerConfig:
     def _set_layout_and_target(self) -> None:
         if not isinstance(self.layout, ViewLayout):
             raise TypeError(f"layout: expected a ViewLayout, got {type(self.layout).__name__}")
+        defaults = {item.name: item.default for item in dataclasses.fields(self)}
+        for name in self.layout.pose_settings:
+            if getattr(self, name) != as_distribution(name, defaults[name]):
+                raise ValueError(f"{name}: the layout {type(self.layout).__name__} draws it itself, so the sampler's "
+                                 f"{name} would be ignored; leave it at its default, got {getattr(self, name)!r}")
         self.layout.check(self)
         from .targets import DRRTarget, TargetBuilder
 

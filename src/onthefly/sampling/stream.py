@@ -36,8 +36,12 @@ def _config(settings: dict) -> SamplerConfig:
         raise error
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def _world_size() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if _distributed():
         return torch.distributed.get_world_size()
     return 1
 
@@ -62,7 +66,8 @@ class DRRCorrespondenceSampler(IterableDataset):
         device: where batches are made (and resident CTs live).
         seed: stream seed.
         rank: stream rank (default: the ``torch.distributed`` rank when a process
-            group is initialised, else 0); each rank has its own stream.
+            group is initialised, else 0); each rank has its own stream. Under an
+            initialised process group it must be below the world size.
         steps: number of batches an iteration yields (default: endless).
         **settings: the :class:`~onthefly.sampling.config.SamplerConfig` fields
             (``views``, ``image_size``, ``patch_size``, ``crop_size``, ``spacing``,
@@ -84,6 +89,10 @@ class DRRCorrespondenceSampler(IterableDataset):
             raise TypeError(f"seed: expected an int, got {seed!r}")
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
             raise ValueError(f"rank: expected an int >= 0 or None, got {rank!r}")
+        if rank is not None and _distributed() and rank >= _world_size():
+            world = _world_size()
+            raise ValueError(f"rank: expected an int below the process group's world size {world} (ranks 0 to "
+                             f"{world - 1}), got {rank}")
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
             raise ValueError(f"steps: expected a positive int or None, got {steps!r}")
         self.config = _config(settings)

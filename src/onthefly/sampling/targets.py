@@ -28,6 +28,7 @@ from ..geometry import CArm, relative_camera_pose
 from ..projector import render
 from ..volume import resample_to_cube, window_attenuation
 from .batch import BiplanarBatch, DRRBatch, NovelViewBatch, SequenceBatch
+from .layouts import AngularSequence
 
 __all__ = ["TargetBuilder", "DRRTarget", "VolumeTarget", "SequenceTarget", "NovelViewTarget", "MAX_TARGET_SIZE"]
 
@@ -131,6 +132,12 @@ class SequenceTarget(TargetBuilder):
 
     def check(self, config) -> None:
         _refuse_geometric(config)
+        if not isinstance(config.layout, AngularSequence):
+            raise ValueError(f"target: SequenceTarget reads the angles an AngularSequence layout sweeps, got the "
+                             f"layout {type(config.layout).__name__}")
+        if config.layout.axis != self.axis:
+            raise ValueError(f"target: SequenceTarget(axis={self.axis!r}) would report the angle the layout does "
+                             f"not sweep; the layout has axis={config.layout.axis!r}")
 
     def fields(self, config) -> tuple[str, ...]:
         return tuple(item.name for item in fields(SequenceBatch))
