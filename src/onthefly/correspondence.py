@@ -528,6 +528,12 @@ def patch_correspondence(
             affines back when they live on a device). Smaller values cut shadows short.
         compile: run the computation through ``torch.compile`` (compiled once
             per shape, then cached; every coarse voxel is processed, air too).
+            When a caller is being compiled (a whole training step), the call
+            takes the traced path by itself, with no graph break, given pooled
+            weights (:class:`CoarseWeights`) and ``window``, both host work done
+            once outside the compiled code (pooling reads the volumes' spacings and
+            the window reads the cameras; given volumes or no window, the caller's
+            graph breaks there).
         footprint: ``"exact"`` (default) or ``"separable"``, the product of the
             exact footprint's row and column marginals: about half the time, IoU
             0.99 at ``C >= 0.5`` against many rays on crops of the bundled CT

@@ -22,6 +22,10 @@ DEFAULT_BONE_WEIGHTS: Mapping[str, float] = {
     "humerus": 3.0, "radius": 3.0, "ulna": 3.0, "femur": 3.0, "tibia": 3.0, "fibula": 3.0,
     "clavicula": 3.0, "scapula": 2.0, "hip": 2.0, "rib": 1.0,
     "metacarpal": 1.0, "metatarsal": 1.0, "phalanges": 1.0, "patella": 1.0, "carpal": 0.5, "tarsal": 0.5,
+    # the procedural phantoms' hand and wrist bones (onthefly.phantoms): phalanges one by one, the carpals by name
+    # (the scaphoid, the carpal bone that breaks most often, weighted like a long bone)
+    "phalanx": 1.0, "scaphoid": 2.0, "lunate": 0.5, "triquetrum": 0.5, "pisiform": 0.2, "trapezium": 0.5,
+    "trapezoid": 0.3, "capitate": 0.5, "hamate": 0.5,
     # overlapped by the spine and mediastinum, or hidden inside a thick body: rarely visible
     "sternum": 0.3, "sacrum": 0.3, "skull": 0.3, "vertebrae": 0.1,
 }
