@@ -40,6 +40,11 @@ Two execution paths give the same images:
 ``render(..., compile=True)`` compiles once per input shape and method (the
 compiled function is cached for the process); calls at fixed shapes do not
 recompile.
+
+:func:`render_channels` integrates ``C`` channels of one volume along the same
+rays in the same pass (every bilinear sample reads all channels at once): the
+per-material line integrals of :mod:`onthefly.physics`. Interpolation is
+linear, so channel ``c`` equals a single-channel render of channel ``c``.
 """
 
 from __future__ import annotations
@@ -51,12 +56,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from ._checks import check_choice, check_positive_int
+from ._checks import check_choice, check_finite, check_ndim, check_positive_int, check_tensor_kind
 from .display import to_display  # noqa: F401  (re-exported: it was defined here)
 from .geometry import CArm
 from .volume import Volume, VolumeBatch, as_volume_batch
 
-__all__ = ["render", "beer_lambert", "to_display", "METHODS"]
+__all__ = ["render", "render_channels", "beer_lambert", "to_display", "METHODS"]
 
 METHODS = ("trilinear", "siddon")
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
@@ -112,6 +117,53 @@ def render(
     return core(batch.attenuation, batch.affine, carm, method, memory_budget)
 
 
+def render_channels(
+    values: Tensor,
+    affine: Tensor,
+    carm: CArm,
+    *,
+    method: str = "trilinear",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    compile: bool = False,
+) -> Tensor:
+    """Line integrals of ``C`` channels of each volume along every ray, in one pass.
+
+    Args:
+        values: ``(B, C, D, H, W)`` (or ``B = 1``, shared) floating voxel values in any unit per mm of path,
+            e.g. partial densities (g/cm^3) of ``C`` materials; voxel ``(d, h, w)`` as in :class:`VolumeBatch`.
+        affine: ``(B, 4, 4)`` voxel-to-world matrices (mm).
+        carm, method, memory_budget, compile: as for :func:`render`.
+
+    Returns:
+        ``(B, V, C, H, W)``: ``sum(value * length in mm)`` per channel. Channel ``c`` equals
+        ``render`` of a batch whose attenuation is ``values[:, c:c+1]`` (exactly for ``C = 1``).
+
+    Example:
+        >>> values = torch.rand(1, 3, 8, 8, 8)
+        >>> affine = torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0]))[None]
+        >>> carm = CArm(alpha=0.0, sid=300.0, sdd=500.0, height=16, pixel_spacing=2.0, isocenter=(7.0, 7.0, 7.0))
+        >>> render_channels(values, affine, carm).shape
+        torch.Size([1, 1, 3, 16, 16])
+    """
+    check_choice("method", method, METHODS)
+    check_positive_int("memory_budget", memory_budget)
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile: expected a bool, got {compile!r}")
+    if not isinstance(carm, CArm):
+        raise TypeError(f"carm: expected a CArm, got {type(carm).__name__}")
+    if not isinstance(values, Tensor) or not values.is_floating_point():
+        raise TypeError(f"values: expected a floating tensor (B, C, D, H, W), got {values!r:.80}")
+    check_tensor_kind("values", values)
+    check_ndim("values", values, (5,), "(B, C, D, H, W)")
+    if min(values.shape) < 1:
+        raise ValueError(f"values: expected shape (B, C, D, H, W) with every size >= 1, got {tuple(values.shape)}")
+    check_finite("values", values)
+    batch = VolumeBatch(attenuation=values[:, :1], affine=affine)  # checks the affines against the batch size
+    _check_batch_sizes(batch.batch_size, carm.batch_shape[0])
+    core = _compiled_render() if compile else _render
+    return core(values, batch.affine, carm, method, memory_budget)
+
+
 def beer_lambert(line_integrals: Tensor, *, incident: float = 1.0) -> Tensor:
     """Transmitted intensity ``incident * exp(-line_integrals)``, same shape."""
     return incident * torch.exp(-line_integrals)
@@ -143,16 +195,18 @@ def _compiled_render():
 
 
 def _render(attenuation: Tensor, affine: Tensor, carm: CArm, method: str, memory_budget: int) -> Tensor:
-    """``(B, V, 1, H, W)`` from ``(Bv, 1, D, H, W)`` attenuation and ``(Bv, 4, 4)`` affines (checked inputs)."""
+    """``(B, V, C, H, W)`` from ``(Bv, C, D, H, W)`` attenuation and ``(Bv, 4, 4)`` affines (checked inputs)."""
     rays = _prepare_rays(attenuation, affine, carm)
-    volume = attenuation[:, 0]
     traced = torch.compiler.is_compiling()
     if method == "trilinear":
-        image = _trilinear_traced(volume, rays) if traced else _trilinear(volume, rays, memory_budget)
+        image = (_trilinear_traced_channels(attenuation, rays) if traced
+                 else _trilinear_channels(attenuation, rays, memory_budget))
     else:
-        image = _siddon(volume, rays, _TRACED_SIDDON_RAYS if traced else None, memory_budget)
+        image = _siddon_channels(attenuation, rays, _TRACED_SIDDON_RAYS if traced else None, memory_budget)
     b, v = rays.batch_shape
-    return image.reshape(b, v, 1, carm.height, carm.width).to(attenuation.dtype)
+    channels = attenuation.shape[1]  # image: (C, B*V, P), channel-first
+    image = image.reshape(channels, b, v, carm.height, carm.width).permute(1, 2, 0, 3, 4)
+    return image.to(attenuation.dtype) if channels == 1 else image.contiguous().to(attenuation.dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -246,16 +300,23 @@ def _take(t: Tensor, index) -> Tensor:
 
 
 def _trilinear(attenuation: Tensor, rays: _Rays, memory_budget: int) -> Tensor:
+    """``(B*V, P)`` from one channel ``(Bv, D, H, W)``."""
+    return _trilinear_channels(attenuation[:, None], rays, memory_budget)[0]
+
+
+def _trilinear_channels(attenuation: Tensor, rays: _Rays, memory_budget: int) -> Tensor:
+    """``(C, B*V, P)`` from ``(Bv, C, D, H, W)``."""
     views, pixels = rays.length.shape
+    channels = attenuation.shape[1]
     # Rays are marched per volume: row u holds the rays of every view of volume u (one row when the volume
     # is shared), so each slice chunk is read once per volume, not once per view.
     volumes = 1 if rays.volume_batch == 1 else rays.batch_shape[0]
     per_row = views * pixels // volumes
     # Each ray's dominant axis; 3 for a ray that meets no voxel (it would only sample zero padding).
-    dominant = torch.where(_meets_volume(rays, attenuation.shape[1:]), rays.direction.abs().argmax(-1), 3)
+    dominant = torch.where(_meets_volume(rays, attenuation.shape[2:]), rays.direction.abs().argmax(-1), 3)
     dominant = dominant.reshape(volumes, per_row)
     counts = F.one_hot(dominant, 4)[..., :3].sum(1).cpu()  # (volumes, 3) rays per volume and axis, host read
-    image = rays.length.new_zeros(views * pixels)
+    image = rays.length.new_zeros(channels, views * pixels)
     for axis in range(3):
         for rows in _row_groups(counts[:, axis]):
             width = int(counts[rows, axis].max())
@@ -271,8 +332,8 @@ def _trilinear(attenuation: Tensor, rays: _Rays, memory_budget: int) -> Tensor:
                 valid = is_dominant.gather(1, order)
             index = rows[:, None] * per_row + order
             contribution = _march_axis(attenuation, rays, index, valid, rows, axis, memory_budget)
-            image = image.index_add(0, index.reshape(-1), contribution.reshape(-1))
-    return image.reshape(views, pixels)
+            image = image.index_add(1, index.reshape(-1), contribution.reshape(channels, -1))
+    return image.reshape(channels, views, pixels)
 
 
 def _meets_volume(rays: _Rays, shape: Sequence[int]) -> Tensor:
@@ -315,10 +376,11 @@ def _march_axis(
     attenuation: Tensor, rays: _Rays, index: Tensor, valid: Tensor, sample: Tensor, axis: int, memory_budget: int
 ) -> Tensor:
     """Sum over the voxel planes normal to ``axis`` for the rays ``index (g, w)`` (flat ray indices; row
-    ``i`` samples volume ``sample[i]``), ``(g, w)``; rays where ``valid`` is false are padding, weighted 0."""
+    ``i`` samples volume ``sample[i]``), ``(channels, g, w)``; rays where ``valid`` is false are padding, weighted 0."""
     others = [a for a in range(3) if a != axis]
-    slices = attenuation.permute(0, 1 + axis, 1 + others[0], 1 + others[1])  # (Bv, S, A, C), a strided view
-    n_slices, size_a, size_c = slices.shape[1:]
+    channels = attenuation.shape[1]
+    slices = attenuation.permute(0, 2 + axis, 1, 2 + others[0], 2 + others[1])  # (Bv, S, channels, A, C), strided
+    n_slices, _, size_a, size_c = slices.shape[1:]
     rows, width = index.shape
     target, direction = rays.target.reshape(-1, 3)[index], rays.direction.reshape(-1, 3)[index]
     direction = torch.where(valid[..., None], direction, 1.0)
@@ -335,7 +397,8 @@ def _march_axis(
     shared_volume = rays.volume_batch == 1
 
     element = rays.length.element_size()
-    per_slice = rows * (width * (4 * element + 1) + (0 if shared_volume else size_a * size_c * element))
+    per_slice = rows * (width * ((3 + channels) * element + 1)
+                        + (0 if shared_volume else channels * size_a * size_c * element))
     chunk = int(max(1, min(n_slices, min(memory_budget, _CACHE_CHUNK_BYTES) // max(per_slice, 1))))
     use_checkpoint = torch.is_grad_enabled() and (attenuation.requires_grad or grid_base.requires_grad or grid_step.requires_grad)
 
@@ -373,7 +436,7 @@ def _march_chunk(
     shared_volume: bool,
     masked: bool,
 ) -> Tensor:
-    """Unweighted sum over slices ``first:last`` of the bilinear samples, ``(n, P)``."""
+    """Unweighted sum over slices ``first:last`` of the bilinear samples, ``(channels, n, P)``."""
     views = grid_base.shape[0]
     index = torch.arange(first, last, device=slices.device, dtype=grid_base.dtype)
     count = last - first
@@ -381,22 +444,22 @@ def _march_chunk(
         # All rays sample the same slices: views are stacked along the output rows.
         grid = torch.addcmul(grid_base[None], index[:, None, None], grid_step[None])  # (c, n, 2P)
         grid = grid.view(count, views * height, width, 2)
-        inputs = slices[0, first:last, None].to(grid.dtype)  # half-precision slices are sampled in float32
+        inputs = slices[0, first:last].to(grid.dtype)  # half-precision slices are sampled in float32
         values = F.grid_sample(inputs, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        values = values.view(count, views, height * width)
+        values = values.view(count, -1, views, height * width)
         if masked:
             outside = (index[:, None, None] < low[None]) | (index[:, None, None] > high[None])
-            values = values.masked_fill(outside, 0.0)
+            values = values.masked_fill(outside[:, None], 0.0)
         return values[0] if count == 1 else values.sum(0)
     grid = torch.addcmul(grid_base[:, None], index[None, :, None], grid_step[:, None])  # (n, c, 2P)
     grid = grid.view(views * count, height, width, 2)
-    inputs = slices[sample, first:last].reshape(views * count, 1, *slices.shape[2:]).to(grid.dtype)
+    inputs = slices[sample, first:last].reshape(views * count, *slices.shape[2:]).to(grid.dtype)
     values = F.grid_sample(inputs, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    values = values.view(views, count, height * width)
+    values = values.view(views, count, -1, height * width)
     if masked:
         outside = (index[None, :, None] < low[:, None]) | (index[None, :, None] > high[:, None])
-        values = values.masked_fill(outside, 0.0)
-    return values[:, 0] if count == 1 else values.sum(1)
+        values = values.masked_fill(outside[:, :, None], 0.0)
+    return (values[:, 0] if count == 1 else values.sum(1)).transpose(0, 1)
 
 
 # ---------------------------------------------------------------------------
@@ -407,14 +470,19 @@ _AXIS_ORDERS = ((0, 1, 2), (1, 0, 2), (2, 0, 1))
 
 
 def _trilinear_traced(attenuation: Tensor, rays: _Rays) -> Tensor:
-    """The same samples as :func:`_trilinear`, written with static shapes for ``torch.compile``.
+    """``(B*V, P)`` from one channel ``(Bv, D, H, W)``: :func:`_trilinear_traced_channels`."""
+    return _trilinear_traced_channels(attenuation[:, None], rays)[0]
+
+
+def _trilinear_traced_channels(attenuation: Tensor, rays: _Rays) -> Tensor:
+    """``(C, B*V, P)`` from ``(Bv, C, D, H, W)``: the samples of :func:`_trilinear`, with static shapes.
 
     The sum runs over ``max(D, H, W)`` slices for every ray (slices outside the
     ray's axis, volume or segment are masked), slice-major so that neighbouring
     rays read neighbouring voxels; Inductor fuses it into one loop without
     materialising the ``(slices, rays)`` samples.
     """
-    _, *shape = attenuation.shape
+    _, channels, *shape = attenuation.shape
     views, pixels = rays.length.shape
     device, dtype = attenuation.device, rays.length.dtype
     orders = torch.tensor(_AXIS_ORDERS, device=device)[rays.direction.abs().argmax(-1)].reshape(-1, 3)  # (R, 3)
@@ -425,7 +493,7 @@ def _trilinear_traced(attenuation: Tensor, rays: _Rays) -> Tensor:
     sizes = torch.tensor(shape, device=device)[orders]  # (R, 3) slice count, then the two in-plane sizes
     strides = torch.tensor([shape[1] * shape[2], shape[2], 1], device=device)[orders].to(index_dtype)
     volume_offset = (rays.sample * (shape[0] * shape[1] * shape[2]))[:, None].expand(-1, pixels).reshape(-1)
-    flat = attenuation.reshape(-1)
+    flat = attenuation.transpose(0, 1).reshape(channels, -1)  # channel-first (a view for one channel)
 
     base_b, base_c = base.unbind(-1)
     ratio_b, ratio_c = ratio.unbind(-1)
@@ -446,9 +514,9 @@ def _trilinear_traced(attenuation: Tensor, rays: _Rays) -> Tensor:
             valid = inside & (b >= 0) & (b < size_b) & (c >= 0) & (c < size_c)
             index = torch.where(valid, row + b * stride_b + c * stride_c, 0)
             corner = (fraction_b if step_b else 1 - fraction_b) * (fraction_c if step_c else 1 - fraction_c)
-            value = torch.where(valid, flat[index].to(dtype), 0.0) * corner
+            value = torch.where(valid, flat[:, index].to(dtype), 0.0) * corner
             samples = value if samples is None else samples + value
-    return (samples.sum(0) * weight).reshape(views, pixels)
+    return (samples.sum(1) * weight).reshape(channels, views, pixels)
 
 
 # ---------------------------------------------------------------------------
@@ -456,19 +524,24 @@ def _trilinear_traced(attenuation: Tensor, rays: _Rays) -> Tensor:
 
 
 def _siddon(attenuation: Tensor, rays: _Rays, traced_chunk: int | None, memory_budget: int) -> Tensor:
-    """Exact line integrals of the nearest-voxel volume, ``(B*V, P)``.
+    """``(B*V, P)`` from one channel ``(Bv, D, H, W)``: :func:`_siddon_channels`."""
+    return _siddon_channels(attenuation[:, None], rays, traced_chunk, memory_budget)[0]
+
+
+def _siddon_channels(attenuation: Tensor, rays: _Rays, traced_chunk: int | None, memory_budget: int) -> Tensor:
+    """Exact line integrals of the nearest-voxel volume, ``(C, B*V, P)`` from ``(Bv, C, D, H, W)``.
 
     Each ray is parametrised by the distance (in index units) walked from its
     pixel towards the source, so the plane crossings are volume-sized numbers
     whatever the source distance.
     """
-    volume_batch, *shape = attenuation.shape
+    volume_batch, channels, *shape = attenuation.shape
     views, pixels = rays.length.shape
     device, dtype = attenuation.device, rays.length.dtype
     sizes = torch.tensor(shape, device=device, dtype=dtype)
     planes = [torch.arange(size + 1, device=device, dtype=dtype) - 0.5 for size in shape]
     n_planes = sum(size + 1 for size in shape) + 2
-    flat_volume = attenuation.reshape(-1)
+    flat_volume = attenuation.transpose(0, 1).reshape(channels, -1)  # channel-first
     strides = torch.tensor([shape[1] * shape[2], shape[2], 1], device=device)
     numel = shape[0] * shape[1] * shape[2]
 
@@ -477,7 +550,7 @@ def _siddon(attenuation: Tensor, rays: _Rays, traced_chunk: int | None, memory_b
     unit = -rays.direction.reshape(-1, 3) / reach[:, None].clamp_min(1e-30)  # pixel -> source
     mm_per_unit = rays.length.reshape(-1) / reach.clamp_min(1e-30)
     volume_offset = (rays.sample * numel)[:, None].expand(-1, pixels).reshape(-1)
-    per_ray = n_planes * (8 * attenuation.element_size() + 4 * 8)
+    per_ray = n_planes * ((7 + channels) * attenuation.element_size() + 4 * 8)
     chunk = traced_chunk if traced_chunk is not None else max(1, memory_budget // per_ray)
     pieces = []
     for first in range(0, targets.shape[0], chunk):
@@ -499,6 +572,6 @@ def _siddon(attenuation: Tensor, rays: _Rays, traced_chunk: int | None, memory_b
         voxel = torch.floor(position.detach() + 0.5).long()
         voxel = torch.minimum(voxel.clamp_min(0), (sizes.long() - 1))
         flat_index = (voxel * strides).sum(-1) + volume_offset[sl, None]
-        values = flat_volume[flat_index].to(dtype)
+        values = flat_volume[:, flat_index].to(dtype)
         pieces.append((values * segment).sum(-1) * mm_per_unit[sl])
-    return torch.cat(pieces).reshape(views, pixels)
+    return torch.cat(pieces, dim=-1).reshape(channels, views, pixels)
