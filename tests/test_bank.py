@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import pickle
 from pathlib import Path
 
@@ -219,7 +220,7 @@ def test_an_unreadable_ct_among_good_ones_is_named_and_skipped_or_refused(cts, t
     assert len(bank) == 2
     with pytest.raises(ValueError, match=r"sources: 1 CT\(s\) could not be prepared[\s\S]*broken.nii.gz"):
         VolumeBank([cts[0], broken], spacing=SPACING, cache=tmp_path / "raise", on_error="raise")
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"holds no prepared CT \(could not read: .*broken"):
+    with pytest.raises(ValueError, match=r"sources: none of the 1 CT\(s\) could be prepared:\n.*broken"):
         VolumeBank([broken], spacing=SPACING, cache=tmp_path / "none")
 
 
@@ -263,6 +264,212 @@ def test_deleted_or_changed_files_are_named(cache, tmp_path):
     with pytest.raises(ValueError, match="the prepared CT ct3 changed"):
         bank.verify()
     VolumeBank(cache).verify()
+
+
+# --------------------------------------------------------------------------- damaged files, edited index
+
+
+def damage(path: Path, where: float = 0.5, count: int = 16, seed: int = 0) -> None:
+    """Random bytes written over ``count`` bytes from ``where`` (a fraction of the data, past the header)."""
+    data = bytearray(path.read_bytes())
+    offset = np.load(path, mmap_mode="r").offset
+    position = offset + int(where * (len(data) - offset - count))
+    noise = np.random.default_rng(seed).integers(0, 256, count, dtype=np.uint8).tobytes()
+    data[position : position + count] = bytes(a ^ (b | 1) for a, b in zip(data[position : position + count], noise))
+    path.write_bytes(bytes(data))
+
+
+def whole_ct(bank: VolumeBank, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor([index]), torch.zeros(1, 3, dtype=torch.long)
+
+
+def test_random_bytes_in_the_weight_table_are_refused_never_served(cache, tmp_path):
+    folder = copy_cache(cache, tmp_path / "weights")
+    damage(folder / read_index(folder)["cts"][2]["files"]["weights"]["path"])
+    bank = VolumeBank(folder)
+    volume, start = whole_ct(bank, 2)
+    stop = bank.shapes[2:3].clone()
+    for factor in (1, 2, 5):
+        with pytest.raises(ValueError, match=r"weights.npy of CT ct2 changed since it was indexed: planes \d+-\d+ differ"):
+            bank.pooled_weights(volume, start, stop, torch.full((1, 3), factor))
+    with pytest.raises(ValueError, match=r"the prepared CT ct2 changed since it was indexed: .*weights.npy"):
+        bank.verify()
+    other = bank.pooled_weights(torch.tensor([1]), start, bank.shapes[1:2].clone(), torch.full((1, 3), 2)).weight
+    assert bool((other >= 0).all() and (other <= 1).all())  # the other CTs are served as before
+
+
+@pytest.mark.parametrize("name", ["hu", "labels", "tissue", "weights"])
+def test_verify_reads_every_prepared_file(cache, tmp_path, name):
+    folder = copy_cache(cache, tmp_path / name)
+    damage(folder / read_index(folder)["cts"][4]["files"][name]["path"], where=0.7, count=1)
+    with pytest.raises(ValueError, match=rf"the prepared CT ct4 changed since it was indexed: .*{name}.npy of CT ct4"):
+        VolumeBank(folder).verify()
+
+
+def test_a_hu_block_damaged_mid_file_is_refused_at_its_first_read(cache, tmp_path, monkeypatch):
+    folder = copy_cache(cache, tmp_path / "hu")
+    damage(folder / read_index(folder)["cts"][0]["files"]["hu"]["path"], where=0.5, count=2)
+    bank = VolumeBank(folder)
+    with pytest.raises(ValueError, match=r"hu.npy of CT ct0 changed since it was indexed: planes 0-13 differ"):
+        bank.crops(torch.tensor([0]), torch.tensor([[6, 6, 6]]), (2, 2, 2), device="cpu")
+    with pytest.raises(ValueError, match="hu.npy of CT ct0 changed"):  # refused again, never served later
+        bank.crops(torch.tensor([0]), torch.tensor([[6, 6, 6]]), (2, 2, 2), device="cpu")
+    bank.crops(torch.tensor([1]), torch.zeros(1, 3, dtype=torch.long), (4, 4, 4), device="cpu", labels=True)
+
+
+@pytest.fixture(scope="module")
+def blocky_cache(make_phantom_hu, tmp_path_factory) -> tuple[Path, list[Volume]]:
+    """Two CTs of one shape, 128 KiB of HU each, air in their last 24 planes (the same bytes in both), prepared in
+    blocks of 4 planes."""
+    from onthefly.sampling import preparation
+
+    cts = []
+    for seed in (11, 12):
+        hu = torch.full((40, 40, 40), -1000.0)
+        hu[:16] = make_phantom_hu((16, 40, 40), seed=seed).round()
+        cts.append(Volume.from_tensor(hu, spacing=SPACING))
+    folder = tmp_path_factory.mktemp("blocky") / "cache"
+    original = preparation.BLOCK_BYTES
+    preparation.BLOCK_BYTES = 4 * 40 * 40 * 2
+    try:
+        prepare(cts, folder, spacing=SPACING)
+    finally:
+        preparation.BLOCK_BYTES = original
+    return folder, cts
+
+
+def test_hu_files_of_two_cts_swapped_are_refused(blocky_cache, tmp_path):
+    folder = copy_cache(blocky_cache[0], tmp_path / "swapped")
+    first, second = (folder / entry["files"]["hu"]["path"] for entry in read_index(folder)["cts"])
+    assert first.read_bytes()[-65536:] == second.read_bytes()[-65536:]  # header and tail alike: the former check passed
+    first_bytes = first.read_bytes()
+    first.write_bytes(second.read_bytes())
+    second.write_bytes(first_bytes)
+    bank = VolumeBank(folder)
+    for ct in (0, 1):
+        with pytest.raises(ValueError, match=rf"hu.npy of CT <volume {ct}> changed since it was indexed: planes 0-3"):
+            bank.crops(torch.tensor([ct]), torch.zeros(1, 3, dtype=torch.long), (8, 8, 8), device="cpu")
+    with pytest.raises(ValueError, match="the prepared CT <volume 0> changed"):
+        bank.verify()
+
+
+def test_blocks_are_checked_once_and_only_those_read(blocky_cache, tmp_path, monkeypatch):
+    from onthefly.sampling import bank as bank_module
+
+    folder = copy_cache(blocky_cache[0], tmp_path / "blocks")
+    hu_path = folder / read_index(folder)["cts"][0]["files"]["hu"]["path"]
+    damage(hu_path, where=0.95, count=4)  # in plane 37 (block 9: planes 36-39) only
+    bank = VolumeBank(folder)
+    reads = []
+    real = bank_module._ArrayFile.read_block
+    monkeypatch.setattr(bank_module._ArrayFile, "read_block",
+                        lambda self, handle, block, ct, **kw: (reads.append((self.label, block)), real(self, handle, block, ct, **kw))[1])
+    volume, start = torch.tensor([0, 0]), torch.tensor([[2, 0, 0], [9, 5, 5]])
+    first, _ = bank.crops(volume, start, (10, 20, 20), device="cpu")
+    hu_blocks = {block for label, block in reads if label.endswith("hu.npy")}
+    assert hu_blocks == {0, 1, 2, 3, 4}  # planes 2-18 in blocks of 4, read whole (two read threads may race on one)
+    reads.clear()
+    again, _ = bank.crops(volume, start, (10, 20, 20), device="cpu")
+    assert torch.equal(first, again) and not reads  # verified blocks: plain reads of the crop's rows
+    expected = hu_to_attenuation(blocky_cache[1][0].hu[0][9:19, 5:25, 5:25])
+    assert torch.equal(again[1], expected)
+    with pytest.raises(ValueError, match="planes 36-39 differ from their checksum"):
+        bank.crops(torch.tensor([0]), torch.tensor([[30, 0, 0]]), (10, 4, 4), device="cpu")
+
+
+def edit_index(folder: Path, change) -> None:
+    index = json.loads((folder / "index.json").read_text())
+    change(index)
+    (folder / "index.json").write_text(json.dumps(index))
+
+
+def _scale_affine(index):
+    index["cts"][1]["affine"][0][0] *= 1.5
+
+
+def _shift_affine(index):
+    index["cts"][1]["affine"][2][3] += 40.0
+
+
+def _both_shapes(index, delta):
+    entry = index["cts"][1]
+    entry["shape"] = [n + delta for n in entry["shape"]]
+    entry["files"]["hu"]["shape"] = list(entry["shape"])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda i: i["cts"][1].update(shape=[n - 4 for n in i["cts"][1]["shape"]]),
+         r"the entry of CT ct1: its field\(s\) shape differ"),
+        (lambda i: i["cts"][1].update(shape=[n + 4 for n in i["cts"][1]["shape"]]),
+         r"the entry of CT ct1: its field\(s\) shape differ"),
+        (lambda i: _both_shapes(i, -2), r"the entry of CT ct1: its field\(s\) shape, files differ"),
+        (_shift_affine, r"the entry of CT ct1: its field\(s\) affine differ"),
+        (_scale_affine, r"the entry of CT ct1: its field\(s\) affine differ"),
+        (lambda i: i["settings"].update(spacing=[3.0, 2.0, 2.0]),
+         r"CT ct0 was prepared with settings.spacing = \[2.0, 2.0, 2.0\], but the index's settings say \[3.0, 2.0, 2.0\]"),
+        (lambda i: i["settings"].pop("weighting"), "index.json: its settings lacks weighting"),
+        (lambda i: i["settings"].update(weight_scale=255), "settings.weight_scale is 255, this version of onthefly writes"),
+        (lambda i: i["cts"][3].pop("patient"), "the entry of CT ct3 lacks patient"),
+        (lambda i: i["cts"].reverse(), "index.json: its settings, list of CTs or failures differ"),
+        (lambda i: i["cts"].pop(), "index.json: its settings, list of CTs or failures differ"),
+        (lambda i: i.pop("digest"), "index.json: its field 'digest' is missing"),
+    ],
+    ids=["smaller-shape", "larger-shape", "shape-and-file-record", "shifted-affine", "scaled-affine", "spacing",
+         "missing-setting", "weight-scale", "missing-field", "reordered", "removed", "no-digest"],
+)
+def test_an_edited_index_is_refused_naming_the_ct_and_the_field(cache, tmp_path, change, message):
+    folder = copy_cache(cache, tmp_path / "edited")
+    edit_index(folder, change)
+    with pytest.raises(ValueError, match=message):
+        VolumeBank(folder)
+
+
+def test_entries_are_checked_against_their_files_and_the_spacing_even_with_fresh_digests(cache, tmp_path):
+    from onthefly.sampling.preparation import field_digests, index_digest
+
+    def redigested(change):
+        def apply(index):
+            change(index)
+            for entry in index["cts"]:
+                entry["digests"] = field_digests(entry)
+            index["digest"] = index_digest(index)
+        return apply
+
+    cases = [
+        (lambda i: i["cts"][1].update(shape=[n - 4 for n in i["cts"][1]["shape"]]),
+         r"the entry of CT ct1: shape \[14, 10, 12\] does not match its file hu.npy of \[18, 14, 16\]"),
+        (lambda i: _both_shapes(i, 2), r"the entry of CT ct1: files.hu has size \d+ bytes, but"),
+        (_scale_affine, r"the entry of CT ct1: affine has voxel edges \[3.0, 2.0, 2.0\] mm .* prepared at \[2.0, 2.0, 2.0\]"),
+        (lambda i: i["cts"][1].update(spacing=[2.0, 2.0, 2.5]), "the entry of CT ct1: spacing .* differs from its affine"),
+    ]
+    for number, (change, message) in enumerate(cases):
+        folder = copy_cache(cache, tmp_path / f"case{number}")
+        edit_index(folder, redigested(change))
+        with pytest.raises(ValueError, match=message):
+            VolumeBank(folder)
+
+
+def test_an_older_format_folder_is_refused_with_the_way_out(cache, tmp_path):
+    folder = copy_cache(cache, tmp_path / "old")
+    edit_index(folder, lambda index: index.update(version=1))
+    with pytest.raises(ValueError, match=r"written by an older onthefly \(format version 1.*prepare the folder again"):
+        VolumeBank(folder)
+
+
+def test_split_names_what_it_cannot_do(bank, cts):
+    with pytest.raises(TypeError, match="fractions: expected a sequence of numbers such as"):
+        bank.split("ab", seed=0)
+    with pytest.raises(TypeError, match="fractions: expected a sequence of numbers"):
+        bank.split(0.5, seed=0)
+    one = VolumeBank([cts[0]], spacing=SPACING)
+    # what `onthefly train --volumes ONE_CT_FOLDER` asks when no --eval-volumes are given
+    with pytest.raises(ValueError, match=r"fractions: the bank of 1 CT\(s\) from 1 patient\(s\) cannot be split into 2 "
+                                         r"disjoint parts \(asked \[0.0, 1.0\]\).*--eval-volumes"):
+        one.split((0.0, 1.0), seed=0)
+    (whole,) = one.split((1.0,), seed=0)
+    assert len(whole) == 1
 
 
 def test_another_spacing_or_weighting_than_prepared_is_refused(cache):

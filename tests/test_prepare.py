@@ -178,9 +178,9 @@ def test_unreadable_cts_are_named_and_the_others_prepared(ct_files, tmp_path):
 
 def test_hu_outside_int16_is_refused_not_clamped(tmp_path):
     hot = Volume.from_tensor(torch.full((8, 8, 8), 40000.0), spacing=2.0)
-    with pytest.warns(UserWarning, match=r"<volume 0>: ValueError: hu: the resampled HU span \[40000, 40000\]"):
-        report = prepare([hot], tmp_path / "cache", spacing=SPACING)
-    assert not report.prepared
+    with pytest.raises(ValueError, match=r"none of the 1 CT\(s\) could be prepared:\n  <volume 0>: ValueError: hu: "
+                                         r"the resampled HU span \[40000, 40000\]"):
+        prepare([hot], tmp_path / "cache", spacing=SPACING)
 
 
 def interrupt_after(count: int, real):

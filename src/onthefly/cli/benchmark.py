@@ -11,7 +11,7 @@ import torch
 from ..benchmark import AGAINST, DTYPES, BenchmarkSettings, compile_available, format_report, run_benchmark
 from ..checkpoint import strict_json, write_json
 from ..projector import METHODS
-from .common import HelpFormatter, UsageError, check_device, load_ct, positive, writable_file
+from .common import REPORT_SUFFIXES, HelpFormatter, UsageError, check_device, load_ct, output_file, positive
 
 
 def add_benchmark_parser(commands) -> None:
@@ -28,7 +28,8 @@ def add_benchmark_parser(commands) -> None:
                         help="detector pixels per side (the detector spans 512 mm at any size)")
     parser.add_argument("--batch", type=positive(int), default=1,
                         help="samples per call (B); above 1 each is a different crop of the CT")
-    parser.add_argument("--crop-size", type=positive(float), default=200.0, help="with --batch > 1: crop edge, mm")
+    parser.add_argument("--crop-size", type=positive(float), default=200.0,
+                        help="with --batch > 1: crop edge, mm (at most the CT's longest edge)")
     parser.add_argument("--method", choices=METHODS, default="trilinear",
                         help="trilinear: the fast renderer; siddon: the exact line integrals")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="precision of the rendering")
@@ -45,7 +46,7 @@ def add_benchmark_parser(commands) -> None:
     parser.add_argument("--against", nargs="+", default=[], metavar="LIBRARY",
                         help=f"render the same rows with these libraries too: {', '.join(AGAINST)} (must be installed)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
-    parser.add_argument("--output", help="also write the JSON report to this file")
+    parser.add_argument("--output", help="also write the JSON report to this .json file (not the CT)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar: plain progress lines on stderr")
 
 
@@ -70,11 +71,24 @@ def _checked_settings(args: argparse.Namespace) -> BenchmarkSettings:
         raise UsageError(str(error)) from None
 
 
+def _check_crop(volume, args: argparse.Namespace) -> None:
+    """With ``--batch`` > 1, a crop larger than the CT along every axis would be the whole CT B times over."""
+    if args.batch == 1:
+        return  # the whole CT is rendered; --crop-size is not used
+    extent = [float(n * s) for n, s in zip(volume.shape, volume.spacing.tolist())]
+    if args.crop_size > max(extent):
+        sizes = " x ".join(f"{e:g}" for e in extent)
+        raise UsageError(f"--crop-size: expected at most the CT's longest edge, {max(extent):g} mm (the CT spans "
+                         f"{sizes} mm), got {args.crop_size:g} mm: every one of the --batch {args.batch} crops would "
+                         "be the whole CT")
+
+
 def run_benchmark_command(args: argparse.Namespace, argv=None) -> int:
     """``onthefly benchmark``: print the table (or JSON); write the JSON report only where ``--output`` says."""
     settings = _checked_settings(args)
-    output = writable_file(args.output) if args.output else None
+    output = output_file(args.output, suffixes=REPORT_SUFFIXES, inputs=(args.ct,)) if args.output else None
     volume = load_ct(args.ct)
+    _check_crop(volume, args)
     report = run_benchmark(volume, settings, against=args.against, progress="lines" if args.quiet else "auto",
                            ct=args.ct or "the bundled chest CT")
     print(json.dumps(strict_json(report), indent=2) if args.json else format_report(report))

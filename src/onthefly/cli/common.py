@@ -90,6 +90,47 @@ def writable_file(path: str | os.PathLike, flag: str = "--output") -> Path:
     return path
 
 
+PICTURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+"""What ``--output`` of ``render``, ``preview`` may end in (formats matplotlib writes without extra packages)."""
+REPORT_SUFFIXES = (".json",)
+"""What ``--output`` of ``benchmark`` may end in."""
+
+
+def output_file(path: str | os.PathLike, flag: str = "--output", *, suffixes: tuple[str, ...],
+                inputs: tuple = ()) -> Path:
+    """``path`` checked before any work as a new output: not a folder, ending in one of ``suffixes``
+    (case aside), neither an input file nor inside an input folder (a DICOM series), and writable
+    (:func:`writable_file`); :class:`UsageError` naming ``flag`` otherwise.
+
+    Args:
+        path: the output file.
+        suffixes: accepted suffixes, lower case with the dot (``(".json",)``).
+        inputs: paths the command reads (``None`` entries are skipped).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag}: expected a file path, got the folder {path}")
+    if path.suffix.lower() not in suffixes:
+        got = f"the suffix {path.suffix!r}" if path.suffix else "no suffix"
+        raise UsageError(f"{flag}: expected a file name ending in {', '.join(suffixes)}, got {str(path)!r} ({got})")
+    for item in inputs:
+        if item is not None and _is_or_inside(path, Path(item)):
+            raise UsageError(f"{flag}: {path} is {'inside ' if Path(item).is_dir() else ''}the input {item}; writing "
+                             "there would destroy it: choose another path")
+    return writable_file(path, flag)
+
+
+def _is_or_inside(path: Path, item: Path) -> bool:
+    """Whether ``path`` is the file ``item`` (also through links), or lies inside the folder ``item``."""
+    try:
+        if path.exists() and item.exists() and os.path.samefile(path, item):
+            return True
+        resolved, target = path.resolve(), item.resolve()
+    except OSError:
+        return False
+    return resolved == target or (target.is_dir() and target in resolved.parents)
+
+
 def radians(degrees: list[float], flag: str) -> torch.Tensor:
     """Angles given in degrees on the command line as a float32 tensor of radians; finite values only."""
     for value in degrees:

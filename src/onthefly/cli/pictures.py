@@ -19,7 +19,17 @@ from ..geometry import CArm
 from ..preview import save_batch_preview, save_correspondence_preview, save_views
 from ..projector import render
 from ..volume import Volume, VolumeBatch
-from .common import HelpFormatter, UsageError, check_device, load_ct, positive, radians, writable_file
+from .common import (
+    PICTURE_SUFFIXES,
+    HelpFormatter,
+    UsageError,
+    check_device,
+    load_ct,
+    output_file,
+    positive,
+    radians,
+    writable_file,
+)
 
 
 def _carm(args: argparse.Namespace, pixel_spacing: float) -> CArm:
@@ -75,8 +85,9 @@ def _preview(args: argparse.Namespace, output: Path, volume: Volume | None = Non
     volume = load_ct(args.volume, "--volume") if volume is None else volume
     images, correspondence, seconds = _views_and_correspondence(volume, args, args.pixel_spacing)
     titles = [f"alpha {a:g} deg" for a in args.alpha]
-    save_correspondence_preview(images[0], correspondence[0], output, patch_size=args.patch_size, titles=titles)
-    summary = dict(preview=str(output), views=len(args.alpha), **seconds, images=list(images.shape),
+    written = save_correspondence_preview(images[0], correspondence[0], output, patch_size=args.patch_size,
+                                          titles=titles)
+    summary = dict(preview=str(written), views=len(args.alpha), **seconds, images=list(images.shape),
                    correspondence=list(correspondence.shape))
     return summary, images, titles
 
@@ -96,13 +107,13 @@ def _sampled_preview(args: argparse.Namespace, output: Path) -> dict:
     start = time.perf_counter()
     batch = sampler.sample(0)
     seconds = time.perf_counter() - start
-    save_batch_preview(batch, output, samples=args.samples)
-    return dict(preview=str(output), batch_seconds=round(seconds, 3), images=list(batch.images.shape),
+    written = save_batch_preview(batch, output, samples=args.samples)
+    return dict(preview=str(written), batch_seconds=round(seconds, 3), images=list(batch.images.shape),
                 correspondence=list(batch.correspondence.shape))
 
 
 def run_preview(args: argparse.Namespace, argv=None) -> int:
-    output = writable_file(args.output)
+    output = output_file(args.output, suffixes=PICTURE_SUFFIXES, inputs=(args.volume,))
     summary = _sampled_preview(args, output) if args.sampled else _preview(args, output)[0]
     print(json.dumps(strict_json(summary), indent=2))
     return 0
@@ -110,18 +121,21 @@ def run_preview(args: argparse.Namespace, argv=None) -> int:
 
 def run_render(args: argparse.Namespace, argv=None) -> int:
     """``onthefly render``: the views of a CT as a PNG (line integrals with a colour bar), optionally the matrix."""
-    output = writable_file(args.output)
+    output = output_file(args.output, suffixes=PICTURE_SUFFIXES, inputs=(args.ct,))
+    matrix = output.with_name(f"{output.stem}-correspondence{output.suffix}")
+    if args.correspondence:
+        output_file(matrix, "--output (its -correspondence picture)", suffixes=PICTURE_SUFFIXES, inputs=(args.ct,))
     device = check_device(args.device)
     volume = load_ct(args.ct)
     spacing = args.pixel_spacing or framing_pixel_spacing(volume, sid=args.sid, sdd=args.sdd, pixels=args.size)
     images, correspondence, seconds = _views_and_correspondence(volume, args, spacing, device)
     titles = [f"alpha {a:g}, beta {b:g} deg" for a, b in zip(args.alpha, args.beta or [0.0] * len(args.alpha))]
-    save_views(images[0], output, titles=titles, colorbar=True)
-    summary = {"views_png": str(output), "images": list(images.shape), "pixel_spacing_mm": round(spacing, 4),
+    written = save_views(images[0], output, titles=titles, colorbar=True)
+    summary = {"views_png": str(written), "images": list(images.shape), "pixel_spacing_mm": round(spacing, 4),
                "method": args.method, "device": device, **seconds}
     if correspondence is not None:
-        matrix = output.with_name(output.stem + "-correspondence.png")
-        save_correspondence_preview(images[0], correspondence[0], matrix, patch_size=args.patch_size, titles=titles)
+        matrix = save_correspondence_preview(images[0], correspondence[0], matrix, patch_size=args.patch_size,
+                                             titles=titles)
         summary |= {"correspondence_png": str(matrix), "correspondence": list(correspondence.shape)}
     print(json.dumps(strict_json(summary), indent=2))
     return 0
@@ -190,7 +204,8 @@ def add_picture_parsers(commands) -> None:
 
     preview = commands.add_parser("preview", help="write a PNG of views with patch correspondences",
                                   formatter_class=HelpFormatter)
-    preview.add_argument("--output", default="outputs/preview.png", help="PNG path")
+    preview.add_argument("--output", default="outputs/preview.png",
+                         help="picture path: .png, .pdf, .svg or .jpg (not the --volume file)")
     preview.add_argument("--volume", help="CT path (NIfTI, NRRD, MHA, DICOM folder); default: the bundled chest CT")
     preview.add_argument("--sampled", action="store_true",
                          help="show a batch drawn by DRRCorrespondenceSampler (random poses and crops) instead")
@@ -213,7 +228,8 @@ def add_picture_parsers(commands) -> None:
                       help="CT file (NIfTI, NRRD, MHA) or DICOM series folder, centred on the isocenter; "
                            "omitted: the bundled chest CT")
     view.add_argument("--output", default="outputs/views.png",
-                      help="PNG path of the views; with --correspondence also STEM-correspondence.png beside it")
+                      help="picture of the views: .png, .pdf, .svg or .jpg (not the CT); with --correspondence "
+                           "also STEM-correspondence.SUFFIX beside it")
     view.add_argument("--correspondence", action="store_true",
                       help="also write the views with patch matches overlaid and the correspondence matrix")
     view.add_argument("--method", choices=["trilinear", "siddon"], default="trilinear",

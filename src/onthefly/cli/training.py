@@ -320,16 +320,21 @@ def train_from_args(args: argparse.Namespace, *, given: set[str] | None = None) 
 
 
 def add_prepare_parser(commands) -> None:
+    from .common import positive
+
     prepare = commands.add_parser(
         "prepare", help="resample CTs once into a folder the sampler reads (for many CTs; see VolumeBank)",
-        formatter_class=HelpFormatter)
+        formatter_class=HelpFormatter,
+        description="Resample CTs once into a folder the sampler reads. Bad flags, a glob that matches nothing, or "
+                    "a run in which no CT could be prepared end with exit status 2 and a message naming the flag.")
     prepare.add_argument("sources", nargs="+", metavar="CT",
                          help="CT files (NIfTI, NRRD, MHA), DICOM series folders, globs, or list files "
                               "(.txt/.csv: one 'ct[,labels[,patient]]' per line)")
     prepare.add_argument("--output", required=True, help="the prepared folder (an unfinished one is resumed)")
-    prepare.add_argument("--spacing", type=float, nargs="+", default=[1.0],
+    prepare.add_argument("--spacing", type=positive(float), nargs="+", default=[1.0],
                          help="voxel spacing in mm, one value or three: the sampler's --spacing")
-    prepare.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    prepare.add_argument("--workers", type=positive(int), default=1,
+                         help="CTs prepared at once (threads of this process)")
     prepare.add_argument("--air-threshold", type=float, default=-900.0, help="HU at or below which a voxel is air")
     prepare.add_argument("--weighting", choices=["soft", "binary"], default="soft", help="correspondence voxel weights")
     prepare.add_argument("--patient-pattern",
@@ -339,29 +344,58 @@ def add_prepare_parser(commands) -> None:
     prepare.add_argument("--strict", action="store_true", help="exit with status 1 when a CT cannot be read")
 
 
-def run_prepare(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    """Run ``onthefly prepare``; print a JSON summary; unreadable CTs are named on stderr."""
+PREPARE_FLAGS = {"sources": "CT", "output": "--output", "spacing": "--spacing", "workers": "--workers",
+                 "air_threshold_hu": "--air-threshold", "weighting": "--weighting", "patient_id": "--patient-pattern"}
+"""The flag of each argument of :func:`~onthefly.sampling.preparation.prepare`, for its error messages."""
+
+
+def _patient_id(pattern_text: str | None):
+    """The ``--patient-pattern`` as a function from a CT's path to its patient id (:class:`UsageError` if bad)."""
     import re
+
+    if not pattern_text:
+        return None
+    try:
+        pattern = re.compile(pattern_text)
+    except re.error as error:
+        raise UsageError(f"--patient-pattern: {pattern_text!r} is not a regular expression ({error})") from None
+
+    def patient_id(name: str) -> str:
+        match = pattern.search(name)
+        if match is None:
+            raise UsageError(f"--patient-pattern: {pattern_text!r} does not match the CT {name}")
+        patient = match.group(1) if pattern.groups else match.group(0)
+        if not patient:
+            raise UsageError(f"--patient-pattern: {pattern_text!r} finds an empty patient id in the CT {name}")
+        return patient
+
+    return patient_id
+
+
+def run_prepare(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    """Run ``onthefly prepare``; print a JSON summary; unreadable CTs are named on stderr.
+
+    Exit status 0, 1 with ``--strict`` when some CT could not be read, 2 for bad flags and
+    when no CT could be prepared.
+    """
     import warnings
 
     from ..sampling.preparation import prepare
 
-    patient_id = None
-    if args.patient_pattern:
-        pattern = re.compile(args.patient_pattern)
-
-        def patient_id(name: str) -> str:
-            match = pattern.search(name)
-            if match is None:
-                raise SystemExit(f"--patient-pattern: {args.patient_pattern!r} does not match the CT {name}")
-            return match.group(1) if match.groups() else match.group(0)
-
+    if len(args.spacing) not in (1, 3):
+        raise UsageError(f"--spacing: expected one or three values (mm), got {len(args.spacing)}: {args.spacing}")
+    patient_id = _patient_id(args.patient_pattern)
     spacing = args.spacing[0] if len(args.spacing) == 1 else args.spacing
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the failures are printed below
-        report = prepare(args.sources, args.output, spacing=spacing, workers=args.workers,
-                         air_threshold_hu=args.air_threshold, weighting=args.weighting, patient_id=patient_id,
-                         overwrite=args.overwrite)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the failures are printed below
+            report = prepare(args.sources, args.output, spacing=spacing, workers=args.workers,
+                             air_threshold_hu=args.air_threshold, weighting=args.weighting, patient_id=patient_id,
+                             overwrite=args.overwrite)
+    except (ValueError, TypeError) as error:  # the message starts with the argument's name: name the flag instead
+        name, _, rest = str(error).partition(": ")
+        flag = PREPARE_FLAGS.get(name.split("[")[0])
+        raise UsageError(f"{flag}: {rest}" if flag else str(error)) from None
     for name, reason in report.failed:
         print(f"onthefly prepare: could not read {name}: {reason}", file=sys.stderr)
     print(json.dumps(report.summary(), indent=2))

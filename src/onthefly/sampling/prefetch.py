@@ -48,6 +48,14 @@ class Prefetcher:
 
     def __init__(self, sampler, *, depth: int = 2, start: int | None = None, stop: int | None = None,
                  threads: int | None = None) -> None:
+        missing = [name for name in ("sample", "state_dict") if not callable(getattr(sampler, name, None))]
+        missing += [name for name in ("steps", "device") if not hasattr(sampler, name)]
+        if missing:
+            raise TypeError(
+                f"sampler: expected a DRRCorrespondenceSampler (or a task sampler: sample(step), "
+                f"state_dict(), seek(step), steps, device), got a {type(sampler).__name__} without {', '.join(missing)}; "
+                "pass the sampler itself, not an iterator over its batches"
+            )
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise ValueError(f"depth: expected an int >= 1 (batches made ahead), got {depth!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):

@@ -21,11 +21,25 @@ folder ``cts/<key>/`` of plain NumPy ``.npy`` files (C order, no compression):
   most ``0.5 / WEIGHT_SCALE`` (3e-5).
 * ``entry.json``: the CT's index entry, written last: it marks the CT complete.
 
+Every file is verifiable piece by piece: its entry holds a CRC-32 of the
+file's ``.npy`` header and one of each block of about 1 MiB of whole planes
+(``block_planes`` planes along the first axis), each seeded with the file's
+place in the folder and the block's number, so a block damaged, moved within
+the file, or taken from another CT's file fails its check. The bank checks a
+block the first time it reads from it (see :mod:`onthefly.sampling.bank`).
+Every entry holds a digest of each of its fields, and the index one of its
+settings and of the entries' digests, so an edited index is told apart from a
+prepared one.
+
 ``index.json`` lists the entries in the order of the sources, with the
 preparation settings and the CTs that could not be read; it is written when a
 preparation finishes (and removed when one starts), so a folder with an index is
 a finished cache. A killed preparation resumes: CTs with an ``entry.json`` of
 the same settings and an unchanged source are skipped.
+
+Format version 2 (the block checksums and digests); a folder of version 1 is
+refused with a message to prepare it again (``prepare`` into the same folder
+redoes its CTs, no ``overwrite`` needed).
 """
 
 from __future__ import annotations
@@ -34,16 +48,15 @@ import glob
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import re
 import shutil
 import sys
 import uuid
 import warnings
+import zlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -71,14 +84,19 @@ __all__ = [
 
 INDEX_NAME = "index.json"
 FORMAT = "onthefly-prepared-cts"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: block checksums of every file, digests of every index field; 1 (header and tail hashes only) is refused."""
 WEIGHT_SCALE = 16383
 """Voxel weights in [0, 1] are stored as integers ``round(w * WEIGHT_SCALE)``."""
 MAX_BOX_VOXELS = (2**32 - 1) // WEIGHT_SCALE
 """Largest box (voxels) whose weight sum the modulo-2**32 table gives exactly: 262,160 (64^3)."""
 LIST_SUFFIXES = (".txt", ".csv", ".lst", ".list")
 _INT16 = np.iinfo(np.int16)
-_TAIL_BYTES = 65536
+BLOCK_BYTES = 2**20
+"""About this many bytes of whole planes make one checksummed block of a prepared file."""
+ENTRY_FIELDS = ("key", "source", "patient", "shape", "affine", "spacing", "label_names", "content_hash",
+                "source_stat", "settings", "files")
+"""The fields of an index entry, each with a digest in its ``digests``."""
 
 
 @dataclass(frozen=True)
@@ -352,19 +370,54 @@ def weight_table(hu: torch.Tensor, *, weighting: str, air_threshold_hu: float) -
 
 
 def _file_record(path: Path, folder: Path) -> dict:
-    """What the bank checks before reading a prepared array: place, layout, size and a hash of its tail."""
+    """What the bank checks before and while reading a prepared array: place, layout, size, and the checksums
+    of its header and of each block of ``block_planes`` planes, computed from the file as written."""
     array = np.load(path, mmap_mode="r")
-    record = {"path": path.relative_to(folder).as_posix(), "offset": int(array.offset), "dtype": array.dtype.str,
-              "shape": list(array.shape), "size": path.stat().st_size, "tail": tail_hash(path)}
+    offset, dtype, shape = int(array.offset), array.dtype, tuple(int(n) for n in array.shape)
     del array
-    return record
-
-
-def tail_hash(path: Path) -> str:
-    """Hash of the last 64 KiB of a file (a cheap check that it was not rewritten)."""
+    label = path.relative_to(folder).as_posix()
+    planes = block_planes(shape, dtype.itemsize)
+    plane_bytes = dtype.itemsize * math.prod(shape[1:])
+    checksums = []
     with open(path, "rb") as handle:
-        handle.seek(max(0, path.stat().st_size - _TAIL_BYTES))
-        return hashlib.blake2b(handle.read(), digest_size=8).hexdigest()
+        header = handle.read(offset)
+        for block in range(-(-shape[0] // planes)):
+            count = min(planes, shape[0] - block * planes)
+            data = handle.read(count * plane_bytes)
+            if len(data) != count * plane_bytes:
+                raise ValueError(f"{label}: the file ended early while it was checksummed (disk full?)")
+            checksums.append(block_checksum(data, label, block))
+    return {"path": label, "offset": offset, "dtype": dtype.str, "shape": list(shape), "size": path.stat().st_size,
+            "header": block_checksum(header, label, "header"), "block_planes": planes, "checksums": checksums}
+
+
+def block_planes(shape: Sequence[int], itemsize: int) -> int:
+    """Planes (along the first axis) per checksummed block of an array of ``shape``: about ``BLOCK_BYTES``."""
+    plane_bytes = itemsize * math.prod(shape[1:])
+    return max(1, min(max(1, int(shape[0])), BLOCK_BYTES // max(1, plane_bytes)))
+
+
+def block_checksum(data, label: str, block: int | str) -> int:
+    """CRC-32 of ``data`` (bytes of block ``block`` of the file ``label``), seeded with the label and the block,
+    so equal bytes at another place or in another CT's file give another checksum."""
+    return zlib.crc32(data, zlib.crc32(f"{label}#{block}".encode()))
+
+
+def field_digests(entry: dict) -> dict:
+    """A short digest of each field of an index entry (its canonical JSON), to tell an edited entry."""
+    return {name: _digest(entry[name]) for name in ENTRY_FIELDS if name in entry}
+
+
+def index_digest(index: dict) -> str:
+    """Digest of an index's format, settings, failures and its entries' field digests (order included)."""
+    return _digest({"format": index.get("format"), "version": index.get("version"), "settings": index.get("settings"),
+                    "failed": index.get("failed"), "cts": [entry.get("digests") if isinstance(entry, dict) else entry
+                                                           for entry in index.get("cts", [])]})
+
+
+def _digest(value) -> str:
+    text = json.dumps(value, sort_keys=True, allow_nan=True)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def _content_hash(hu: np.ndarray, labels: np.ndarray | None, affine: torch.Tensor) -> str:
@@ -414,6 +467,7 @@ def prepare_one(source: CTSource, output: Path, settings: PreparationSettings) -
         "content_hash": _content_hash(hu, labels, volume.affine), "source_stat": source.stat(),
         "settings": settings.to_json(), "files": {name: _file_record(final / f"{name}.npy", output) for name in arrays},
     }
+    entry["digests"] = field_digests(entry)
     _write_json(final / "entry.json", entry)
     return entry
 
@@ -435,27 +489,38 @@ def _finished_entry(source: CTSource, output: Path, settings: PreparationSetting
         entry = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if entry.get("settings") != settings.to_json() or entry.get("source") != source.name:
+    if not isinstance(entry, dict) or entry.get("settings") != settings.to_json() or entry.get("source") != source.name:
         return None
+    if entry.get("digests") != field_digests(entry) or set(entry["digests"]) != set(ENTRY_FIELDS):
+        return None  # edited or damaged: prepared again
     if source.path is not None and entry.get("source_stat") != source.stat():
         return None
-    for record in entry.get("files", {}).values():
-        file = output / record["path"]
-        if not file.is_file() or file.stat().st_size != record["size"]:
-            return None
+    try:
+        for record in entry["files"].values():
+            file = output / str(record["path"])
+            if not file.is_file() or file.stat().st_size != record["size"]:
+                return None
+    except (AttributeError, KeyError, TypeError, OSError):
+        return None
     return entry
 
 
 def _check_folder(output: Path, settings: PreparationSettings, overwrite: bool) -> None:
     if output.exists() and not output.is_dir():
         raise ValueError(f"output: expected a folder, got the file {output}")
+    blocking = next((parent for parent in output.parents if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ValueError(f"output: cannot make the folder {output}: {blocking} is a file, not a folder")
     index = output / INDEX_NAME
     if index.exists() and not overwrite:
         try:
             previous = json.loads(index.read_text()).get("settings")
-        except ValueError:
+        except (ValueError, AttributeError):
             previous = None
-        if previous is not None and previous != settings.to_json():
+        if isinstance(previous, dict):  # an older format's CTs are prepared again without asking
+            previous = {key: value for key, value in previous.items() if key != "format_version"}
+        ours = {key: value for key, value in settings.to_json().items() if key != "format_version"}
+        if previous is not None and previous != ours:
             raise ValueError(
                 f"output: {output} holds CTs prepared with settings {previous}; asked {settings.to_json()}: "
                 "choose another folder, or pass overwrite=True (--overwrite) to prepare them again"
@@ -469,7 +534,9 @@ def read_index(folder: str | Path) -> dict:
 
     Raises ``FileNotFoundError`` for a folder that does not exist or holds no
     index (never prepared, or a preparation that did not finish), and
-    ``ValueError`` for an index of another format or version.
+    ``ValueError`` for an index of another format or version, or one without
+    its settings, entries or digest. (The entries are checked by the bank:
+    :class:`~onthefly.sampling.bank.VolumeBank` names the CT and the field.)
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -486,11 +553,24 @@ def read_index(folder: str | Path) -> dict:
         index = json.loads(path.read_text())
     except ValueError as error:
         raise ValueError(f"volumes: {path} is not valid JSON ({error}); prepare the folder again") from error
+    if not isinstance(index, dict):
+        raise ValueError(f"volumes: {path} holds a JSON {type(index).__name__}, not a prepared index; prepare the folder again")
+    if index.get("format") == FORMAT and index.get("version") == 1:
+        raise ValueError(
+            f"volumes: {path} was written by an older onthefly (format version 1, whose files carry no block "
+            f"checksums); prepare the folder again (`onthefly prepare` with the same CTs and --output {folder}: "
+            "its CTs are redone)"
+        )
     if index.get("format") != FORMAT or index.get("version") != FORMAT_VERSION:
         raise ValueError(
             f"volumes: {path} has format {index.get('format')!r} version {index.get('version')!r}; "
             f"expected {FORMAT!r} version {FORMAT_VERSION}: prepare the folder again"
         )
+    for key, kind in (("settings", dict), ("cts", list), ("failed", list), ("digest", str)):
+        if not isinstance(index.get(key), kind):
+            found = "missing" if key not in index else f"a {type(index[key]).__name__}"
+            raise ValueError(f"volumes: {path}: its field {key!r} is {found}, expected a {kind.__name__}; "
+                             "prepare the folder again")
     return index
 
 
@@ -517,7 +597,10 @@ def prepare(
             globs, list files, Volumes, torchio Subjects).
         output: the prepared folder (created; an unfinished one is resumed).
         spacing: voxel edge(s) in mm, the sampler's ``spacing``.
-        workers: parallel worker processes (1: in this process).
+        workers: CTs prepared at once, each in a thread of this process (1: one after the other).
+            Reading, resampling, hashing and writing release the interpreter lock, so the threads
+            run side by side; no process is started and nothing is imported again, so a plain
+            script may call ``prepare(..., workers=4)`` without an ``if __name__ == "__main__"`` guard.
         air_threshold_hu, weighting: as the sampler's (tissue blocks and weights depend on them).
         patient_id: maps a CT's path to its patient id (see :func:`expand_sources`).
         on_error: ``"skip"``: CTs that cannot be read are reported (a warning
@@ -528,6 +611,10 @@ def prepare(
 
     Returns:
         a :class:`PreparationReport`; ``output/index.json`` lists the prepared CTs.
+
+    Raises:
+        ValueError: bad arguments (named); ``sources: none of the N CT(s) could be
+            prepared`` when no CT is in the folder at the end (whatever ``on_error``).
 
     Example:
         >>> import tempfile
@@ -545,7 +632,10 @@ def prepare(
         raise ValueError("sources: expected at least one CT, got none")
     output = Path(output)
     _check_folder(output, settings, overwrite)
-    (output / "cts").mkdir(parents=True, exist_ok=True)
+    try:
+        (output / "cts").mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"output: cannot make the folder {output} ({error.strerror or error})") from None
     (output / INDEX_NAME).unlink(missing_ok=True)  # an index marks a finished preparation
     report = PreparationReport(output=output)
     entries: dict[int, dict] = {}
@@ -561,6 +651,7 @@ def prepare(
     ordered = [entries[p] for p in sorted(entries)]
     index = {"format": FORMAT, "version": FORMAT_VERSION, "settings": settings.to_json(), "cts": ordered,
              "failed": [{"source": name, "reason": reason} for name, reason in report.failed]}
+    index["digest"] = index_digest(index)
     _write_json(output / INDEX_NAME, index)
     _report_failures(report, on_error)
     return report
@@ -570,6 +661,8 @@ def _report_failures(report: PreparationReport, on_error: str) -> None:
     if not report.failed:
         return
     lines = "\n".join(f"  {name}: {reason}" for name, reason in report.failed)
+    if not report.prepared and not report.skipped:  # nothing to serve: never a quiet success
+        raise ValueError(f"sources: none of the {len(report.failed)} CT(s) could be prepared:\n{lines}")
     message = f"{len(report.failed)} CT(s) could not be prepared and were left out:\n{lines}"
     if on_error == "raise":
         raise ValueError(f"sources: {message}")
@@ -584,30 +677,42 @@ def _progress_bar(total: int, progress: bool | None):
 
 
 def _run(listed, todo, output, settings, workers, entries, report, progress) -> None:
-    """Prepare the CTs at positions ``todo``, in this process or in ``workers`` processes."""
+    """Prepare the CTs at positions ``todo``, in this thread or in ``workers`` threads.
+
+    Threads, not processes: a process pool would start interpreters that import the
+    caller's script again (spawn, forkserver) and run it once per worker when it has no
+    ``__main__`` guard, or fork a process whose OpenMP threads may hang the child (fork).
+    The work (file reads, torch resampling, numpy sums, CRC-32, writes) releases the
+    interpreter lock. Each thread's torch ops use ``cores // workers`` OpenMP threads;
+    this thread's setting is restored afterwards.
+    """
     with _progress_bar(len(todo), progress) as bar:
         if workers == 1 or len(todo) <= 1:
             for position in todo:
                 _record(position, listed[position], _attempt(listed[position], output, settings), entries, report)
                 bar.update()
             return
-        context = multiprocessing.get_context("spawn")  # no fork of a process with torch threads
         threads = max(1, (os.cpu_count() or 1) // workers)
+        before = torch.get_num_threads()
         try:
-            with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+            with ThreadPoolExecutor(min(workers, len(todo)), thread_name_prefix="onthefly-prepare",
+                                    initializer=_init_worker, initargs=(threads,)) as pool:
                 futures = {pool.submit(_attempt, listed[p], output, settings): p for p in todo}
-                for future in as_completed(futures):
-                    position = futures[future]
-                    _record(position, listed[position], future.result(), entries, report)
-                    bar.update()
-        except BrokenProcessPool:
-            failed = {name for name, _ in report.failed}
-            reason = "a worker process died (killed, or out of memory); run prepare again to retry"
-            report.failed += [(listed[p].name, reason) for p in todo if p not in entries and listed[p].name not in failed]
+                try:
+                    for future in as_completed(futures):
+                        position = futures[future]
+                        _record(position, listed[position], future.result(), entries, report)
+                        bar.update()
+                except BaseException:  # an interrupt: the CTs not started are not started
+                    for future in futures:
+                        future.cancel()
+                    raise
+        finally:
+            torch.set_num_threads(before)
 
 
 def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # this thread's OpenMP team (MKL's is process-wide: restored by _run)
 
 
 def _attempt(source: CTSource, output: Path, settings: PreparationSettings) -> tuple[bool, object]:
