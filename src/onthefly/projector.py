@@ -157,8 +157,12 @@ def render_channels(
     check_ndim("values", values, (5,), "(B, C, D, H, W)")
     if min(values.shape) < 1:
         raise ValueError(f"values: expected shape (B, C, D, H, W) with every size >= 1, got {tuple(values.shape)}")
-    check_finite("values", values)
-    batch = VolumeBatch(attenuation=values[:, :1], affine=affine)  # checks the affines against the batch size
+    # Values and affines are read back to the host for their checks only in eager calls; a traced caller
+    # (torch.compile) checked its inputs where they entered.
+    checked = not torch.compiler.is_compiling()
+    if checked:
+        check_finite("values", values)
+    batch = VolumeBatch(attenuation=values[:, :1], affine=affine, validate=checked)
     _check_batch_sizes(batch.batch_size, carm.batch_shape[0])
     core = _compiled_render() if compile else _render
     return core(values, batch.affine, carm, method, memory_budget)

@@ -16,7 +16,7 @@ Example (a sampler's draw and make stages):
     >>> params.kv.shape, params.grid.shape
     (torch.Size([4]), torch.Size([4]))
     >>> lines = torch.rand(4, 2, 3, 32, 32)                           # (B, V, M, H, W) g/cm^2 from the renderer
-    >>> images = radiograph(lines, params, pixel_spacing=2.0, generator=torch.Generator().manual_seed(1))
+    >>> images = radiograph(lines, params, pixel_spacing=2.0)
     >>> images.shape                                                  # make stage: (B, V, 1, H, W) in [0, 1]
     torch.Size([4, 2, 1, 32, 32])
 """
@@ -172,6 +172,7 @@ class Physics:
                 values[name] = (uniform < low).to(torch.float32)
             else:
                 values[name] = low + (high - low) * uniform
+        values["noise_seed"] = torch.randint(0, 2**62, (batch_size,), generator=generator, device=device)
         return PhysicsParams(physics=self, **values)
 
 
@@ -179,8 +180,9 @@ class Physics:
 class PhysicsParams:
     """One batch's physics, ``(B,)`` float tensors (units as :class:`Physics`), and the config they came from.
 
-    ``grid`` is 0 or 1; ``scatter`` the amplitude scale. Build one by :meth:`Physics.draw` or directly
-    (e.g. to fix a value for a test).
+    ``grid`` is 0 or 1; ``scatter`` the amplitude scale; ``noise_seed`` ``(B,)`` int64 keys each sample's
+    noise (so the images are a pure function of the parameters). Build one by :meth:`Physics.draw` or
+    directly (e.g. to fix a value for a test).
     """
 
     physics: Physics
@@ -194,6 +196,7 @@ class PhysicsParams:
     blur_mm: Tensor
     electronic_noise: Tensor
     detector_csi_mm: Tensor
+    noise_seed: Tensor
 
     def __post_init__(self) -> None:
         if not isinstance(self.physics, Physics):
@@ -204,6 +207,9 @@ class PhysicsParams:
             if not isinstance(value, Tensor) or value.dim() != 1:
                 raise TypeError(f"{name}: expected a (B,) tensor, got {value!r:.60}")
             sizes[name] = value.shape[0]
+        if not isinstance(self.noise_seed, Tensor) or self.noise_seed.dim() != 1 or self.noise_seed.is_floating_point():
+            raise TypeError(f"noise_seed: expected a (B,) integer tensor, got {self.noise_seed!r:.60}")
+        sizes["noise_seed"] = self.noise_seed.shape[0]
         if len(set(sizes.values())) != 1:
             raise ValueError(f"PhysicsParams: expected (B,) tensors of one batch size, got sizes {sizes}")
 
@@ -213,4 +219,5 @@ class PhysicsParams:
 
     def to(self, device) -> "PhysicsParams":
         """The same parameters on ``device``."""
-        return dataclasses.replace(self, **{name: getattr(self, name).to(device) for name in _RANDOMISED})
+        names = (*_RANDOMISED, "noise_seed")
+        return dataclasses.replace(self, **{name: getattr(self, name).to(device) for name in names})

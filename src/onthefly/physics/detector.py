@@ -14,6 +14,14 @@
   correlates the noise, as in a real panel).
 * Electronic noise: additive Gaussian read-out noise, standard deviation in
   quanta per pixel.
+
+Random numbers: from a ``torch.Generator`` when one is given, or else from a
+counter-based generator keyed by each sample's ``noise_seed`` (drawn with the
+other parameters): Box-Muller normals of 24-bit uniforms made by hashing
+(seed, stream, pixel) with a 32-bit integer mixer (Wellons' "lowbias32").
+It needs no generator object, so ``torch.compile(fullgraph=True)`` traces it
+(generators cannot enter a compiled graph), and the noise is a pure function
+of the parameters.
 """
 
 from __future__ import annotations
@@ -24,18 +32,59 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["NOISE_MODES", "quantum_noise", "gaussian_blur", "electronic_noise"]
+__all__ = ["NOISE_MODES", "standard_normal", "quantum_noise", "gaussian_blur", "electronic_noise"]
 
 NOISE_MODES = ("gaussian", "poisson", "none")
+_MASK32 = 0xFFFFFFFF
 
 
-def quantum_noise(expected: Tensor, generator: torch.Generator | None, *, mode: str = "gaussian") -> Tensor:
-    """Detected quanta ``(...)`` from their expected numbers ``(...)`` (>= 0): Poisson, Gaussian or none."""
+def _mix32(x: Tensor) -> Tensor:
+    """Wellons' lowbias32 integer hash of int64 tensors holding 32-bit values (products wrap; low bits kept)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def _uniform(shape: torch.Size, seed: Tensor, stream: int, dtype: torch.dtype) -> Tensor:
+    """Uniforms in (0, 1) of ``shape (B, ...)`` from per-sample ``seed (B,)`` int64 and a stream number."""
+    per_sample = math.prod(shape[1:])
+    counter = torch.arange(per_sample, device=seed.device, dtype=torch.int64) + stream * per_sample
+    key_low = _mix32(seed & _MASK32)[:, None]
+    key_high = _mix32((seed >> 32) & _MASK32 ^ 0x9E3779B9)[:, None]
+    bits = _mix32(_mix32((counter[None] & _MASK32) ^ key_low) ^ key_high)
+    return (((bits >> 8).to(dtype) + 0.5) / 2.0**24).reshape(shape)
+
+
+def standard_normal(shape: torch.Size, seed: Tensor, stream: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``N(0, 1)`` samples of ``shape (B, ...)``, a pure function of ``seed (B,)`` (int64) and ``stream`` (int):
+    Box-Muller on counter-based uniforms. Different streams give independent-looking draws."""
+    first = _uniform(shape, seed, 2 * stream, torch.float64)
+    second = _uniform(shape, seed, 2 * stream + 1, torch.float64)
+    return (torch.sqrt(-2.0 * torch.log(first)) * torch.cos(2.0 * math.pi * second)).to(dtype)
+
+
+def _normal_like(reference: Tensor, seed: Tensor, stream: int, generator: torch.Generator | None) -> Tensor:
+    if generator is not None:
+        return torch.randn(reference.shape, generator=generator, dtype=reference.dtype, device=reference.device)
+    return standard_normal(reference.shape, seed, stream, reference.dtype)
+
+
+def quantum_noise(expected: Tensor, seed: Tensor, *, mode: str = "gaussian",
+                  generator: torch.Generator | None = None) -> Tensor:
+    """Detected quanta ``(B, ...)`` from their expected numbers ``(B, ...)`` (>= 0): Poisson, Gaussian or none.
+
+    ``seed (B,)`` int64 keys the counter-based noise when ``generator`` is ``None``. Poisson draws use
+    ``generator``, or one seeded from ``seed`` (a host read: evaluation only).
+    """
     if mode == "none":
         return expected
     if mode == "poisson":
+        if generator is None:
+            generator = torch.Generator(device=expected.device).manual_seed(int(seed[0]) & (2**63 - 1))
         return torch.poisson(expected.detach().clamp_min(0.0), generator=generator).to(expected.dtype)
-    eps = torch.randn(expected.shape, generator=generator, dtype=expected.dtype, device=expected.device)
+    eps = _normal_like(expected, seed, 0, generator)
     return expected + torch.sqrt(expected.clamp_min(1e-12)) * eps
 
 
@@ -65,7 +114,9 @@ def gaussian_blur(images: Tensor, blur_mm: Tensor, *, pixel_spacing: float, radi
     return flat.reshape(b, v, c, h, w)
 
 
-def electronic_noise(signal: Tensor, sigma: Tensor, generator: torch.Generator | None) -> Tensor:
-    """``signal (B, ...)`` plus Gaussian noise of standard deviation ``sigma (B,)`` quanta."""
-    eps = torch.randn(signal.shape, generator=generator, dtype=signal.dtype, device=signal.device)
+def electronic_noise(signal: Tensor, sigma: Tensor, seed: Tensor, *,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """``signal (B, ...)`` plus Gaussian noise of standard deviation ``sigma (B,)`` quanta (keyed as
+    :func:`quantum_noise`)."""
+    eps = _normal_like(signal, seed, 1, generator)
     return signal + sigma.to(signal.dtype).reshape(-1, *(1,) * (signal.dim() - 1)) * eps

@@ -115,10 +115,9 @@ def material_densities(hu: Tensor, *, labels: Tensor | None = None,
 
     Example:
         >>> from onthefly.physics import material_densities
-        >>> material_densities(torch.tensor([-1000.0, 40.0, 2000.0]).reshape(1, 1, 1, 1, 3))[0, :, 0, 0]
-        tensor([[0.0012, 0.0000, 0.0000],
-                [0.0000, 1.0498, 0.0000],
-                [0.0000, 0.0000, 2.2030]])
+        >>> densities = material_densities(torch.tensor([-1000.0, 40.0, 2000.0]).reshape(1, 1, 1, 1, 3))
+        >>> densities.shape, densities[0, :, 0, 0].mul(1000).round().tolist()  # mg/cm^3: air, tissue, bone
+        (torch.Size([1, 3, 1, 1, 3]), [[1.0, 0.0, 0.0], [0.0, 1051.0, 0.0], [0.0, 0.0, 2203.0]])
     """
     if not isinstance(hu, Tensor) or not hu.is_floating_point():
         raise TypeError(f"hu: expected a floating tensor (B, 1, D, H, W) of Hounsfield units, got {hu!r:.60}")

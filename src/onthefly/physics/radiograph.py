@@ -37,9 +37,8 @@ def _check(material_integrals, params, pixel_spacing, generator, noise) -> float
         raise ValueError(f"material_integrals: expected shape (B={params.batch_size}, V, M={len(materials)}, H, W) "
                          f"for the materials {materials}, got {shape}")
     check_choice("noise", noise, NOISE_MODES)
-    if noise != "none" and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: expected a torch.Generator for noise={noise!r} (no global RNG), "
-                        f"got {type(generator).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
     return check_real("pixel_spacing", pixel_spacing, low=MIN_LENGTH_MM, unit="mm")
 
 
@@ -75,11 +74,12 @@ def radiograph_stages(material_integrals: Tensor, params: PhysicsParams, *, pixe
     dose = params.dose.to(dtype)
     expected = dose.reshape(per_sample) * (primary * primary_share.reshape(per_sample)
                                            + scatter * scatter_share.reshape(per_sample))
-    quanta = quantum_noise(expected, generator, mode=noise)
+    seed = params.noise_seed.to(torch.int64)
+    quanta = quantum_noise(expected, seed, mode=noise, generator=generator)
     signal = gaussian_blur(quanta, params.blur_mm, pixel_spacing=pixel_spacing,
                            radius=physics.blur_radius(pixel_spacing))
     if noise != "none":
-        signal = electronic_noise(signal, params.electronic_noise, generator)
+        signal = electronic_noise(signal, params.electronic_noise, seed, generator=generator)
     log = log_normalise(signal, dose * primary_share)
     image = process(log, pixel_spacing=pixel_spacing, display=display)
     return {"primary": primary, "scatter": scatter, "expected": expected, "signal": signal, "log": log,
@@ -97,7 +97,8 @@ def radiograph(material_integrals: Tensor, params: PhysicsParams, *, pixel_spaci
             along every ray (:func:`~onthefly.physics.render_materials`).
         params: ``(B,)`` physics of each sample (:meth:`Physics.draw`).
         pixel_spacing: detector pixel size, mm.
-        generator: the random generator of the noise (required unless ``noise="none"``).
+        generator: draws the noise when given (eager use); ``None`` (the default, and what ``torch.compile``
+            needs): counter-based noise keyed by ``params.noise_seed``, a pure function of the parameters.
         noise: ``"gaussian"`` (reparameterised, differentiable), ``"poisson"`` (exact, for evaluation) or
             ``"none"`` (the expected image).
         display: how the log-normalised image is shown (default: the ``"radiograph"`` display).
@@ -109,7 +110,7 @@ def radiograph(material_integrals: Tensor, params: PhysicsParams, *, pixel_spaci
         >>> from onthefly.physics import Physics, radiograph
         >>> params = Physics(kv=80.0, dose=1e4).draw(2, torch.Generator().manual_seed(0))
         >>> lines = torch.rand(2, 3, 3, 16, 16) * 10                   # (B, V, M, H, W) g/cm^2
-        >>> radiograph(lines, params, pixel_spacing=2.0, generator=torch.Generator().manual_seed(0)).shape
+        >>> radiograph(lines, params, pixel_spacing=2.0).shape
         torch.Size([2, 3, 1, 16, 16])
     """
     return radiograph_stages(material_integrals, params, pixel_spacing=pixel_spacing, generator=generator,

@@ -58,9 +58,9 @@ Scatter fractions 0.57, 0.80 and 0.89: the order that Monte Carlo studies (Boone
 geometry, where the SPR hardly depends on kV. They are round values recalled from that literature, not
 transcribed from the papers' tables: check them against the papers before relying on them."""
 
-SCATTER_AMPLITUDE = 0.221
+SCATTER_AMPLITUDE = 0.00834
 """``A`` of ``a(t) = A t^p`` (t in cm)."""
-SCATTER_EXPONENT = 1.275
+SCATTER_EXPONENT = 2.327
 """``p`` of ``a(t) = A t^p``."""
 
 GRID_PRIMARY_TRANSMISSION = 0.70
