@@ -416,3 +416,26 @@ def test_per_view_distributions_and_no_correspondence(small_ct):
     assert batch.correspondence is None and batch.images.shape[1] == 3
     with pytest.raises(ValueError, match="alpha"):
         make(small_ct, views=2, alpha=PerView([0.0, 1.0, 2.0]))
+
+
+def test_physics_draws_typed_parameters_and_leaves_the_geometry_alone(small_ct):
+    """physics=Physics(...): drawn per sample into params.physics (seeded: the same batch twice), applied after
+    rendering; the correspondence (geometric) and the poses equal those of the same stream without physics."""
+    from onthefly.physics import Physics, PhysicsParams
+
+    plain = make(small_ct, seed=7, display="radiograph")
+    physical = make(small_ct, seed=7, display="radiograph", physics=Physics(kv=(60.0, 90.0), dose=(5e3, 1e4)))
+    assert plain.config.fingerprint() == make(small_ct, seed=7, display="radiograph", physics=None).config.fingerprint()
+    assert physical.config.fingerprint() != plain.config.fingerprint()
+    a, b = plain.sample(0), physical.sample(0)
+    params = b.params.physics
+    assert isinstance(params, PhysicsParams) and params.kv.shape == (SMALL["batch_size"],)
+    assert bool(((params.kv >= 60.0) & (params.kv <= 90.0)).all())
+    torch.testing.assert_close(b.correspondence, a.correspondence, rtol=0, atol=0)
+    torch.testing.assert_close(b.params.alpha, a.params.alpha, rtol=0, atol=0)
+    assert b.images.shape == a.images.shape and not torch.equal(b.images, a.images)
+    assert float(b.images.min()) >= 0.0 and float(b.images.max()) <= 1.0
+    again = physical.make_batch(physical.draw(0))
+    torch.testing.assert_close(again.images, b.images, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="physics"):
+        make(small_ct, physics="xray")

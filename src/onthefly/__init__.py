@@ -32,10 +32,13 @@ from .fractures import (
 from .display import DISPLAYS, Display
 from .geometry import CArm, camera_to_world, patch_index, project_points, relative_camera_pose, rotation_matrix
 from .losses import ProjectionLoss
+from .phantoms import phantom
+from .physics import Physics
 from .preview import save_batch_preview, save_correspondence_preview, save_views
 from .projector import beer_lambert, render, to_display
 from .sampling import (
     DRRBatch,
+    PhantomSource,
     DRRCorrespondenceSampler,
     Prefetcher,
     SampleParams,
@@ -63,6 +66,9 @@ __all__ = [
     "CardinalAngles",
     "DRRBatch",
     "DRRCorrespondenceSampler",
+    "PhantomSource",
+    "phantom",
+    "Physics",
     "Prefetcher",
     "VolumeBank",
     "prepare",

@@ -4,7 +4,9 @@
 
 * :mod:`~onthefly.sampling.config`: :class:`SamplerConfig`, frozen and validated, with a fingerprint;
 * :mod:`~onthefly.sampling.store`: where CTs are read from (:class:`ResidentStore`;
-  :class:`~onthefly.sampling.bank.VolumeBank` for many CTs);
+  :class:`~onthefly.sampling.bank.VolumeBank` for many CTs;
+  :class:`~onthefly.sampling.phantom_store.PhantomStore` for phantoms generated per sample from a
+  :class:`PhantomSource`);
 * :mod:`~onthefly.sampling.layouts` and :mod:`~onthefly.sampling.draw`: the
   random parameters of a batch (:class:`SampleParams`), on the host;
 * :mod:`~onthefly.sampling.make` and :mod:`~onthefly.sampling.targets`: the
@@ -23,6 +25,7 @@ from .draw import DegenerateDrawWarning, draw
 from .layouts import AngularSequence, BiplanarViews, IndependentViews, SourceAndTargets, ViewLayout
 from .make import BatchMaker, make_batch
 from .params import SampleParams
+from .phantom_store import PhantomSource, PhantomStore
 from .prefetch import Prefetcher
 from .preparation import prepare
 from .store import ResidentStore, VolumeStore
@@ -38,6 +41,8 @@ __all__ = [
     "DRRCorrespondenceSampler",
     "DRRTarget",
     "DegenerateDrawWarning",
+    "PhantomSource",
+    "PhantomStore",
     "IndependentViews",
     "NovelViewBatch",
     "NovelViewTarget",

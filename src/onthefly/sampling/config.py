@@ -23,6 +23,7 @@ from ..display import Display, as_display
 from ..footprints import FOOTPRINTS
 from ..distributions import CardinalAngles, Distribution, as_distribution
 from ..fractures import FractureConfig
+from ..physics import Physics
 from ..projector import METHODS
 from ..volume import MU_WATER_PER_MM
 from .layouts import IndependentViews, ViewLayout
@@ -157,6 +158,7 @@ class SamplerConfig:
     fractures: FractureConfig | None = None
     display: str | Display = field(default="minmax", metadata={OMIT_WHEN: Display()})
     footprint: str = field(default="exact", metadata={OMIT_WHEN: "exact"})
+    physics: Physics | None = field(default=None, metadata={OMIT_WHEN: None})
     method: str = "trilinear"
     mu_water: float = MU_WATER_PER_MM
     shard: bool | None = None
@@ -242,6 +244,8 @@ class SamplerConfig:
         for name in ("return_volume", "correspondence"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name}: expected a bool, got {getattr(self, name)!r}")
+        if self.physics is not None and not isinstance(self.physics, Physics):
+            raise TypeError(f"physics: expected a Physics or None, got {type(self.physics).__name__}")
         if self.fractures is not None and not isinstance(self.fractures, FractureConfig):
             raise TypeError(f"fractures: expected a FractureConfig or None, got {type(self.fractures).__name__}")
         if self.fractures is not None and self.fractures.paired and self.batch_size % 2:
@@ -343,7 +347,7 @@ def describe(value):
     if dataclasses.is_dataclass(value):
         return {"type": type(value).__name__} | {
             item.name: describe(getattr(value, item.name)) for item in dataclasses.fields(value)
-            if not _omitted(item, getattr(value, item.name))
+            if item.init and not _omitted(item, getattr(value, item.name))
         }
     if hasattr(value, "distributions"):  # PerView
         return {"type": type(value).__name__, "distributions": describe(list(value.distributions))}

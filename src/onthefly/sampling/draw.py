@@ -80,7 +80,11 @@ def draw(config: SamplerConfig, store: VolumeStore, step: int, *, seed: int, ran
     if config.fractures is not None:
         generator = torch.Generator().manual_seed(seeds.stream_seed(seed, rank, step, seeds.FRACTURES))
         fracture = draw_fractures(config.fractures, config.batch_size, generator)
-    params = replace(params, augmentation=augmentation, fracture=fracture)
+    physics = None
+    if config.physics is not None:
+        physics = config.physics.draw(
+            config.batch_size, torch.Generator().manual_seed(seeds.stream_seed(seed, rank, step, seeds.PHYSICS)))
+    params = replace(params, augmentation=augmentation, fracture=fracture, physics=physics)
     if config.fractures is not None and config.fractures.paired:
         params = _paired(params)
     return params

@@ -32,6 +32,7 @@ from ..fractures import (
     visibility_probe,
 )
 from ..geometry import CArm, patch_index
+from ..physics import mass_attenuation, radiograph, render_materials
 from ..projector import render
 from ..volume import VolumeBatch
 from . import seeds
@@ -40,7 +41,11 @@ from .config import SamplerConfig
 from .params import SampleParams
 from .store import VolumeStore
 
-__all__ = ["BatchMaker", "make_batch", "timed"]
+__all__ = ["BatchMaker", "make_batch", "timed", "REFERENCE_ENERGY_KEV"]
+
+REFERENCE_ENERGY_KEV = 60.0
+"""With physics, fracture visibility divides by the display's window width of the monochromatic line integrals
+at this energy (water's 0.206 cm^2/g there is about the 0.02 /mm the HU conversion assumes)."""
 
 
 @contextmanager
@@ -114,10 +119,15 @@ class BatchMaker:
                 # The crops come from checked CTs: no value check on the way (it would read the device).
                 volume = VolumeBatch(attenuation=crops[:, None], affine=crop_affine.to(device), mu_water=config.mu_water,
                                      validate=False)
-                lines = render(volume, carm, method=config.method, mu_water=config.mu_water, compile=config.compile)
-                images, widths = config.display.images_and_widths(lines[:, :, 0], pixel_spacing=config.pixel_spacing)
-                images = images[:, :, None]
+                if config.physics is None:
+                    lines = render(volume, carm, method=config.method, mu_water=config.mu_water, compile=config.compile)
+                    images, widths = config.display.images_and_widths(lines[:, :, 0],
+                                                                      pixel_spacing=config.pixel_spacing)
+                    images = images[:, :, None]
                 projected = self._structures(params, labels, crop_affine, carm_host) if self.structures else None
+            if config.physics is not None:
+                with stage("physics"):
+                    images, widths = self._radiographs(params, volume, carm)
             with stage("correspondence"):
                 correspondence = (self._correspondence(params, carm, carm_host, crop_affine)
                                   if config.correspondence else None)
@@ -150,6 +160,20 @@ class BatchMaker:
                                      probe=self.fracture_probe, labels=labels, table=table,
                                      mu_water=self.config.mu_water, window=self.fracture_window, view_range=ranges,
                                      samples=drawn.to(self.device), within=self.fracture_within, inplace=True)
+
+    def _radiographs(self, params: SampleParams, volume: VolumeBatch, carm: CArm) -> tuple[Tensor, Tensor]:
+        """Radiographs through the drawn physics ``(B, V, 1, H, W)``, and the display's window widths ``(B, V)``
+        in line-integral units at the reference energy (what fracture visibility divides by)."""
+        config = self.config
+        physics = params.physics
+        materials = render_materials(volume, carm, method=config.method, compile=config.compile)  # g/cm^2
+        images = radiograph(materials, physics, pixel_spacing=config.pixel_spacing, display=config.display)
+        table = mass_attenuation(physics.physics.materials, self._reference_energy.to(materials.device))  # (M, 1)
+        lines = (materials * table[:, 0].view(1, 1, -1, 1, 1)).sum(2)  # monochromatic line integrals
+        widths = config.display.width(lines, pixel_spacing=config.pixel_spacing)
+        return images, widths
+
+    _reference_energy = torch.tensor([REFERENCE_ENERGY_KEV])
 
     def _fracture_fields(self, batch: DRRBatch, fractured, visibility: Tensor) -> None:
         pixel = batch.project_points(fractured.center[:, None, :])[:, :, 0]  # (B, V, 2)

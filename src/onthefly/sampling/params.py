@@ -9,7 +9,7 @@ parameters alone (with the store and the configuration that drew them).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 
 import torch
 from torch import Tensor
@@ -48,6 +48,7 @@ class SampleParams:
             ``B`` axis; documented by each layout.
         augmentation: the drawn augmentation (:class:`~onthefly.augment.AugmentationParams`).
         fracture: the drawn fractures (:class:`~onthefly.fractures.FractureParams`), or ``None``.
+        physics: the drawn radiograph physics (:class:`~onthefly.physics.PhysicsParams`), or ``None``.
     """
 
     step: int
@@ -69,6 +70,7 @@ class SampleParams:
     layout: Mapping[str, Tensor] = field(default_factory=dict)
     augmentation: AugmentationParams | None = None
     fracture: object | None = None
+    physics: object | None = None
 
     @property
     def batch_size(self) -> int:
@@ -110,6 +112,10 @@ class SampleParams:
                 changes[item.name] = {key: tensor[index] for key, tensor in value.items()}
             elif value is not None and hasattr(value, "rows"):  # the typed parameter groups
                 changes[item.name] = value.rows(index)
+            elif value is not None and is_dataclass(value):  # groups of (B, ...) tensors without their own rows
+                changes[item.name] = replace(value, **{
+                    inner.name: getattr(value, inner.name)[index] for inner in fields(value)
+                    if isinstance(getattr(value, inner.name), Tensor)})
         return replace(self, **changes)
 
     def to(self, device: torch.device | str) -> "SampleParams":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["stream_seed", "GEOMETRY", "AUGMENTATION", "NOISE", "FRACTURES", "POOL"]
+__all__ = ["stream_seed", "GEOMETRY", "AUGMENTATION", "NOISE", "FRACTURES", "POOL", "PHYSICS"]
 
 GEOMETRY = 0
 """Purpose of the generator that draws CTs, crops and poses (and their redraws)."""
@@ -21,6 +21,8 @@ FRACTURES = 3
 """Purpose of the generator that draws the fracture parameters."""
 POOL = 4
 """Purpose of the generator that chooses a round's resident CTs (stores that keep a pool)."""
+PHYSICS = 5
+"""Purpose of the generator that draws the radiograph physics (spectrum, dose, scatter, blur, noise keys)."""
 
 
 def stream_seed(*parts: int) -> int:

@@ -28,7 +28,7 @@ from torch import Tensor
 from ..correspondence import CoarseWeights, WeightIntegral
 from ..volume import Volume, hu_to_attenuation
 
-__all__ = ["VolumeStore", "ResidentStore", "open_store", "TISSUE_BLOCK_MM", "load_volumes"]
+__all__ = ["VolumeStore", "ResidentStore", "open_store", "TISSUE_BLOCK_MM", "load_volumes", "tissue_grid"]
 
 TISSUE_BLOCK_MM = 8.0
 """Edge (mm) of the host-side tissue blocks used to reject degenerate draws."""
@@ -185,8 +185,7 @@ class ResidentStore(VolumeStore):
                                                                     mu_water=self.mu_water)
             if self._labels is not None:
                 self._labels[index, :d, :h, :w] = volume.labels[0].to(device=self.device, dtype=torch.int16)
-            tissue = (volume.hu[0] > self.air_threshold_hu).float()
-            pooled = F.avg_pool3d(tissue[None, None], block, ceil_mode=True)[0, 0]
+            pooled = tissue_grid(volume.hu[0], block, self.air_threshold_hu)
             self._tissue[index, : pooled.shape[0], : pooled.shape[1], : pooled.shape[2]] = pooled
         self._integral = WeightIntegral(volumes, weighting=self.weighting, air_threshold_hu=self.air_threshold_hu,
                                         device=self.device)
@@ -216,6 +215,15 @@ class ResidentStore(VolumeStore):
     def pooled_weights(self, volume_index: Tensor, start: Tensor, stop: Tensor, factor: Tensor, *,
                        grid_shape: tuple[int, int, int] | None = None) -> CoarseWeights:
         return self._integral.pool(volume_index, start, stop, factor, grid_shape=grid_shape)
+
+
+def tissue_grid(hu: Tensor, block: Sequence[int], air_threshold_hu: float) -> Tensor:
+    """``(d, h, w)`` float32 non-air fraction (``HU > air_threshold_hu``) of each ``block`` of ``hu`` ``(D, H, W)``.
+
+    The grid the draw stage's tissue checks read, for every store and the
+    preparation alike (partial blocks at the far edges)."""
+    tissue = (hu > air_threshold_hu).float()
+    return F.avg_pool3d(tissue[None, None], tuple(block), ceil_mode=True)[0, 0]
 
 
 def _gather_crops(stack: Tensor, volume_index: Tensor, start: Tensor, size: tuple[int, int, int]) -> Tensor:
@@ -253,10 +261,18 @@ def _volumes_fingerprint(volumes: Sequence[Volume], spacing: Tensor) -> str:
 
 def open_store(volumes, *, spacing: Sequence[float], device: torch.device | str, mu_water: float,
                air_threshold_hu: float, weighting: str, labels: bool) -> VolumeStore:
-    """The store for what a user passed as ``volumes``: a :class:`VolumeStore` as it is, a prepared
-    folder as a :class:`~onthefly.sampling.bank.VolumeBank`, else a :class:`ResidentStore`."""
+    """The store for what a user passed as ``volumes``: a :class:`VolumeStore` as it is, a
+    :class:`~onthefly.sampling.phantom_store.PhantomSource` (or ``"phantom:forearm,wrist"``) as a
+    :class:`~onthefly.sampling.phantom_store.PhantomStore`, a prepared folder as a
+    :class:`~onthefly.sampling.bank.VolumeBank`, else a :class:`ResidentStore`."""
     from .bank import VolumeBank, is_prepared_folder  # noqa: PLC0415 - the bank builds on this module
+    from .phantom_store import PHANTOM_PREFIX, PhantomSource, PhantomStore, parse_phantom_source  # noqa: PLC0415
 
+    if isinstance(volumes, str) and volumes.startswith(PHANTOM_PREFIX):
+        volumes = parse_phantom_source(volumes)
+    if isinstance(volumes, PhantomSource):
+        return PhantomStore(volumes, spacing=spacing, device=device, mu_water=mu_water,
+                            air_threshold_hu=air_threshold_hu, weighting=weighting)
     if isinstance(volumes, VolumeBank):
         return volumes.to(device)  # a bank keeps no CT on a device: it serves the sampler's
     if isinstance(volumes, VolumeStore):
