@@ -29,6 +29,7 @@ from .fractures import (
     draw_fractures,
     fracture_visibility,
 )
+from .deformation import AnatomyVariation
 from .display import DISPLAYS, Display
 from .geometry import CArm, camera_to_world, patch_index, project_points, relative_camera_pose, rotation_matrix
 from .losses import ProjectionLoss
@@ -67,6 +68,7 @@ __all__ = [
     "DRRBatch",
     "DRRCorrespondenceSampler",
     "PhantomSource",
+    "AnatomyVariation",
     "phantom",
     "Physics",
     "Prefetcher",

@@ -22,6 +22,7 @@ from ..correspondence import WEIGHTINGS
 from ..display import Display, as_display
 from ..footprints import FOOTPRINTS
 from ..distributions import CardinalAngles, Distribution, as_distribution
+from ..deformation import AnatomyVariation
 from ..fractures import FractureConfig
 from ..physics import Physics
 from ..projector import METHODS
@@ -159,6 +160,7 @@ class SamplerConfig:
     display: str | Display = field(default="minmax", metadata={OMIT_WHEN: Display()})
     footprint: str = field(default="exact", metadata={OMIT_WHEN: "exact"})
     physics: Physics | None = field(default=None, metadata={OMIT_WHEN: None})
+    anatomy: AnatomyVariation | None = field(default=None, metadata={OMIT_WHEN: None})
     method: str = "trilinear"
     mu_water: float = MU_WATER_PER_MM
     shard: bool | None = None
@@ -244,6 +246,11 @@ class SamplerConfig:
         for name in ("return_volume", "correspondence"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name}: expected a bool, got {getattr(self, name)!r}")
+        if self.anatomy is not None and not isinstance(self.anatomy, AnatomyVariation):
+            raise TypeError(f"anatomy: expected an AnatomyVariation or None, got {type(self.anatomy).__name__}")
+        if self.anatomy is not None and self.compile:
+            raise ValueError("anatomy, compile: the deformed crops' correspondence weights are pooled eagerly; "
+                             "use compile=False with anatomy (the deformation itself has no graph break)")
         if self.physics is not None and not isinstance(self.physics, Physics):
             raise TypeError(f"physics: expected a Physics or None, got {type(self.physics).__name__}")
         if self.fractures is not None and not isinstance(self.fractures, FractureConfig):

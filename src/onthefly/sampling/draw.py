@@ -84,7 +84,11 @@ def draw(config: SamplerConfig, store: VolumeStore, step: int, *, seed: int, ran
     if config.physics is not None:
         physics = config.physics.draw(
             config.batch_size, torch.Generator().manual_seed(seeds.stream_seed(seed, rank, step, seeds.PHYSICS)))
-    params = replace(params, augmentation=augmentation, fracture=fracture, physics=physics)
+    anatomy = None
+    if config.anatomy is not None:
+        anatomy = config.anatomy.draw(
+            config.batch_size, torch.Generator().manual_seed(seeds.stream_seed(seed, rank, step, seeds.ANATOMY)))
+    params = replace(params, augmentation=augmentation, fracture=fracture, physics=physics, anatomy=anatomy)
     if config.fractures is not None and config.fractures.paired:
         params = _paired(params)
     return params

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from ..augment import _geometric, _intensity, image_operation_maps
-from ..correspondence import coarse_grid_affine, patch_correspondence
+from ..correspondence import WeightIntegral, coarse_grid_affine, patch_correspondence
+from ..deformation import deform_crops
 from ..footprints import footprint_window
 from ..fractures import (
     bone_weight_tables,
@@ -34,7 +35,7 @@ from ..fractures import (
 from ..geometry import CArm, patch_index
 from ..physics import mass_attenuation, radiograph, render_materials
 from ..projector import render
-from ..volume import VolumeBatch
+from ..volume import Volume, VolumeBatch, attenuation_to_hu
 from . import seeds
 from .batch import DRRBatch
 from .config import SamplerConfig
@@ -110,6 +111,10 @@ class BatchMaker:
             with stage("render"):
                 crops, labels = self.store.crops(params.volume_index, params.crop_start, config.crop_voxels(),
                                                  labels=self.needs_labels)
+            if config.anatomy is not None:
+                with stage("anatomy"):
+                    crops, labels = deform_crops(crops, labels, params.anatomy.to(device),
+                                                 torch.tensor(config.spacing))
             fractured = None
             if config.fractures is not None:
                 with stage("fractures"):
@@ -129,7 +134,8 @@ class BatchMaker:
                 with stage("physics"):
                     images, widths = self._radiographs(params, volume, carm)
             with stage("correspondence"):
-                correspondence = (self._correspondence(params, carm, carm_host, crop_affine)
+                correspondence = (self._correspondence(params, carm, carm_host, crop_affine,
+                                                       deformed=crops if config.anatomy is not None else None)
                                   if config.correspondence else None)
             with stage("augmentation"):
                 images, correspondence, projected = self._augment(params, images, correspondence, projected)
@@ -201,8 +207,20 @@ class BatchMaker:
         paths = render(volume, repeated, method=config.method)  # (B*S, V, 1, H, W)
         return paths.view(batch, count, config.views, config.height, config.width).transpose(1, 2)
 
-    def _correspondence(self, params: SampleParams, carm: CArm, carm_host: CArm, crop_affine: Tensor) -> Tensor:
+    def _correspondence(self, params: SampleParams, carm: CArm, carm_host: CArm, crop_affine: Tensor,
+                        deformed: Tensor | None = None) -> Tensor:
+        """The matrix of each crop; of the ``deformed`` crops ``(B, D, H, W)`` (1/mm) when given (anatomical
+        variation: their weights are pooled here, not read from the store's tables of the intact CTs)."""
         config = self.config
+        if deformed is not None:
+            volumes = [Volume(hu=attenuation_to_hu(crop, mu_water=config.mu_water)[None].cpu(), affine=affine)
+                       for crop, affine in zip(deformed, crop_affine)]
+            integral = WeightIntegral(volumes, weighting=config.weighting, air_threshold_hu=config.air_threshold_hu,
+                                      device=self.device)
+            size = params.crop_stop - params.crop_start
+            coarse = integral.pool(torch.arange(len(volumes)), torch.zeros_like(size), size, params.coarse_factor)
+            return patch_correspondence(coarse, carm, patch_size=config.patch_size,
+                                        rays_per_patch=config.rays_per_patch, footprint=config.footprint)
         if not config.compile:
             coarse = self.store.pooled_weights(params.volume_index, params.crop_start, params.crop_stop,
                                                params.coarse_factor)

@@ -49,6 +49,7 @@ class SampleParams:
         augmentation: the drawn augmentation (:class:`~onthefly.augment.AugmentationParams`).
         fracture: the drawn fractures (:class:`~onthefly.fractures.FractureParams`), or ``None``.
         physics: the drawn radiograph physics (:class:`~onthefly.physics.PhysicsParams`), or ``None``.
+        anatomy: the drawn anatomical variation (:class:`~onthefly.deformation.AnatomyParams`), or ``None``.
     """
 
     step: int
@@ -71,6 +72,7 @@ class SampleParams:
     augmentation: AugmentationParams | None = None
     fracture: object | None = None
     physics: object | None = None
+    anatomy: object | None = None
 
     @property
     def batch_size(self) -> int:

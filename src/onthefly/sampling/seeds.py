@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["stream_seed", "GEOMETRY", "AUGMENTATION", "NOISE", "FRACTURES", "POOL", "PHYSICS"]
+__all__ = ["stream_seed", "GEOMETRY", "AUGMENTATION", "NOISE", "FRACTURES", "POOL", "PHYSICS", "ANATOMY"]
 
 GEOMETRY = 0
 """Purpose of the generator that draws CTs, crops and poses (and their redraws)."""
@@ -23,6 +23,8 @@ POOL = 4
 """Purpose of the generator that chooses a round's resident CTs (stores that keep a pool)."""
 PHYSICS = 5
 """Purpose of the generator that draws the radiograph physics (spectrum, dose, scatter, blur, noise keys)."""
+ANATOMY = 6
+"""Purpose of the generator that draws the anatomical variation (affine and elastic deformation of the crops)."""
 
 
 def stream_seed(*parts: int) -> int:

@@ -1,0 +1,168 @@
+"""Anatomical variation of any CT on the fly: a random affine and a smooth elastic displacement per crop.
+
+Each crop is resampled (one trilinear ``grid_sample`` for the batch, nearest
+for its labels) at ``x' = c + A^-1 (x - c) + u(x)``: ``x`` a voxel centre of
+the output crop and ``c`` the crop's centre (crop-local mm), ``A`` a linear
+map (a scale per axis times a shear), ``u`` a displacement field interpolated
+(trilinearly, corners aligned) from a coarse grid of control-point
+displacements, as TorchIO's ``RandomElasticDeformation`` parameterises it
+(Perez-Garcia, Sparks and Ourselin 2021, Comput Methods Programs Biomed
+208:106236). Voxels that read outside the crop become air. The sampler
+applies it to the crop before fractures and rendering, and computes the
+correspondence from the deformed crop, so the ground truth stays exact.
+
+Parameters are drawn apart from their use (:meth:`AnatomyVariation.draw`
+gives :class:`AnatomyParams`), so a batch is reproducible from them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._checks import check_int, check_real
+
+__all__ = ["AnatomyVariation", "AnatomyParams", "deform_crops", "sampling_grid"]
+
+AIR_ATTENUATION = 0.0
+"""What voxels read from outside the crop become (1/mm): air."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnatomyVariation:
+    """How much each crop's anatomy varies: scale, shear and a smooth elastic displacement.
+
+    Attributes:
+        scale: largest relative change of size per axis, in ``[0, 0.5]``: each
+            axis is scaled by a factor uniform in ``[1 - scale, 1 + scale]`` (0.1: +-10 %).
+        shear: largest shear per axis pair, in ``[0, 0.5]`` (uniform in ``[-shear, shear]``).
+        elastic: largest displacement of a control point per axis, mm in ``[0, 50]``
+            (uniform in ``[-elastic, elastic]``; 0: no elastic part).
+        control_points: control points per axis of the displacement grid, ``[4, 16]``
+            (the field is smooth on the scale of the crop over ``control_points - 1``).
+
+    Example:
+        >>> variation = AnatomyVariation(scale=0.1, shear=0.05, elastic=4.0)
+        >>> params = variation.draw(2, torch.Generator().manual_seed(0))
+        >>> params.matrix.shape, params.displacement.shape
+        (torch.Size([2, 3, 3]), torch.Size([2, 3, 5, 5, 5]))
+    """
+
+    scale: float = 0.1
+    shear: float = 0.05
+    elastic: float = 4.0
+    control_points: int = 5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", check_real("scale", self.scale, low=0.0, high=0.5))
+        object.__setattr__(self, "shear", check_real("shear", self.shear, low=0.0, high=0.5))
+        object.__setattr__(self, "elastic", check_real("elastic", self.elastic, low=0.0, high=50.0, unit="mm"))
+        object.__setattr__(self, "control_points", check_int("control_points", self.control_points, minimum=4,
+                                                             maximum=16))
+
+    def draw(self, batch_size: int, generator: torch.Generator) -> "AnatomyParams":
+        """``batch_size`` draws on ``generator`` (host tensors, float64 matrix, float32 displacements)."""
+        batch_size = check_int("batch_size", batch_size, minimum=1)
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+        uniform = lambda *shape: 2.0 * torch.rand(*shape, generator=generator, dtype=torch.float64) - 1.0
+        scale = 1.0 + self.scale * uniform(batch_size, 3)
+        shear = self.shear * uniform(batch_size, 3)
+        matrix = torch.diag_embed(scale)
+        for k, (row, col) in enumerate(((0, 1), (0, 2), (1, 2))):
+            matrix[:, row, col] = shear[:, k] * scale[:, col]
+        points = self.control_points
+        displacement = (self.elastic * uniform(batch_size, 3, points, points, points)).float()
+        return AnatomyParams(matrix=matrix, displacement=displacement)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnatomyParams:
+    """One batch's anatomical variation.
+
+    Attributes:
+        matrix: ``(B, 3, 3)`` float64, the linear map ``A`` about the crop's centre (crop axes).
+        displacement: ``(B, 3, c, c, c)`` float32 mm, the control points' displacements along the crop's axes.
+    """
+
+    matrix: Tensor
+    displacement: Tensor
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.matrix, Tensor) or self.matrix.dim() != 3 or self.matrix.shape[1:] != (3, 3):
+            raise ValueError(f"matrix: expected shape (B, 3, 3), got {getattr(self.matrix, 'shape', self.matrix)}")
+        if (not isinstance(self.displacement, Tensor) or self.displacement.dim() != 5
+                or self.displacement.shape[1] != 3 or self.displacement.shape[0] != self.matrix.shape[0]):
+            raise ValueError(f"displacement: expected shape (B, 3, c, c, c) with B = {self.matrix.shape[0]}, got "
+                             f"{getattr(self.displacement, 'shape', self.displacement)}")
+
+    @property
+    def batch_size(self) -> int:
+        return self.matrix.shape[0]
+
+    def rows(self, index: Tensor) -> "AnatomyParams":
+        """The parameters of samples ``index``."""
+        return replace(self, matrix=self.matrix[index], displacement=self.displacement[index])
+
+    def to(self, device) -> "AnatomyParams":
+        return replace(self, matrix=self.matrix.to(device), displacement=self.displacement.to(device))
+
+
+def sampling_grid(params: AnatomyParams, shape: tuple[int, int, int], spacing: Tensor) -> Tensor:
+    """``(B, D, H, W, 3)`` normalised ``grid_sample`` coordinates (x = W axis first) where each output voxel reads.
+
+    ``spacing`` ``(3,)`` or ``(B, 3)`` mm along the crop's D, H, W axes. No host reads (compiles without breaks).
+    """
+    device = params.displacement.device
+    batch = params.batch_size
+    spacing = spacing.to(device=device, dtype=torch.float32).reshape(-1, 3).expand(batch, 3)
+    size = torch.tensor(shape, device=device, dtype=torch.float32)
+    axes = [torch.arange(n, device=device, dtype=torch.float32) - (n - 1) / 2 for n in shape]
+    centred = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)  # (D, H, W, 3) voxels from the centre
+    position = centred[None] * spacing[:, None, None, None, :]  # mm
+    inverse = torch.linalg.inv(params.matrix.to(device)).to(torch.float32)  # (B, 3, 3)
+    source = torch.einsum("bij,bdhwj->bdhwi", inverse, position)
+    field = F.interpolate(params.displacement.to(device=device, dtype=torch.float32), size=shape, mode="trilinear",
+                          align_corners=True)  # (B, 3, D, H, W) mm
+    source = source + field.permute(0, 2, 3, 4, 1)
+    index = source / spacing[:, None, None, None, :] + (size - 1) / 2  # voxel index of the read position
+    normalised = 2.0 * index / (size - 1).clamp_min(1.0) - 1.0
+    return normalised.flip(-1)  # grid_sample's (x, y, z) = (W, H, D)
+
+
+def deform_crops(attenuation: Tensor, labels: Tensor | None, params: AnatomyParams,
+                 spacing: Tensor | tuple[float, float, float]) -> tuple[Tensor, Tensor | None]:
+    """Deformed crops: attenuation ``(B, D, H, W)`` 1/mm (trilinear) and labels (nearest), same shapes.
+
+    Differentiable with respect to the attenuation. Outside the crop reads air (0) and label 0.
+
+    Example:
+        >>> crops = torch.rand(2, 8, 8, 8) * 0.02
+        >>> params = AnatomyVariation(scale=0.0, shear=0.0, elastic=0.0).draw(2, torch.Generator())
+        >>> out, _ = deform_crops(crops, None, params, (2.0, 2.0, 2.0))
+        >>> torch.allclose(out, crops, atol=1e-6)  # the identity
+        True
+    """
+    if attenuation.dim() != 4:
+        raise ValueError(f"attenuation: expected shape (B, D, H, W), got {tuple(attenuation.shape)}")
+    if params.batch_size != attenuation.shape[0]:
+        raise ValueError(f"params: expected {attenuation.shape[0]} samples, got {params.batch_size}")
+    spacing = torch.as_tensor(spacing, dtype=torch.float32)
+    grid = sampling_grid(params, tuple(attenuation.shape[1:]), spacing).to(attenuation.dtype)
+    deformed = F.grid_sample(attenuation[:, None], grid, mode="bilinear", padding_mode="zeros",
+                             align_corners=True)[:, 0]
+    deformed_labels = None
+    if labels is not None:
+        deformed_labels = F.grid_sample(labels[:, None].to(grid.dtype), grid, mode="nearest", padding_mode="zeros",
+                                        align_corners=True)[:, 0].round().to(labels.dtype)
+    return deformed, deformed_labels
+
+
+def largest_displacement_mm(variation: AnatomyVariation, extent_mm: float) -> float:
+    """An upper bound of how far any voxel of a crop of ``extent_mm`` moves (for documentation and tests)."""
+    linear = math.sqrt(3) * extent_mm / 2 * (variation.scale / (1 - variation.scale) + 2 * variation.shear)
+    return linear + math.sqrt(3) * variation.elastic
