@@ -344,3 +344,146 @@ def test_sampler_with_its_own_mu_water_samples():
                                        spacing=5.0, batch_size=1, mu_water=0.03, min_tissue_fraction=0.0,
                                        min_projection_fraction=0.0)
     assert finite(sampler.sample(0).images)
+
+
+# ------------------------------------------------------------------------------ the prepared bank's files
+
+BANK_FILES = ["hu.npy", "labels.npy", "weights.npy", "tissue.npy", "index.json", "entry.json"]
+
+
+@pytest.fixture(scope="module")
+def prepared_bank(tmp_path_factory):
+    """One small labelled CT prepared at 4 mm, and everything the bank serves from it (the reference)."""
+    from onthefly.sampling.bank import VolumeBank
+    from onthefly.sampling.preparation import prepare
+
+    hu = torch.linspace(-1000.0, 1500.0, 9 * 10 * 11).reshape(9, 10, 11).round()
+    volume = Volume.from_tensor(hu, spacing=4.0, labels=(hu > 0).to(torch.int16))
+    folder = tmp_path_factory.mktemp("prepared") / "bank"
+    prepare([volume], folder, spacing=4.0)
+    return folder, _everything_served(VolumeBank(folder))
+
+
+def _everything_served(bank) -> list[torch.Tensor]:
+    """Every value the bank gives of its one CT: the whole crop, labels, tissue blocks, pooled weights (3 factors)."""
+    index, start = torch.tensor([0]), torch.zeros(1, 3, dtype=torch.long)
+    shape = tuple(bank.shapes[0].tolist())
+    served = list(bank.crops(index, start, shape, device="cpu", labels=True))
+    served.append(bank.tissue_blocks(index, start, (3, 3, 3)))
+    for factor in (1, 2, 3):
+        served.append(bank.pooled_weights(index, start, bank.shapes[:1].clone(), torch.full((1, 3), factor)).weight)
+    bank.verify()
+    return served
+
+
+@given(name=st.sampled_from(BANK_FILES), where=st.floats(0.0, 1.0), flip=st.integers(1, 255))
+@FEW
+def test_a_byte_flipped_in_any_prepared_file_is_refused_or_harmless(prepared_bank, name, where, flip):
+    """Every byte of every file the preparation wrote: flipped, it is refused with the file named, or what the
+    bank serves is unchanged (a JSON space that stays a space, a file the bank does not read)."""
+    import shutil
+
+    from onthefly.sampling.bank import VolumeBank
+
+    folder, reference = prepared_bank
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / "bank"
+        shutil.copytree(folder, copy)
+        path = copy / "index.json" if name == "index.json" else next(copy.glob(f"cts/*/{name}"))
+        data = bytearray(path.read_bytes())
+        position = min(len(data) - 1, int(where * len(data)))
+        data[position] ^= flip
+        path.write_bytes(bytes(data))
+        try:
+            served = _everything_served(VolumeBank(copy))
+        except ERRORS as error:
+            assert name in str(error), f"{type(error).__name__} does not name {name}: {error}"
+            return
+    assert all(torch.equal(a, b) for a, b in zip(served, reference)), f"a flipped byte of {name} was served"
+
+
+def test_every_data_byte_of_the_npy_files_is_covered():
+    """The example the property cannot miss: the last byte of each array, and the first byte of its header."""
+    from onthefly.sampling.bank import VolumeBank
+    from onthefly.sampling.preparation import prepare
+
+    with tempfile.TemporaryDirectory() as scratch:
+        volume = Volume.from_tensor(torch.full((6, 6, 6), 40.0), spacing=4.0, labels=torch.ones(6, 6, 6, dtype=torch.int16))
+        prepare([volume], Path(scratch) / "bank", spacing=4.0)
+        for name in ("hu.npy", "labels.npy", "weights.npy", "tissue.npy"):
+            for position in (0, -1):
+                path = next((Path(scratch) / "bank").glob(f"cts/*/{name}"))
+                original = path.read_bytes()
+                data = bytearray(original)
+                data[position] ^= 0x40
+                path.write_bytes(bytes(data))
+                with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+                    _everything_served(VolumeBank(Path(scratch) / "bank"))
+                path.write_bytes(original)
+
+
+def test_prefetcher_and_split_name_a_wrong_argument():
+    from onthefly.sampling.bank import VolumeBank
+    from onthefly.sampling.prefetch import Prefetcher
+
+    with pytest.raises(TypeError, match="sampler: expected a DRRCorrespondenceSampler .*got a list_iterator"):
+        Prefetcher(iter([1, 2, 3]))
+    bank = VolumeBank([small_volume()], spacing=1.0)
+    for fractions in ("ab", None, 0.5, [0.5, "0.5"], [True, False]):
+        with pytest.raises(TypeError, match="fractions: expected a sequence of numbers"):
+            bank.split(fractions, seed=0)
+
+
+# ------------------------------------------------------------------------------ the commands' --output
+
+OUTPUT_SUFFIXES = st.sampled_from(["", ".png", ".PNG", ".pdf", ".svg", ".jpg", ".json", ".JSON", ".nii.gz", ".txt",
+                                   ".xyz", ".png/"])
+OUTPUT_PLACES = st.sampled_from(["fresh", "nested", "the-ct", "under-a-file", "a-folder", "existing"])
+
+
+@given(command=st.sampled_from(["benchmark", "render", "preview"]), place=OUTPUT_PLACES, suffix=OUTPUT_SUFFIXES)
+@FEW
+def test_command_outputs_are_written_where_reported_or_refused_naming_output(command, place, suffix):
+    """``--output`` of any name and place: the command writes exactly the path it reports (and never its input),
+    or exits with status 2 naming ``--output`` before doing any work, leaving its input as it was."""
+    import contextlib
+    import io
+    import json
+
+    import nibabel as nib
+
+    from onthefly.cli import main
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        ct = root / "ct.nii.gz"
+        nib.save(nib.Nifti1Image(np.full((12, 12, 12), 40, dtype=np.int16), np.diag([4.0, 4.0, 4.0, 1.0])), str(ct))
+        (root / "a-file").write_text("x")
+        (root / "folder.png").mkdir()
+        (root / "existing.png").write_text("old")
+        output = {"fresh": root / f"out{suffix}", "nested": root / "a" / "b" / f"out{suffix}", "the-ct": ct,
+                  "under-a-file": root / "a-file" / f"out{suffix}", "a-folder": root / "folder.png",
+                  "existing": root / "existing.png"}[place]
+        before = ct.read_bytes()
+        small = ["--image-size", "16", "--patch-size", "16"]
+        argv = {"benchmark": ["benchmark", str(ct), "--views", "1", "--image-size", "16", "--repeats", "1",
+                              "--warmup", "0", "--quiet", "--output", str(output)],
+                "render": ["render", str(ct), "--alpha", "0", *small, "--output", str(output)],
+                "preview": ["preview", "--volume", str(ct), *small, "--output", str(output)]}[command]
+        printed, errors = io.StringIO(), io.StringIO()
+        try:
+            with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
+                status = main(argv)
+        except SystemExit as stop:
+            status = stop.code
+        assert ct.read_bytes() == before, "the input CT was overwritten"
+        if status != 0:
+            assert status == 2 and "--output" in errors.getvalue(), (status, errors.getvalue())
+            return
+        if command == "benchmark":
+            written = output
+            assert json.loads(written.read_text())["rows"]
+        else:
+            summary = json.loads(printed.getvalue())
+            written = Path(summary["views_png"] if command == "render" else summary["preview"])
+        assert written == output and written.is_file() and written.stat().st_size > 0

@@ -420,3 +420,47 @@ def test_correspondence_footprint_flag_reaches_both_samplers(tiny_run, tmp_path,
     assert seen["train"].footprint == seen["eval"].footprint == "exact"
     with pytest.raises(SystemExit):
         main(["train", "correspondence", *tiny_run, "--footprint", "hexagon", "--output", str(tmp_path / "corr3")])
+
+
+# --------------------------------------------------------------------- outputs checked before any work
+
+
+def test_outputs_that_would_destroy_inputs_or_cannot_be_written_are_refused_up_front(phantom_file, tmp_path, capsys,
+                                                                                       monkeypatch):
+    before = Path(phantom_file).read_bytes()
+    assert "--output: expected a file name ending in .json" in usage_error(
+        capsys, ["benchmark", phantom_file, "--output", phantom_file])
+    monkeypatch.chdir(Path(phantom_file).parent)
+    link = Path(phantom_file).with_name("report.json")
+    link.symlink_to(phantom_file)
+    assert f"--output: {link} is the input {phantom_file}" in usage_error(
+        capsys, ["benchmark", phantom_file, "--output", str(link)])
+    assert "--output: " in usage_error(capsys, ["render", phantom_file, "--output", phantom_file])
+    assert "--output: " in usage_error(capsys, ["preview", "--volume", phantom_file, "--output", phantom_file])
+    assert Path(phantom_file).read_bytes() == before
+
+    import onthefly.cli.pictures as pictures
+
+    monkeypatch.setattr(pictures, "render", lambda *a, **k: pytest.fail("rendered before the output was checked"))
+    for name, got in (("views.xyz", "the suffix '.xyz'"), ("views", "no suffix"), ("views.json", "the suffix '.json'")):
+        message = usage_error(capsys, ["render", phantom_file, "--output", str(tmp_path / name)])
+        assert f"--output: expected a file name ending in .png, .pdf, .svg, .jpg, .jpeg, got '{tmp_path / name}' ({got})" \
+            in message
+    series = tmp_path / "series"
+    series.mkdir()
+    (series / "slice1.dcm").write_bytes(b"")
+    assert f"--output: {series / 'views.png'} is inside the input {series}" in usage_error(
+        capsys, ["render", str(series), "--output", str(series / "views.png")])
+    assert "--crop-size: expected at most the CT's longest edge, 128 mm (the CT spans 128 x 128 x 128 mm), got 5000 mm" \
+        in usage_error(capsys, ["benchmark", phantom_file, "--batch", "2", "--crop-size", "5000"])
+
+
+@pytest.mark.parametrize("suffix", [".svg", ".pdf", ".jpg"])
+def test_render_writes_and_reports_the_path_it_wrote(phantom_file, tmp_path, capsys, suffix):
+    output = tmp_path / f"views{suffix}"
+    assert main(["render", phantom_file, "--alpha", "0", "--image-size", "32", "--output", str(output),
+                 "--correspondence"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["views_png"] == str(output) and output.stat().st_size > 0
+    assert summary["correspondence_png"] == str(tmp_path / f"views-correspondence{suffix}")
+    assert Path(summary["correspondence_png"]).stat().st_size > 0

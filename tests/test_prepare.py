@@ -25,9 +25,9 @@ from onthefly.sampling.preparation import (
     expand_sources,
     prepare,
     read_index,
-    tissue_grid,
     weight_table,
 )
+from onthefly.sampling.store import tissue_grid
 
 SPACING = 2.0
 
@@ -320,3 +320,118 @@ def test_command_line_prepare(ct_files, tmp_path, capsys):
     assert "broken.nii.gz" in captured.err and captured.err.count("\r") == 0  # named; no progress bar off a terminal
     assert main([*arguments, "--strict"]) == 1
     assert json.loads(capsys.readouterr().out)["skipped"] == 2
+
+
+SCRIPT = """
+import sys
+import torch
+from onthefly import Volume
+from onthefly.sampling.preparation import prepare
+
+print("script body ran", flush=True)  # once: workers must not run the caller's script again
+cts = [Volume.from_tensor(torch.full((10, 10, 10), 40.0 + i), spacing=2.0) for i in range(3)]
+report = prepare(cts, sys.argv[1], spacing=4.0, workers=2)
+print("prepared", len(report.prepared), "failed", len(report.failed), flush=True)
+"""
+
+
+def test_workers_in_a_plain_script_without_a_main_guard(tmp_path):
+    """docs/many_cts.md's ``prepare(..., workers=4)``, saved as a script and run with python."""
+    script = tmp_path / "prepare_cts.py"
+    script.write_text(SCRIPT)
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "cache")], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path, env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("script body ran") == 1
+    assert "prepared 3 failed 0" in result.stdout
+    assert len(read_index(tmp_path / "cache")["cts"]) == 3
+
+
+def test_a_run_that_prepares_nothing_fails_loudly(ct_files, tmp_path, capsys):
+    broken = ct_files[0].parent / "broken.nii.gz"
+    broken.write_bytes(b"not a CT" * 20)
+    for workers in (1, 2):
+        with pytest.raises(ValueError, match=r"sources: none of the 2 CT\(s\) could be prepared:\n  .*broken.nii.gz"):
+            prepare([broken, ct_files[0].parent / "missing.nii.gz"], tmp_path / f"none{workers}", spacing=SPACING,
+                    workers=workers)
+    with pytest.raises(SystemExit) as stopped:
+        main(["prepare", str(broken), "--output", str(tmp_path / "cli")])
+    assert stopped.value.code == 2
+    assert "onthefly prepare: error: CT: none of the 1 CT(s) could be prepared" in capsys.readouterr().err
+
+
+def test_every_prepared_file_is_checksummed_block_by_block(ct_files, tmp_path, monkeypatch):
+    monkeypatch.setattr(preparation, "BLOCK_BYTES", 4096)
+    prepare(ct_files[:1], tmp_path / "cache", spacing=SPACING)
+    (entry,) = read_index(tmp_path / "cache")["cts"]
+    assert entry["digests"] == preparation.field_digests(entry)
+    for name, record in entry["files"].items():
+        path = tmp_path / "cache" / record["path"]
+        array = np.load(path)
+        planes = record["block_planes"]
+        assert planes == min(array.shape[0], max(1, 4096 // array[0].nbytes)) and len(record["checksums"]) == -(-array.shape[0] // planes)
+        for block, checksum in enumerate(record["checksums"]):
+            data = array[block * planes : (block + 1) * planes].tobytes()
+            assert preparation.block_checksum(data, record["path"], block) == checksum, (name, block)
+
+
+def test_a_folder_of_the_former_format_is_prepared_again_without_overwrite(ct_files, tmp_path):
+    cache = tmp_path / "cache"
+    prepare(ct_files[:2], cache, spacing=SPACING)
+    index = json.loads((cache / "index.json").read_text())
+    index["version"] = 1
+    index["settings"]["format_version"] = 1
+    (cache / "index.json").write_text(json.dumps(index))
+    for entry_file in cache.glob("cts/*/entry.json"):
+        entry = json.loads(entry_file.read_text())
+        entry["settings"]["format_version"] = 1
+        entry_file.write_text(json.dumps(entry))
+    with pytest.raises(ValueError, match="format version 1"):
+        read_index(cache)
+    report = prepare(ct_files[:2], cache, spacing=SPACING)
+    assert report.prepared == [str(p) for p in ct_files[:2]] and read_index(cache)["version"] == 2
+
+
+def test_an_edited_entry_json_is_prepared_again(ct_files, tmp_path):
+    cache = tmp_path / "cache"
+    prepare(ct_files[:2], cache, spacing=SPACING)
+    entry_file = next(cache.glob("cts/ct1-*/entry.json"))
+    entry = json.loads(entry_file.read_text())
+    entry["affine"][0][3] += 10.0
+    entry_file.write_text(json.dumps(entry))
+    report = prepare(ct_files[:2], cache, spacing=SPACING)
+    assert report.skipped == [str(ct_files[0])] and report.prepared == [str(ct_files[1])]
+
+
+def _prepare_usage_error(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as stopped:
+        main(["prepare", *argv])
+    assert stopped.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_command_line_prepare_usage_errors_name_the_flag(ct_files, tmp_path, capsys):
+    ct = str(ct_files[0])
+    output = str(tmp_path / "cache")
+    assert "argument --spacing: expected a positive float, got '0'" in _prepare_usage_error(
+        capsys, [ct, "--output", output, "--spacing", "0"])
+    assert "--spacing: expected one or three values (mm), got 2" in _prepare_usage_error(
+        capsys, [ct, "--output", output, "--spacing", "1", "2"])
+    assert "argument --workers: expected a positive int, got '0'" in _prepare_usage_error(
+        capsys, [ct, "--output", output, "--workers", "0"])
+    assert "error: CT: the pattern" in _prepare_usage_error(capsys, [str(tmp_path / "none-*.nii.gz"), "--output", output])
+    assert "--patient-pattern: '(unclosed' is not a regular expression" in _prepare_usage_error(
+        capsys, [ct, "--output", output, "--patient-pattern", "(unclosed"])
+    assert "--patient-pattern: 'patient_(\\\\d+)' does not match the CT" in _prepare_usage_error(
+        capsys, [ct, "--output", output, "--patient-pattern", r"patient_(\d+)"])
+    assert "--air-threshold: expected a finite number" in _prepare_usage_error(
+        capsys, [ct, "--output", output, "--air-threshold", "nan"])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert f"--output: cannot make the folder {blocker / 'cache'}: {blocker} is a file" in _prepare_usage_error(
+        capsys, [ct, "--output", str(blocker / "cache")])
+    assert "--output: expected a folder, got the file" in _prepare_usage_error(capsys, [ct, "--output", str(blocker)])
+    assert main(["prepare", ct, "--output", output, "--spacing", str(SPACING)]) == 0
+    capsys.readouterr()
+    assert "--output: " in _prepare_usage_error(capsys, [ct, "--output", output, "--spacing", "3"])
+    assert not (tmp_path / "none-").exists()

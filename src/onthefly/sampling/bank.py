@@ -388,7 +388,7 @@ class VolumeBank(VolumeStore):
             preparation's); CTs are prepared with them.
         cache: folder to prepare CTs into (default: a temporary folder, removed
             with the bank); ignored for a prepared folder.
-        workers: worker processes preparing CTs.
+        workers: CTs prepared at once (threads; see :func:`~onthefly.sampling.preparation.prepare`).
         on_error: for CTs that cannot be read: ``"skip"`` (a warning names
             them) or ``"raise"`` (``ValueError`` naming them).
         read_threads: threads reading crops (default: up to 4, one per core).

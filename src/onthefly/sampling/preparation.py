@@ -63,12 +63,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .._checks import check_choice
 from ..correspondence import WEIGHTINGS, voxel_weights
 from ..volume import Volume
-from .store import TISSUE_BLOCK_MM
+from .store import TISSUE_BLOCK_MM, tissue_grid
 
 __all__ = [
     "PreparationSettings",
@@ -343,12 +342,6 @@ def _as_int16(name: str, values: torch.Tensor, what: str) -> np.ndarray:
     if low < _INT16.min - 0.5 or high > _INT16.max + 0.5:
         raise ValueError(f"{name}: {what} span [{low:g}, {high:g}], outside the int16 range stored in the cache")
     return torch.round(values).to(torch.int16).contiguous().numpy()
-
-
-def tissue_grid(hu: torch.Tensor, block: Sequence[int], air_threshold_hu: float) -> torch.Tensor:
-    """``(d, h, w)`` float32 non-air fraction of each ``block`` of ``hu`` ``(D, H, W)`` (partial blocks at the far edges)."""
-    tissue = (hu > air_threshold_hu).float()
-    return F.avg_pool3d(tissue[None, None], tuple(block), ceil_mode=True)[0, 0]
 
 
 def weight_table(hu: torch.Tensor, *, weighting: str, air_threshold_hu: float) -> np.ndarray:
@@ -648,6 +641,9 @@ def prepare(
             entries[position] = entry
             report.skipped.append(source.name)
     _run(listed, todo, output, settings, workers, entries, report, progress)
+    order = {source.name: position for position, source in enumerate(listed)}  # threads finish in any order
+    report.prepared.sort(key=order.__getitem__)
+    report.failed.sort(key=lambda failure: order[failure[0]])
     ordered = [entries[p] for p in sorted(entries)]
     index = {"format": FORMAT, "version": FORMAT_VERSION, "settings": settings.to_json(), "cts": ordered,
              "failed": [{"source": name, "reason": reason} for name, reason in report.failed]}
