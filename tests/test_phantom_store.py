@@ -27,7 +27,8 @@ def test_source_maps_indices_to_regions_and_seeds_and_splits_disjointly():
     train, held_out = source.split((0.8, 0.2))
     assert train.seeds == range(10, 18) and held_out.seeds == range(18, 20)
     assert not set(train.seeds) & set(held_out.seeds)
-    assert parse_phantom_source("phantom:hand,wrist").regions == ("hand", "wrist")
+    assert parse_phantom_source("phantom:hand,wrist") == PhantomSource(regions=("hand", "wrist"), seeds=range(100))
+    assert parse_phantom_source("phantom:forearm:500").seeds == range(500)
 
 
 @pytest.mark.parametrize(
@@ -45,6 +46,8 @@ def test_source_maps_indices_to_regions_and_seeds_and_splits_disjointly():
         (lambda: PhantomSource().item(30_000), "index"),
         (lambda: parse_phantom_source("phantom:elbow"), "volumes"),
         (lambda: parse_phantom_source("phantom:"), "volumes"),
+        (lambda: parse_phantom_source("phantom:hand:0"), "volumes"),
+        (lambda: parse_phantom_source("phantom:hand:ten"), "volumes"),
     ],
 )
 def test_bad_sources_are_refused_by_name(make, message):
@@ -108,3 +111,21 @@ def test_the_cache_is_bounded():
     for index in range(3):
         store._entry(index)
     assert len(store._cache) == 1  # the newest only
+
+
+def test_the_command_line_splits_phantom_seeds_between_training_and_evaluation():
+    """``--volumes phantom:wrist,hand:20``: training on seeds 0-17, evaluation on 18-19 of both regions."""
+    import argparse
+
+    from onthefly.cli.training import _add_train_options, _samplers_from_args
+
+    parser = argparse.ArgumentParser()
+    _add_train_options(parser)
+    args = parser.parse_args(["--volumes", "phantom:wrist,hand:20", "--image-size", "32", "--patch-size", "8",
+                              "--crop-size", "96", "--spacing", "4", "--batch-size", "2"])
+    train, held_out = _samplers_from_args(args)
+    assert train.store.source == PhantomSource(regions=("wrist", "hand"), seeds=range(0, 18))
+    assert held_out.store.source == PhantomSource(regions=("wrist", "hand"), seeds=range(18, 20))
+    bad = parser.parse_args(["--volumes", "phantom:elbow"])
+    with pytest.raises(SystemExit, match="--volumes: expected 'phantom:'"):
+        _samplers_from_args(bad)

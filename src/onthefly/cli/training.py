@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import strict_json
+from ..sampling.phantom_store import PHANTOM_PREFIX, PhantomSource, parse_phantom_source
 from ..volume import Volume, example_volume
 from .common import HelpFormatter, UsageError, check_device
 
@@ -26,16 +27,21 @@ FREE_ON_RESUME_FLAGS = ("steps", "checkpoint_every", "eval_every", "eval_batches
 """Train flags a resume restores when not given and that may be given anew (``--steps`` extends the run)."""
 TRUNK_FLAGS = ("backbone", "patch_size", "d_model", "heads", "layers")
 """Classifier flags that describe the trunk, read from the ``--init-from`` checkpoint when not given."""
+PHANTOM_SPLIT = (0.9, 0.1)
+"""Shares of the phantom seeds for training and evaluation (``--volumes phantom:...``)."""
 
 
 def _add_train_options(parser: argparse.ArgumentParser, task: str = "correspondence") -> None:
     data = parser.add_argument_group("data (DRRCorrespondenceSampler)")
     data.add_argument("--volumes", nargs="+",
-                      help="training CT paths (NIfTI, NRRD, DICOM folders), or one folder made by 'onthefly prepare' "
-                           "(read as a VolumeBank); default: the bundled chest CT's inferior 60 %%")
+                      help="training CT paths (NIfTI, NRRD, DICOM folders), one folder made by 'onthefly prepare' "
+                           "(read as a VolumeBank), or phantom:forearm,wrist,hand[:N] (procedural phantoms, N seeds per region, "
+                           "default 100; the first 90 %% train); "
+                           "default: the bundled chest CT's inferior 60 %%")
     data.add_argument("--eval-volumes", nargs="+",
-                      help="held-out CT paths or one prepared folder (default: the bundled CT's superior 40 %%, never "
-                           "seen in training; with a prepared --volumes folder, a fifth of its patients)")
+                      help="held-out CT paths, one prepared folder or phantom:REGION,...[:N] (its last 10 %% of seeds) (default: "
+                           "the bundled CT's superior 40 %%, never seen in training; with a prepared --volumes folder, "
+                           "a fifth of its patients; with phantoms, the held-out seeds of its regions)")
     data.add_argument("--views", type=int, default=2, help="views per sample")
     data.add_argument("--image-size", type=int, default=256, help="detector pixels per side (height = width)")
     data.add_argument("--patch-size", type=int, default=16, help="patch edge, pixels (the backbone's stride)")
@@ -123,12 +129,15 @@ def _samplers_from_args(args: argparse.Namespace, *, train_only: dict | None = N
 
     if args.volumes:
         train_volumes = _ct_sources(args.volumes, "--volumes", args.spacing)
-        if args.eval_volumes:
-            eval_volumes = _ct_sources(args.eval_volumes, "--eval-volumes", args.spacing)
-        elif not isinstance(train_volumes, list):  # a prepared folder: hold out a fifth of its patients
+        eval_volumes = _ct_sources(args.eval_volumes, "--eval-volumes", args.spacing) if args.eval_volumes else None
+        if isinstance(train_volumes, PhantomSource) and (eval_volumes is None or isinstance(eval_volumes, PhantomSource)):
+            # Phantoms: training on the first 90 % of the seeds, evaluation on the last 10 %, never the same seed.
+            train_volumes, held_out_seeds = train_volumes.split(PHANTOM_SPLIT)
+            eval_volumes = held_out_seeds if eval_volumes is None else eval_volumes.split(PHANTOM_SPLIT)[1]
+        elif eval_volumes is None and not isinstance(train_volumes, list):  # a prepared folder: a fifth held out
             held_out = max(0.2, 1.0 / len(train_volumes))  # at least one CT
             train_volumes, eval_volumes = train_volumes.split((1.0 - held_out, held_out), seed=args.seed)
-        else:
+        elif eval_volumes is None:
             raise SystemExit("--eval-volumes: give held-out CTs with --volumes (evaluation never reuses training CTs), "
                              "or give --volumes a prepared folder (a fifth of its patients is held out)")
     else:
@@ -149,9 +158,18 @@ def _samplers_from_args(args: argparse.Namespace, *, train_only: dict | None = N
 
 
 def _ct_sources(paths: list[str], flag: str, spacing: float):
-    """CT files as volumes, or one prepared folder (``onthefly prepare``) as a :class:`~onthefly.sampling.bank.VolumeBank`."""
+    """CT files as volumes, one prepared folder (``onthefly prepare``) as a :class:`~onthefly.sampling.bank.VolumeBank`,
+    or ``phantom:REGION,...`` as a :class:`~onthefly.sampling.phantom_store.PhantomSource`."""
     from ..sampling.bank import VolumeBank, is_prepared_folder
 
+    phantoms = [path for path in paths if str(path).startswith(PHANTOM_PREFIX)]
+    if phantoms:
+        if len(paths) > 1:
+            raise SystemExit(f"{flag}: give 'phantom:REGION,...' alone (not beside CT files), got {len(paths)} sources")
+        try:
+            return parse_phantom_source(paths[0])
+        except ValueError as error:
+            raise SystemExit(f"{flag}: {str(error).removeprefix('volumes: ')}") from None
     prepared = [path for path in paths if is_prepared_folder(path)]
     if not prepared:
         return [Volume.from_file(path) for path in paths]

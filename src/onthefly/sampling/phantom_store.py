@@ -38,11 +38,14 @@ __all__ = ["PhantomSource", "PhantomStore", "parse_phantom_source"]
 #: Each region's box of air, world mm along x, y, z: a little more than the largest phantom of the region
 #: (sizes and poses vary per seed; a larger phantom would lose its ends equally, none did over seeds 0-199).
 REGION_BOX_MM = {"forearm": (140.0, 130.0, 330.0), "wrist": (170.0, 150.0, 170.0), "hand": (175.0, 195.0, 265.0)}
-CACHE_BYTES = 2**30
+CACHE_BYTES = 2 * 2**30
 """Default bound of the generated phantoms a :class:`PhantomStore` keeps (HU and labels; least recently used
-go first): the batch being drawn and made, with its redraws (at 1.5 mm a forearm box takes 16 MB)."""
+go first): at 2 mm a box takes 2-5 MB, so a pool of a few hundred phantoms is generated once per run."""
 #: What ``--volumes phantom:...`` starts with on the command line.
 PHANTOM_PREFIX = "phantom:"
+CLI_SEEDS = 100
+"""Seeds per region of ``phantom:REGION,...`` without ``:N``: a pool the store's cache holds at the command line's
+spacings (so a training run generates each phantom once; the library's own default is 10,000)."""
 
 
 @dataclass(frozen=True)
@@ -119,16 +122,28 @@ class PhantomSource:
         return f"{PHANTOM_PREFIX}{','.join(self.regions)}[seeds {span}]"
 
 
-def parse_phantom_source(text: str, *, seeds: range | None = None) -> PhantomSource:
-    """``"phantom:forearm,wrist,hand"`` as a :class:`PhantomSource` (``seeds`` default: 0 to 9,999)."""
+def parse_phantom_source(text: str, *, seeds: int = CLI_SEEDS) -> PhantomSource:
+    """``"phantom:forearm,wrist,hand"`` (seeds ``0`` to ``seeds - 1``) or ``"phantom:hand:500"`` (500 seeds)
+    as a :class:`PhantomSource`.
+
+    Example:
+        >>> parse_phantom_source("phantom:wrist,hand:500")
+        PhantomSource(regions=('wrist', 'hand'), seeds=range(0, 500))
+    """
+    usage = (f"expected 'phantom:' followed by regions from {list(REGIONS)} (comma-separated) and optionally "
+             f"':N' seeds per region, got {text!r}")
     if not isinstance(text, str) or not text.startswith(PHANTOM_PREFIX):
-        raise ValueError(f"volumes: expected 'phantom:' followed by regions from {list(REGIONS)}, got {text!r}")
-    names = tuple(name.strip() for name in text[len(PHANTOM_PREFIX):].split(",") if name.strip())
-    unknown = [name for name in names if name not in REGIONS]
-    if not names or unknown:
-        raise ValueError(f"volumes: expected 'phantom:' followed by regions from {list(REGIONS)} (comma-separated), "
-                         f"got {text!r}")
-    return PhantomSource(regions=names, seeds=range(0, 10_000) if seeds is None else seeds)
+        raise ValueError(f"volumes: {usage}")
+    body = text[len(PHANTOM_PREFIX):]
+    names, _, count = body.partition(":")
+    regions = tuple(name.strip() for name in names.split(",") if name.strip())
+    if not regions or any(name not in REGIONS for name in regions):
+        raise ValueError(f"volumes: {usage}")
+    if count:
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"volumes: {usage}")
+        seeds = int(count)
+    return PhantomSource(regions=regions, seeds=range(0, seeds))
 
 
 class PhantomStore(VolumeStore):
