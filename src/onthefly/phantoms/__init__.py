@@ -57,8 +57,8 @@ unless stated, every one with its source):
   breadth 75-95 (Gordon et al. 2014, ANSUR II); hand thickness 24-32
   (NASA-STD-3000, 1995);
 * pose: pronation -10 to 35 degrees, wrist flexion -25 to 30 degrees, deviation
-  -15 (ulnar) to 10 (radial) degrees, finger flexion up to 35 (MCP), 45 (PIP)
-  and 25 (DIP) degrees, all within the functional ranges (Morrey et al. 1981,
+  -15 (ulnar) to 10 (radial) degrees, finger flexion up to 30 (MCP), 40 (PIP)
+  and 20 (DIP) degrees, all within the functional ranges (Morrey et al. 1981,
   J Bone Joint Surg Am 63:872; Ryu et al. 1991, J Hand Surg Am 16:409; Hume
   et al. 1990, J Hand Surg Am 15:240).
 

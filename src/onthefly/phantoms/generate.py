@@ -29,6 +29,8 @@ __all__ = ["SLAB_VOXELS", "region_box", "generate"]
 
 SLAB_VOXELS = 6_000_000
 """Largest number of voxels evaluated at once (the z-slab size follows from it)."""
+COVER_MM = 4.5
+"""Least soft tissue (mm) over any bone: the skin surface is pushed out to this distance where it runs closer."""
 WRIST_ABOVE_MM, WRIST_BELOW_MM = 60.0, 22.0
 """The wrist region's box: from this far above the radius's articular centre to this far below the carpus."""
 
@@ -50,11 +52,10 @@ def region_box(arm: Arm, region: str) -> tuple[Tensor, Tensor]:
         low_z = min(float(part.bounds()[0][2]) for part in arm.soft) - 2.0
     lows, highs = [], []
     for part in arm.soft:
-        low, high = part.bounds(low_z, high_z)
-        if float(high[2]) < low_z or float(low[2]) > high_z:
-            continue
-        lows.append(low)
-        highs.append(high)
+        bounds = part.bounds(low_z, high_z)
+        if bounds is not None:
+            lows.append(bounds[0])
+            highs.append(bounds[1])
     low = torch.stack(lows).amin(0) - 3.0
     high = torch.stack(highs).amax(0) + 3.0
     low[2], high[2] = low_z, high_z
@@ -105,7 +106,7 @@ def generate(parameters: PhantomParameters, spacing: float, device: torch.device
                  for i in range(3))
     grid = _Grid(axes, first, spacing, shape)
     gap = p["joint_gap"]
-    margin = gap + 2.0 * spacing + 2.0
+    margin = max(gap + 2.0 * spacing + 2.0, COVER_MM + 2.0 + spacing)
     names = REGION_BONES[p.region]
     bones = [arm.bones[name] for name in names]
     bone_bounds = [bone.bounds(margin) for bone in bones]
@@ -182,7 +183,7 @@ def _slab(p: PhantomParameters, grid: _Grid, z_range: tuple[int, int], bones, bo
         fat[local] = torch.where(distance < current, part.fat, fat[local])
         outline[local] = smooth_union(current, distance, part.blend)
     skin = p["skin_thickness"]
-    outline = smooth_union(outline, d1 + skin + 0.5 * fat + 1.5, 3.0)  # every bone under skin and some fat
+    outline = smooth_union(outline, d1 - COVER_MM, 2.0)  # every bone under skin and some fat
 
     # trabecular texture inside the bones' union box
     network = full(texture.mean)

@@ -86,24 +86,34 @@ class SoftPart:
             return replace(self, capsule=self.capsule.moved(turn, centre))
         return replace(self, frame=self.frame.moved(turn, centre))
 
-    def bounds(self, low_z: float = -math.inf, high_z: float = math.inf) -> tuple[Tensor, Tensor]:
-        """World box ``(low (3,), high (3,))`` mm of the part (of its slice ``low_z <= t <= high_z`` for a tube whose
-        axis is the world z)."""
+    def surface_points(self) -> Tensor:
+        """``(N, 3)`` limb-frame mm of points on the part's surface (its ends for a capsule: with its radius)."""
+        angles = torch.linspace(0.0, 2.0 * math.pi, 25, dtype=torch.float64)[:-1]
         if self.capsule is not None:
-            return self.capsule.bounds()
+            return torch.tensor([self.capsule.start, self.capsule.end], dtype=torch.float64)
         if self.tube is not None:
-            t = torch.linspace(self.tube.start, self.tube.end, self.tube.table.shape[0], dtype=torch.float64)
-            keep = (t >= low_z - 5.0) & (t <= high_z + 5.0)
-            rows = self.tube.table[keep] if bool(keep.any()) else self.tube.table
-            cx, cy, a, b = rows[:, :4].unbind(1)
-            lows = [float((cx - a).min()), float((cy - b).min()), max(self.tube.start, low_z)]
-            highs = [float((cx + a).max()), float((cy + b).max()), min(self.tube.end, high_z)]
+            cx, cy, a, b = self.tube.table[::4, :4].unbind(1)
+            t = torch.linspace(self.tube.start, self.tube.end, self.tube.table.shape[0], dtype=torch.float64)[::4]
+            u = cx[:, None] + a[:, None] * torch.cos(angles)
+            v = cy[:, None] + b[:, None] * torch.sin(angles)
+            local = torch.stack([u, v, t[:, None].expand_as(u)], -1).reshape(-1, 3)
         else:
-            lows, highs = [-r for r in self.radii], list(self.radii)
-        corners = torch.tensor([[x, y, z] for x in (lows[0], highs[0]) for y in (lows[1], highs[1])
-                                for z in (lows[2], highs[2])], dtype=torch.float64)
-        world = corners @ self.frame.axes.T + self.frame.origin
-        return world.amin(0), world.amax(0)
+            polar = torch.linspace(0.0, math.pi, 13, dtype=torch.float64)
+            sphere = torch.stack([torch.sin(polar)[:, None] * torch.cos(angles), torch.sin(polar)[:, None]
+                                  * torch.sin(angles), torch.cos(polar)[:, None].expand(-1, angles.numel())], -1)
+            local = sphere.reshape(-1, 3) * torch.tensor(self.radii, dtype=torch.float64)
+        return local @ self.frame.axes.T + self.frame.origin
+
+    def bounds(self, low_z: float = -math.inf, high_z: float = math.inf) -> tuple[Tensor, Tensor] | None:
+        """World box ``(low (3,), high (3,))`` mm of the part's surface between ``low_z`` and ``high_z`` (``None``
+        if none of it lies there)."""
+        points = self.surface_points()
+        reach = max(self.capsule.radii) if self.capsule is not None else 0.0
+        keep = (points[:, 2] >= low_z - reach) & (points[:, 2] <= high_z + reach)
+        if not bool(keep.any()):
+            return None
+        points = points[keep]
+        return points.amin(0) - reach, points.amax(0) + reach
 
 
 @dataclass(frozen=True)
@@ -237,10 +247,10 @@ def _forearm_outline(p: PhantomParameters) -> SoftPart:
     length = p["ulna_length"]
     wrist_a, forearm_a = p["wrist_circumference"] / 5.23, p["forearm_circumference"] / 5.69
     wrist_b, forearm_b = 0.62 * wrist_a, 0.8 * forearm_a
-    tube = Tube.from_knots(-40.0, length + 40.0, {
-        "a": [(-40.0, 0.97 * wrist_a), (15.0, wrist_a), (0.45 * length, 0.5 * (wrist_a + forearm_a)),
+    tube = Tube.from_knots(-25.0, length + 40.0, {  # its distal end tapers inside the palm
+        "a": [(-25.0, 0.75 * wrist_a), (0.0, wrist_a), (15.0, wrist_a), (0.45 * length, 0.5 * (wrist_a + forearm_a)),
               (0.75 * length, forearm_a), (length + 40.0, 0.95 * forearm_a)],
-        "b": [(-40.0, 0.97 * wrist_b), (15.0, wrist_b), (0.45 * length, 0.5 * (wrist_b + forearm_b)),
+        "b": [(-25.0, 0.75 * wrist_b), (0.0, wrist_b), (15.0, wrist_b), (0.45 * length, 0.5 * (wrist_b + forearm_b)),
               (0.75 * length, forearm_b), (length + 40.0, 0.95 * forearm_b)],
         "cx": [(0.0, -8.5), (0.75 * length, -11.0)],
         "cy": [(0.0, 0.0), (0.75 * length, 0.15 * forearm_b)],

@@ -126,7 +126,7 @@ PARAMETERS: dict[str, Parameter] = {
     "wrist_deviation": _p(-15, 10, "rad", "free", "radial (+) / ulnar (-), Ryu et al. 1991"),
     "grip": _p(0, 1, "", "free", "shared finger flexion"),
     **{f"flexion_{joint}_{k}": _p(0, top, "rad", "free", "within the active range, Hume et al. 1990, J Hand Surg Am 15:240")
-       for joint, top, rays in (("mcp", 35, range(1, 6)), ("pip", 45, range(2, 6)), ("dip", 25, range(1, 6)))
+       for joint, top, rays in (("mcp", 30, range(1, 6)), ("pip", 40, range(2, 6)), ("dip", 20, range(1, 6)))
        for k in rays},
     "finger_spread": _p(-4, 6, "rad", "free", "finger abduction"),
     # soft tissue
@@ -196,9 +196,9 @@ def draw_parameters(region: str, seed: int) -> PhantomParameters:
     own = jitters[list(PARAMETERS).index("ulna_length")]
     ulna_q = min(max(radius_q + 0.12 * (own - 0.5), 0.0), 1.0)
     values["ulna_length"] = ulna.low + (ulna.high - ulna.low) * ulna_q
-    # fingers flex together: each joint's share of its range follows the shared grip
+    # fingers flex together: each joint's share of its range follows the shared grip (mostly a relaxed hand)
     for name in values:
         if name.startswith("flexion_"):
             top = PARAMETERS[name].high
-            values[name] = top * min(max(values["grip"] + 0.3 * (values[name] / top - 0.5), 0.0), 1.0)
+            values[name] = top * min(max(values["grip"] ** 2 + 0.3 * (values[name] / top - 0.5), 0.0), 1.0)
     return PhantomParameters(region, seed, values)
