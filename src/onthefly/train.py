@@ -32,6 +32,7 @@ import contextlib
 import csv
 import math
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -452,6 +453,20 @@ class _ClassifierTask:
         metrics["patch_hit"] = float(hits.float().mean()) if hits.numel() else float("nan")
         metrics["left_out"] = 1.0 - float(counted.float().mean())
         return metrics
+
+
+def evaluate_classifier(model: FractureClassifier, sampler: DRRCorrespondenceSampler, *, batches: int = 4,
+                        device: torch.device | str = "cpu", picture: str | Path | None = None) -> dict[str, float]:
+    """Metrics of the fracture classifier on batches ``0 .. batches-1`` of ``sampler`` (a fixed, seeded stream):
+    accuracy, precision, recall, kappa, positives, patch_hit (top patch on or next to the fracture), loss, and
+    left_out (fractures the sampler flagged invisible, not counted). ``picture``: heat maps of the first batch."""
+    if not isinstance(model, FractureClassifier):
+        raise TypeError(f"model: expected a FractureClassifier, got {type(model).__name__}")
+    task = _ClassifierTask(model.config)
+    if picture is None:
+        with tempfile.TemporaryDirectory() as folder:
+            return task.evaluate(model, sampler, batches, device, Path(folder) / "heatmaps.png")
+    return task.evaluate(model, sampler, batches, device, Path(picture))
 
 
 def _counted(batch) -> Tensor:

@@ -29,6 +29,8 @@ TRUNK_FLAGS = ("backbone", "patch_size", "d_model", "heads", "layers")
 """Classifier flags that describe the trunk, read from the ``--init-from`` checkpoint when not given."""
 PHANTOM_SPLIT = (0.9, 0.1)
 """Shares of the phantom seeds for training and evaluation (``--volumes phantom:...``)."""
+PHANTOM_MIN_TISSUE_FRACTION = 0.05
+"""The samplers' ``min_tissue_fraction`` with phantoms (the sampler's default, 0.2, suits trunk CTs)."""
 
 
 def _add_train_options(parser: argparse.ArgumentParser, task: str = "correspondence") -> None:
@@ -148,6 +150,10 @@ def _samplers_from_args(args: argparse.Namespace, *, train_only: dict | None = N
                   crop_size=args.crop_size, spacing=args.spacing, batch_size=args.batch_size,
                   device=check_device(args.device), display=getattr(args, "display", "minmax"),
                   footprint=getattr(args, "footprint", "exact"), **extra)
+    if isinstance(train_volumes, PhantomSource):
+        # A limb fills little of a cube crop (a hand is about 30 mm thick): the chest CT's tissue threshold would
+        # reject most of its crops.
+        common.setdefault("min_tissue_fraction", PHANTOM_MIN_TISSUE_FRACTION)
     train_sampler = DRRCorrespondenceSampler(
         volumes=train_volumes, seed=args.seed, **(common | (train_only or {})),
         **({"alpha": (0.0, math.pi)} if held_out else {}))
