@@ -13,11 +13,11 @@ import torch
 from torch import Tensor
 
 from .._checks import MIN_LENGTH_MM, check_choice, check_real
-from ..display import DISPLAYS, Display
+from ..display import Display
 from .config import PhysicsParams
 from .data import mass_attenuation
 from .detector import NOISE_MODES, electronic_noise, gaussian_blur, quantum_noise
-from .processing import log_normalise, process
+from .processing import PROCESSED_RADIOGRAPH, log_normalise, process
 from .scatter import scatter_signal, water_equivalent_thickness
 from .spectrum import _tube_spectrum
 from .transmission import detector_response, effective_mass_attenuation, polychromatic_intensity, signal_weights
@@ -44,7 +44,7 @@ def _check(material_integrals, params, pixel_spacing, generator, noise) -> float
 
 def radiograph_stages(material_integrals: Tensor, params: PhysicsParams, *, pixel_spacing: float,
                       generator: torch.Generator | None = None, noise: str = "gaussian",
-                      display: Display = DISPLAYS["radiograph"]) -> dict[str, Tensor]:
+                      display: Display = PROCESSED_RADIOGRAPH) -> dict[str, Tensor]:
     """Every stage of :func:`radiograph`, each ``(B, V, 1, H, W)``.
 
     Returns:
@@ -88,7 +88,7 @@ def radiograph_stages(material_integrals: Tensor, params: PhysicsParams, *, pixe
 
 def radiograph(material_integrals: Tensor, params: PhysicsParams, *, pixel_spacing: float,
                generator: torch.Generator | None = None, noise: str = "gaussian",
-               display: Display = DISPLAYS["radiograph"]) -> Tensor:
+               display: Display = PROCESSED_RADIOGRAPH) -> Tensor:
     """Displayed radiographs from per-material line integrals: spectrum, transmission, scatter, detector, noise,
     processing.
 
@@ -101,7 +101,8 @@ def radiograph(material_integrals: Tensor, params: PhysicsParams, *, pixel_spaci
             needs): counter-based noise keyed by ``params.noise_seed``, a pure function of the parameters.
         noise: ``"gaussian"`` (reparameterised, differentiable), ``"poisson"`` (exact, for evaluation) or
             ``"none"`` (the expected image).
-        display: how the log-normalised image is shown (default: the ``"radiograph"`` display).
+        display: how the log-normalised image is shown (default:
+            :data:`~onthefly.physics.processing.PROCESSED_RADIOGRAPH`).
 
     Returns:
         ``(B, V, 1, H, W)`` in ``[0, 1]``: dense structures bright.
