@@ -115,23 +115,25 @@ class AnatomyParams:
 def sampling_grid(params: AnatomyParams, shape: tuple[int, int, int], spacing: Tensor) -> Tensor:
     """``(B, D, H, W, 3)`` normalised ``grid_sample`` coordinates (x = W axis first) where each output voxel reads.
 
-    ``spacing`` ``(3,)`` or ``(B, 3)`` mm along the crop's D, H, W axes. No host reads (compiles without breaks).
+    ``spacing`` ``(3,)`` or ``(B, 3)`` mm along the crop's D, H, W axes. With corners aligned, a read position
+    ``x'`` (mm from the crop's centre) is ``2 x' / (spacing (n - 1))`` in normalised units, so both parts are
+    scaled before they are expanded: the linear part as a sum of three per-axis terms (broadcast, one pass),
+    the displacement on its control grid (interpolation is linear). No host reads (compiles without breaks).
     """
     device = params.displacement.device
     batch = params.batch_size
     spacing = spacing.to(device=device, dtype=torch.float32).reshape(-1, 3).expand(batch, 3)
     size = torch.tensor(shape, device=device, dtype=torch.float32)
-    axes = [torch.arange(n, device=device, dtype=torch.float32) - (n - 1) / 2 for n in shape]
-    centred = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)  # (D, H, W, 3) voxels from the centre
-    position = centred[None] * spacing[:, None, None, None, :]  # mm
-    inverse = torch.linalg.inv(params.matrix.to(device)).to(torch.float32)  # (B, 3, 3)
-    source = torch.einsum("bij,bdhwj->bdhwi", inverse, position)
-    field = F.interpolate(params.displacement.to(device=device, dtype=torch.float32), size=shape, mode="trilinear",
-                          align_corners=True)  # (B, 3, D, H, W) mm
-    source = source + field.permute(0, 2, 3, 4, 1)
-    index = source / spacing[:, None, None, None, :] + (size - 1) / 2  # voxel index of the read position
-    normalised = 2.0 * index / (size - 1).clamp_min(1.0) - 1.0
-    return normalised.flip(-1)  # grid_sample's (x, y, z) = (W, H, D)
+    scale = 2.0 / (spacing * (size - 1).clamp_min(1.0))  # (B, 3) normalised units per mm, per axis
+    inverse = torch.linalg.inv(params.matrix.to(device)).to(torch.float32)  # (B, 3, 3): x' = A^-1 x
+    columns = inverse * scale[:, :, None] * spacing[:, None, :]  # normalised units per voxel step along each axis
+    columns = columns.flip(1)  # output components in grid_sample's (W, H, D) order
+    steps = [torch.arange(n, device=device, dtype=torch.float32) - (n - 1) / 2 for n in shape]
+    along = [columns[:, None, :, axis] * steps[axis][None, :, None] for axis in range(3)]  # (B, n_axis, 3) each
+    plane = along[0][:, :, None, :] + along[1][:, None, :, :]  # (B, D, H, 3): small
+    control = (params.displacement.to(device=device, dtype=torch.float32) * scale[:, :, None, None, None]).flip(1)
+    field = F.interpolate(control, size=shape, mode="trilinear", align_corners=True)  # (B, 3, D, H, W)
+    return field.permute(0, 2, 3, 4, 1) + (plane[:, :, :, None, :] + along[2][:, None, None, :, :])
 
 
 def deform_crops(attenuation: Tensor, labels: Tensor | None, params: AnatomyParams,
