@@ -129,3 +129,18 @@ def test_the_command_line_splits_phantom_seeds_between_training_and_evaluation()
     bad = parser.parse_args(["--volumes", "phantom:elbow"])
     with pytest.raises(SystemExit, match="--volumes: expected 'phantom:'"):
         _samplers_from_args(bad)
+
+
+def test_prepare_writes_a_bank_of_phantoms(tmp_path):
+    """``onthefly prepare phantom:wrist,hand --count 2``: four phantoms generated one at a time into a bank."""
+    from onthefly import VolumeBank
+    from onthefly.cli import main
+
+    assert main(["prepare", "phantom:wrist,hand", "--count", "2", "--spacing", "4", "--output", str(tmp_path)]) == 0
+    bank = VolumeBank(tmp_path, spacing=4.0)
+    assert sorted(bank.name(i) for i in range(len(bank))) == [
+        "phantom:hand:seed 0", "phantom:hand:seed 1", "phantom:wrist:seed 0", "phantom:wrist:seed 1"]
+    crops, labels = bank.crops(torch.tensor([0]), torch.zeros(1, 3, dtype=torch.long), (8, 8, 8), labels=True)
+    assert crops.shape == (1, 8, 8, 8) and labels is not None
+    with pytest.raises(SystemExit):
+        main(["prepare", str(tmp_path / "none.nii"), "--count", "2", "--output", str(tmp_path / "other")])

@@ -352,9 +352,12 @@ def add_prepare_parser(commands) -> None:
         description="Resample CTs once into a folder the sampler reads. Bad flags, a glob that matches nothing, or "
                     "a run in which no CT could be prepared end with exit status 2 and a message naming the flag.")
     prepare.add_argument("sources", nargs="+", metavar="CT",
-                         help="CT files (NIfTI, NRRD, MHA), DICOM series folders, globs, or list files "
-                              "(.txt/.csv: one 'ct[,labels[,patient]]' per line)")
+                         help="CT files (NIfTI, NRRD, MHA), DICOM series folders, globs, list files "
+                              "(.txt/.csv: one 'ct[,labels[,patient]]' per line), or phantom:forearm,wrist,hand "
+                              "(procedural phantoms, --count seeds per region)")
     prepare.add_argument("--output", required=True, help="the prepared folder (an unfinished one is resumed)")
+    prepare.add_argument("--count", type=positive(int),
+                         help="with phantom:REGION,... sources: seeds per region (0 to COUNT-1; default 100)")
     prepare.add_argument("--spacing", type=positive(float), nargs="+", default=[1.0],
                          help="voxel spacing in mm, one value or three: the sampler's --spacing")
     prepare.add_argument("--workers", type=positive(int), default=1,
@@ -368,7 +371,7 @@ def add_prepare_parser(commands) -> None:
     prepare.add_argument("--strict", action="store_true", help="exit with status 1 when a CT cannot be read")
 
 
-PREPARE_FLAGS = {"sources": "CT", "output": "--output", "spacing": "--spacing", "workers": "--workers",
+PREPARE_FLAGS = {"sources": "CT", "volumes": "CT", "output": "--output", "spacing": "--spacing", "workers": "--workers",
                  "air_threshold_hu": "--air-threshold", "weighting": "--weighting", "patient_id": "--patient-pattern"}
 """The flag of each argument of :func:`~onthefly.sampling.preparation.prepare`, for its error messages."""
 
@@ -410,6 +413,13 @@ def run_prepare(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         raise UsageError(f"--spacing: expected one or three values (mm), got {len(args.spacing)}: {args.spacing}")
     patient_id = _patient_id(args.patient_pattern)
     spacing = args.spacing[0] if len(args.spacing) == 1 else args.spacing
+    phantoms = [source for source in args.sources if source.startswith(PHANTOM_PREFIX)]
+    if args.count is not None and not phantoms:
+        raise UsageError("--count: counts the seeds of phantom:REGION,... sources; none was given")
+    if args.count is not None:
+        if any(source.count(":") > 1 for source in phantoms):
+            raise UsageError("--count: give the number of seeds once, as --count or as phantom:REGION,...:N")
+        args.sources = [f"{source}:{args.count}" if source in phantoms else source for source in args.sources]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the failures are printed below

@@ -66,7 +66,9 @@ import torch
 
 from .._checks import check_choice
 from ..correspondence import WEIGHTINGS, voxel_weights
+from ..phantoms import SPACING_RANGE, phantom
 from ..volume import Volume
+from .phantom_store import PHANTOM_PREFIX, PhantomSource, parse_phantom_source
 from .store import TISSUE_BLOCK_MM, tissue_grid
 
 __all__ = [
@@ -219,6 +221,8 @@ def expand_sources(sources, *, patient_id: Callable[[str], str] | None = None) -
     Args:
         sources: one item or a sequence of items, each a CT file (NIfTI, NRRD,
             MHA, ...), a DICOM series folder, a glob pattern (sorted matches), a
+            :class:`~onthefly.sampling.phantom_store.PhantomSource` or ``"phantom:REGION,...[:N]"``
+            (one CT per phantom, each its own patient), a
             list file (``.txt``, ``.csv``, ``.lst``, ``.list``: one CT per line,
             ``ct[,labels[,patient]]``, relative to the list's folder, ``#``
             comments), a :class:`~onthefly.volume.Volume`, a torchio ``Subject``
@@ -250,9 +254,27 @@ def _with_patient(source: CTSource, patient_id: Callable[[str], str]) -> CTSourc
     return CTSource(source.name, source.path, source.labels, str(patient_id(source.name)), source.item)
 
 
+@dataclass(frozen=True)
+class PhantomItem:
+    """One procedural phantom to prepare (:func:`onthefly.phantoms.phantom` of ``region`` and ``seed``)."""
+
+    region: str
+    seed: int
+
+
+PHANTOM_VERSION = 1
+"""Part of a prepared phantom's identity: raise it when the phantoms' generator changes what a seed makes."""
+
+
 def _expand_item(item, index: int) -> list[CTSource]:
     import torchio as tio
 
+    if isinstance(item, str) and item.startswith(PHANTOM_PREFIX):
+        item = parse_phantom_source(item)
+    if isinstance(item, PhantomSource):  # generated when prepared, one at a time; its name is its identity
+        return [CTSource(name=f"{PHANTOM_PREFIX}{region}:seed {seed}", patient=f"{PHANTOM_PREFIX}{region}:{seed}",
+                         item=PhantomItem(region, seed))
+                for region, seed in (item.item(i) for i in range(len(item)))]
     if isinstance(item, CTSource):
         return [item]
     if isinstance(item, Volume):
@@ -310,7 +332,9 @@ def _subject_source(subject, fallback: str) -> CTSource:
 
 
 def _memory_identity(item) -> str:
-    """A content hash of a CT held in memory (its HU, labels and affine)."""
+    """A content hash of a CT held in memory (its HU, labels and affine); a phantom's region and seed."""
+    if isinstance(item, PhantomItem):
+        return f"phantom|{item.region}|{item.seed}|{PHANTOM_VERSION}"
     volume = _subject_volume(item) if not isinstance(item, Volume) else item
     digest = hashlib.blake2b(digest_size=16)
     digest.update(volume.hu.detach().cpu().contiguous().numpy().tobytes())
@@ -328,7 +352,10 @@ def _subject_volume(subject) -> Volume:
 # ------------------------------------------------------------------------------------- one CT, on disk
 
 
-def _read_source(source: CTSource) -> Volume:
+def _read_source(source: CTSource, spacing: float = 1.0) -> Volume:
+    if isinstance(source.item, PhantomItem):
+        return phantom(source.item.region, source.item.seed, spacing=min(max(spacing, SPACING_RANGE[0]),
+                                                                          SPACING_RANGE[1]))
     if isinstance(source.item, Volume):
         return source.item
     if source.item is not None:
@@ -432,7 +459,7 @@ def _resampled(volume: Volume, spacing: tuple[float, float, float]) -> Volume:
 
 def prepare_one(source: CTSource, output: Path, settings: PreparationSettings) -> dict:
     """Prepare one CT into ``output/cts/<key>/`` and return its index entry (raises if it cannot be read)."""
-    volume = _resampled(_read_source(source), settings.spacing)
+    volume = _resampled(_read_source(source, spacing=min(settings.spacing)), settings.spacing)
     hu = _as_int16("hu", volume.hu[0], "the resampled HU")
     labels = None if volume.labels is None else _as_int16("labels", volume.labels[0].float(), "the label values")
     hu_tensor = torch.from_numpy(hu)
@@ -587,7 +614,9 @@ def prepare(
 
     Args:
         sources: CTs, as :func:`expand_sources` takes them (files, DICOM folders,
-            globs, list files, Volumes, torchio Subjects).
+            globs, list files, Volumes, torchio Subjects, a
+            :class:`~onthefly.sampling.phantom_store.PhantomSource` or ``"phantom:REGION,...[:N]"``:
+            phantoms generated one at a time as they are prepared).
         output: the prepared folder (created; an unfinished one is resumed).
         spacing: voxel edge(s) in mm, the sampler's ``spacing``.
         workers: CTs prepared at once, each in a thread of this process (1: one after the other).
