@@ -144,3 +144,15 @@ def test_prepare_writes_a_bank_of_phantoms(tmp_path):
     assert crops.shape == (1, 8, 8, 8) and labels is not None
     with pytest.raises(SystemExit):
         main(["prepare", str(tmp_path / "none.nii"), "--count", "2", "--output", str(tmp_path / "other")])
+
+
+def test_single_ct_commands_take_a_phantom(tmp_path):
+    """``onthefly render phantom:wrist:3``: one phantom; a bad one is refused naming the argument."""
+    from onthefly.cli import main
+
+    output = tmp_path / "wrist.png"
+    assert main(["render", "phantom:wrist:3", "--alpha", "0", "90", "--image-size", "32", "--output",
+                 str(output)]) == 0
+    assert output.stat().st_size > 0
+    with pytest.raises(SystemExit):
+        main(["render", "phantom:elbow", "--output", str(tmp_path / "x.png")])

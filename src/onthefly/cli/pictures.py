@@ -206,7 +206,8 @@ def add_picture_parsers(commands) -> None:
                                   formatter_class=HelpFormatter)
     preview.add_argument("--output", default="outputs/preview.png",
                          help="picture path: .png, .pdf, .svg or .jpg (not the --volume file)")
-    preview.add_argument("--volume", help="CT path (NIfTI, NRRD, MHA, DICOM folder); default: the bundled chest CT")
+    preview.add_argument("--volume", help="CT path (NIfTI, NRRD, MHA, DICOM folder) or phantom:REGION[:SEED]; "
+                                          "default: the bundled chest CT")
     preview.add_argument("--sampled", action="store_true",
                          help="show a batch drawn by DRRCorrespondenceSampler (random poses and crops) instead")
     preview.add_argument("--views", type=positive(int), default=2, help="with --sampled: views per sample")
@@ -225,8 +226,8 @@ def add_picture_parsers(commands) -> None:
     view = commands.add_parser("render", help="render DRRs of a CT (yours or the bundled one) to a PNG",
                                formatter_class=HelpFormatter)
     view.add_argument("ct", nargs="?", metavar="CT",
-                      help="CT file (NIfTI, NRRD, MHA) or DICOM series folder, centred on the isocenter; "
-                           "omitted: the bundled chest CT")
+                      help="CT file (NIfTI, NRRD, MHA), DICOM series folder or phantom:REGION[:SEED] (a procedural "
+                           "forearm, wrist or hand), centred on the isocenter; omitted: the bundled chest CT")
     view.add_argument("--output", default="outputs/views.png",
                       help="picture of the views: .png, .pdf, .svg or .jpg (not the CT); with --correspondence "
                            "also STEM-correspondence.SUFFIX beside it")
