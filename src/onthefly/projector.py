@@ -105,12 +105,7 @@ def render(
         >>> render(vol, carm).shape
         torch.Size([1, 2, 1, 32, 32])
     """
-    check_choice("method", method, METHODS)
-    check_positive_int("memory_budget", memory_budget)
-    if not isinstance(compile, bool):
-        raise TypeError(f"compile: expected a bool, got {compile!r}")
-    if not isinstance(carm, CArm):
-        raise TypeError(f"carm: expected a CArm, got {type(carm).__name__}")
+    _check_options(method, memory_budget, compile, carm)
     batch = as_volume_batch(volume, mu_water=mu_water)
     _check_batch_sizes(batch.batch_size, carm.batch_shape[0])
     core = _compiled_render() if compile else _render
@@ -145,12 +140,7 @@ def render_channels(
         >>> render_channels(values, affine, carm).shape
         torch.Size([1, 1, 3, 16, 16])
     """
-    check_choice("method", method, METHODS)
-    check_positive_int("memory_budget", memory_budget)
-    if not isinstance(compile, bool):
-        raise TypeError(f"compile: expected a bool, got {compile!r}")
-    if not isinstance(carm, CArm):
-        raise TypeError(f"carm: expected a CArm, got {type(carm).__name__}")
+    _check_options(method, memory_budget, compile, carm)
     if not isinstance(values, Tensor) or not values.is_floating_point():
         raise TypeError(f"values: expected a floating tensor (B, C, D, H, W), got {values!r:.80}")
     check_tensor_kind("values", values)
@@ -166,6 +156,16 @@ def render_channels(
     _check_batch_sizes(batch.batch_size, carm.batch_shape[0])
     core = _compiled_render() if compile else _render
     return core(values, batch.affine, carm, method, memory_budget)
+
+
+def _check_options(method: str, memory_budget: int, compile: bool, carm: CArm) -> None:
+    """The options :func:`render` and :func:`render_channels` share, checked on host values."""
+    check_choice("method", method, METHODS)
+    check_positive_int("memory_budget", memory_budget)
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile: expected a bool, got {compile!r}")
+    if not isinstance(carm, CArm):
+        raise TypeError(f"carm: expected a CArm, got {type(carm).__name__}")
 
 
 def beer_lambert(line_integrals: Tensor, *, incident: float = 1.0) -> Tensor:
