@@ -112,6 +112,12 @@ class SamplerConfig:
         return_volume: also return the crops (``batch.volume``).
         correspondence: compute the correspondence matrix.
         fractures: a :class:`~onthefly.fractures.FractureConfig`, or ``None``.
+        physics: a :class:`~onthefly.physics.Physics` (spectrum, scatter, detector, noise, drawn per sample
+            into ``params.physics`` and applied after rendering; the ``display`` shows its log image), or
+            ``None`` (the default: monochromatic line integrals). The correspondence does not change.
+        anatomy: an :class:`~onthefly.deformation.AnatomyVariation` (each crop deformed before fractures and
+            rendering, drawn into ``params.anatomy``; the correspondence is that of the deformed crop), or
+            ``None`` (the default). Not with ``compile=True``.
         display: how line integrals become the views' ``[0, 1]`` images: ``"minmax"``
             (per-view min-max, the default), ``"radiograph"`` (local contrast and a
             percentile window, as a processed radiograph) or a
