@@ -76,18 +76,22 @@ def bone_weight_tables(label_names: Sequence[Mapping[int, str] | None], config: 
         >>> bone_weight_tables([{1: "rib_left_1"}, None], FractureConfig(bones=["rib"])).tolist()
         [[0.0, 1.0], [0.0, 0.0]]
     """
-    tables = [bone_weight_table(names, config) for names in label_names]
-    labelled = [table for table, names in zip(tables, label_names) if names]
+    made: dict[int, tuple[Mapping[int, str] | None, Tensor]] = {}  # one table per distinct label map object
+    for names in label_names:  # (a phantom store's thousands of CTs share one)
+        if id(names) not in made:
+            made[id(names)] = (names, bone_weight_table(names, config))
+    labelled = [table for names, table in made.values() if names]
     if config.bones is not None and not labelled:
         raise ValueError(f"bones: naming bones ({[key for key, _ in config.bones]}) needs CTs with label maps; "
                          "none of the CTs has one (leave bones=None to find bone by the HU threshold)")
     if config.bones is not None and labelled and not any(bool((table > 0).any()) for table in labelled):
         wanted = [key for key, weight in config.bones if weight > 0]
-        known = sorted({name for names in label_names if names for name in names.values()})
+        known = sorted({name for names, _ in made.values() if names for name in names.values()})
         raise ValueError(f"bones: none of {wanted} matches a label of the CTs (their labels: "
                          f"{known[:12]}{' ...' if len(known) > 12 else ''})")
-    length = max(table.numel() for table in tables)
-    return torch.stack([F.pad(table, (0, length - table.numel())) for table in tables])
+    length = max(table.numel() for _, table in made.values()) if made else 0
+    padded = {key: F.pad(table, (0, length - table.numel())) for key, (_, table) in made.items()}
+    return torch.stack([padded[id(names)] for names in label_names])
 
 
 def bone_label_lookup(label_names: Mapping[int, str] | None, structures: Sequence[str | int] | None = None, *,

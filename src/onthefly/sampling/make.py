@@ -269,8 +269,11 @@ def _structure_ids(config: SamplerConfig, store: VolumeStore) -> tuple[tuple[str
     ids = []
     for item in config.structures:
         per_volume = []
+        lookups: dict[int, dict] = {}  # one per distinct label map object
         for index, names in enumerate(store.label_names):
-            lookup = {name: label for label, name in (names or {}).items()}
+            lookup = lookups.get(id(names))
+            if lookup is None:
+                lookup = lookups[id(names)] = {name: label for label, name in (names or {}).items()}
             if isinstance(item, int):
                 per_volume.append(item)
             elif item in lookup:
@@ -289,7 +292,7 @@ def _fracture_setup(config: SamplerConfig, store: VolumeStore):
     if fractures is None:
         return None, (), None, None, None
     tables = bone_weight_tables(store.label_names if store.has_labels else [None] * len(store), fractures)
-    source = tuple("labels" if store.has_labels and bool((row > 0).any()) else "threshold" for row in tables)
+    source = tuple("labels" if store.has_labels and found else "threshold" for found in (tables > 0).any(1).tolist())
     spacing = store.spacing.tolist()
     crop_radius = 0.5 * float(torch.tensor(config.crop_size, dtype=torch.float64).norm()) + 3**0.5 * config.isocenter_jitter
     probe = visibility_probe(fractures, spacing=spacing, pixel_spacing=config.pixel_spacing, sid=config.sid.bounds()[0],
