@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -20,6 +19,14 @@ from onthefly.correspondence import (
     permute_views_patches,
     voxel_weights,
 )
+from onthefly.testing import (
+    assert_correspondence_valid,
+    assert_epipolar_consistent,
+    assert_views_permute_blocks,
+    blob_volume,
+    reference_correspondence,
+)
+from onthefly.testing.strategies import FOOTPRINTS, Scene, scenes
 
 SID, SDD, SPACING, PATCH, DETECTOR = 400.0, 600.0, 2.0, 8, 32
 GRID = (DETECTOR // PATCH, DETECTOR // PATCH)
@@ -32,76 +39,6 @@ def make_carm(alpha, beta=0.0, gamma=0.0, isocenter=(0.0, 0.0, 0.0), sid=SID, sd
         sid=sid, sdd=sdd, isocenter=torch.as_tensor(isocenter, dtype=torch.float32),
         height=detector, pixel_spacing=SPACING,
     )
-
-
-def blob_volume(size=12, spacing=4.0, seed=0, air_fraction=0.4) -> Volume:
-    """A random volume: smooth tissue with air pockets and a bone-like core."""
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.rand(1, 1, size // 2, size // 2, size // 2, generator=generator)
-    smooth = torch.nn.functional.interpolate(noise, size=(size,) * 3, mode="trilinear", align_corners=False)[0, 0]
-    hu = (smooth - air_fraction) * 2500.0  # air where smooth < ~air_fraction
-    hu = hu.clamp(-1000.0, 1500.0)
-    return Volume.from_tensor(hu, spacing=spacing)
-
-
-# ---------------------------------------------------------------------------
-# Brute-force reference: a plain loop over coarse voxels, dense footprints.
-
-
-def reference_correspondence(volume: Volume, carm: CArm, *, patch_size, coarse_voxel_size, rays_per_patch,
-                             weighting="soft", air_threshold_hu=-900.0) -> torch.Tensor:
-    assert carm.batch_shape[0] == 1
-    views = carm.batch_shape[1]
-    hu = volume.hu[0].double()
-    weights = voxel_weights(hu, weighting=weighting, air_threshold_hu=air_threshold_hu)
-    factors = [max(1, round(coarse_voxel_size / float(s))) for s in volume.spacing]
-    padded = torch.zeros(*[math.ceil(n / f) * f for n, f in zip(weights.shape, factors)], dtype=torch.float64)
-    padded[: weights.shape[0], : weights.shape[1], : weights.shape[2]] = weights
-    d, h, w = [n // f for n, f in zip(padded.shape, factors)]
-    pooled = padded.reshape(d, factors[0], h, factors[1], w, factors[2]).mean((1, 3, 5))
-    rows, cols = carm.height // patch_size, carm.width // patch_size
-    n_patches = rows * cols
-    # Sub-ray targets for every patch (dense), world mm, float64.
-    u, v = [axis.double() for axis in carm.detector_axes()]
-    sub = (torch.arange(rays_per_patch, dtype=torch.float64) + 0.5) * patch_size / rays_per_patch - 0.5
-    pixel_rows = (torch.arange(rows, dtype=torch.float64)[:, None] * patch_size + sub).reshape(rows, 1, rays_per_patch, 1)
-    pixel_cols = (torch.arange(cols, dtype=torch.float64)[:, None] * patch_size + sub).reshape(1, cols, 1, rays_per_patch)
-    affine = volume.affine.double()
-    footprints = []  # per voxel: (weight, (V, N) footprints)
-    for i in range(d):
-        for j in range(h):
-            for k in range(w):
-                weight = float(pooled[i, j, k])
-                if weight <= 0:
-                    continue
-                lo = torch.tensor([i * factors[0], j * factors[1], k * factors[2]], dtype=torch.float64) - 0.5
-                hi = lo + torch.tensor(factors, dtype=torch.float64)
-                per_view = []
-                for a in range(views):
-                    source = carm.source_positions()[0, a].double()
-                    center = carm.detector_centers()[0, a].double()
-                    spacing = float(carm.pixel_spacing[0, a])
-                    target = (center
-                              + ((pixel_cols - (carm.width - 1) / 2) * spacing)[..., None] * u[0, a]
-                              + ((pixel_rows - (carm.height - 1) / 2) * spacing)[..., None] * v[0, a])
-                    direction = target - source  # (rows, cols, m, m, 3)
-                    inverse = torch.linalg.inv(affine)
-                    o = inverse[:3, :3] @ source + inverse[:3, 3]
-                    dvec = direction @ inverse[:3, :3].T
-                    with torch.no_grad():
-                        t1 = (lo - o) / dvec
-                        t2 = (hi - o) / dvec
-                    enter = torch.minimum(t1, t2).amax(-1).clamp_min(0)
-                    leave = torch.maximum(t1, t2).amin(-1).clamp_max(1)
-                    length = ((leave - enter).clamp_min(0) * direction.norm(dim=-1)).sum((-1, -2)).reshape(-1)
-                    peak = length.max()
-                    per_view.append(length / peak if peak > 0 else length)
-                footprints.append((weight, torch.stack(per_view)))
-    matrix = torch.zeros(views * n_patches, views * n_patches, dtype=torch.float64)
-    for weight, p in footprints:
-        flat = p.reshape(-1)
-        matrix = torch.maximum(matrix, weight * torch.outer(flat, flat))
-    return matrix.float()[None]
 
 
 def test_fast_path_matches_brute_force_reference():
@@ -129,56 +66,10 @@ def test_binary_weighting_matches_reference_and_default_edge():
 # ---------------------------------------------------------------------------
 # Properties (hypothesis over poses, detectors, patch sizes, distances, spacings, batches and footprint methods)
 
-poses = st.tuples(
-    st.floats(0.0, 2 * math.pi), st.floats(-0.4, 0.4), st.floats(-math.pi, math.pi),
-)
-
-
-# exact (twice as likely), separable, or sampled rays per patch side
-FOOTPRINTS = st.sampled_from([None, None, "separable", 2, 3])
 # Invariances under camera motions are checked for exact footprints: in symmetric poses sampled rays can graze
 # voxel faces exactly, and a rounding-level change of the camera then moves a ray across a face.
 EXACT = st.just(None)
 ANALYTIC = st.sampled_from([None, "separable"])  # the separable footprints share these invariances
-
-
-@dataclass
-class Scene:
-    carm: CArm
-    volumes: list
-    patch: int
-    rays: int | str | None  # rays per patch side, None (exact) or "separable"
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return self.carm.height // self.patch, self.carm.width // self.patch
-
-    def correspondence(self, volume=None, carm=None, **options) -> torch.Tensor:
-        footprint = dict(footprint="separable") if self.rays == "separable" else dict(rays_per_patch=self.rays)
-        options = dict(patch_size=self.patch) | footprint | options
-        return patch_correspondence(self.volumes if volume is None else volume, self.carm if carm is None else carm,
-                                    **options)
-
-
-@st.composite
-def scenes(draw, max_views=3, max_batch=2, footprints=FOOTPRINTS):
-    """Random cameras (angles, sid, sdd, isocenter), detectors, patch sizes, anisotropic volumes, B >= 1."""
-    patch = draw(st.sampled_from([4, 8]))
-    rows, cols = draw(st.sampled_from([(4, 4), (3, 5), (5, 3), (4, 2)]))
-    batch, views = draw(st.integers(1, max_batch)), draw(st.integers(2, max_views))
-    sid, gap = draw(st.floats(250.0, 600.0)), draw(st.floats(150.0, 400.0))
-    spacing = tuple(draw(st.floats(2.0, 5.0)) for _ in range(3))
-    size = draw(st.sampled_from([8, 10, 12]))
-    extent = size * max(spacing)
-    # A field of view at the isocenter from 0.8 to 1.6 times the volume's extent.
-    pixel = draw(st.floats(0.8, 1.6)) * extent * (sid + gap) / (sid * max(rows, cols) * patch)
-    angles = [[draw(poses) for _ in range(views)] for _ in range(batch)]
-    alpha, beta, gamma = (torch.tensor([[pose[i] for pose in sample] for sample in angles]) for i in range(3))
-    iso = torch.tensor([[draw(st.floats(-6.0, 6.0)) for _ in range(3)] for _ in range(batch)])[:, None, :]
-    carm = CArm(alpha=alpha, beta=beta, gamma=gamma, sid=sid, sdd=sid + gap, isocenter=iso, height=rows * patch,
-                width=cols * patch, pixel_spacing=pixel)
-    seeds = [draw(st.integers(0, 10_000)) for _ in range(batch)]
-    return Scene(carm, [blob_volume(size=size, spacing=spacing, seed=seed) for seed in seeds], patch, draw(footprints))
 
 
 @settings(max_examples=15, deadline=None)
@@ -187,9 +78,7 @@ def test_symmetric_and_in_unit_range(scene):
     c = scene.correspondence()
     tokens = scene.carm.batch_shape[1] * scene.grid[0] * scene.grid[1]
     assert c.shape == (max(len(scene.volumes), scene.carm.batch_shape[0]), tokens, tokens)
-    assert torch.isfinite(c).all()
-    assert c.min() >= 0 and c.max() <= 1 + 1e-6
-    torch.testing.assert_close(c, c.transpose(1, 2))
+    assert_correspondence_valid(c, scene.grid, scene.carm.batch_shape[1])
 
 
 @settings(max_examples=8, deadline=None)
@@ -251,23 +140,6 @@ def test_rigid_motion_of_volume_and_cameras_changes_nothing(scene, angle, shift)
     torch.testing.assert_close(after, before, atol=5e-3, rtol=0)
 
 
-def coarse_voxel_covers(volume: Volume, carm: CArm, edge: float, patch: int) -> torch.Tensor:
-    """``(V, voxels, N)``: whether the projected bounding box of each coarse voxel (of ``pool_weights``) covers each patch."""
-    from onthefly import pool_weights
-
-    pooled = pool_weights(volume, edge)
-    index = torch.stack(torch.meshgrid(*[torch.arange(n) for n in pooled.weight.shape[1:]], indexing="ij"), -1)
-    corners = torch.tensor([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)], dtype=torch.float64)
-    affine = pooled.affine[0]
-    world = (index.reshape(-1, 1, 3).double() + corners) @ affine[:3, :3].T + affine[:3, 3]
-    views = carm.batch_shape[1]
-    pixels = project_points(carm.to(dtype=torch.float64), world.reshape(1, -1, 3))[0].reshape(views, -1, 8, 2)
-    low, high = torch.floor((pixels.amin(2) + 0.5) / patch), torch.floor((pixels.amax(2) + 0.5) / patch)
-    rows, cols = carm.height // patch, carm.width // patch
-    patch_rc = torch.stack(torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij"), -1).reshape(-1, 2)
-    return ((patch_rc[None, None] >= low[:, :, None]) & (patch_rc[None, None] <= high[:, :, None])).all(-1)
-
-
 def _leak_scene() -> Scene:
     """A scene where the footprints once leaked past a voxel's projected box (by 7e-6): projection matrices
     computed in float32 put a corner about 1e-2 pixel off, on the far side of a patch boundary."""
@@ -285,15 +157,8 @@ def _leak_scene() -> Scene:
 def test_nonzero_entries_lie_on_a_common_voxel(scene):
     """Epipolar consistency: C[a,i ; b,j] > 0 only if one coarse voxel's projected box covers both patches."""
     edge = 10.0
-    c = scene.correspondence(coarse_voxel_size=edge)[0]
-    covers = coarse_voxel_covers(scene.volumes[0], scene.carm, edge, scene.patch).double()
-    n_patches = scene.grid[0] * scene.grid[1]
-    views = scene.carm.batch_shape[1]
-    for a in range(views):
-        for b in range(views):
-            block = c[a * n_patches : (a + 1) * n_patches, b * n_patches : (b + 1) * n_patches]
-            shared = (covers[a].T @ covers[b]) > 0  # (N, N): some voxel covers both
-            assert not bool(((block > 0) & ~shared).any())
+    c = scene.correspondence(coarse_voxel_size=edge)
+    assert_epipolar_consistent(c, scene.volumes[0], scene.carm, patch_size=scene.patch_size, coarse_voxel_size=edge)
 
 
 @settings(max_examples=10, deadline=None)
@@ -307,12 +172,12 @@ def test_patches_whose_rays_miss_the_volume_have_empty_rows(scene, start, blocks
     hu[3 * start[0] : stop[0], 3 * start[1] : stop[1], 3 * start[2] : stop[2]] = 100.0
     volume = Volume.from_tensor(hu, spacing=3.0)
     footprint = dict(footprint="separable") if rays == "separable" else dict(rays_per_patch=rays)
-    c = patch_correspondence(volume, scene.carm, patch_size=scene.patch, coarse_voxel_size=9.0, **footprint)[0]
+    c = patch_correspondence(volume, scene.carm, patch_size=scene.patch_size, coarse_voxel_size=9.0, **footprint)[0]
     drr = render(volume, scene.carm)[0, :, 0]  # (V, H, W)
-    patch_sums = torch.nn.functional.avg_pool2d(drr[:, None], scene.patch)[:, 0]
+    patch_sums = torch.nn.functional.avg_pool2d(drr[:, None], scene.patch_size)[:, 0]
     dilated = torch.nn.functional.max_pool2d(patch_sums[:, None], 3, stride=1, padding=1)[:, 0]
     empty = (dilated == 0).reshape(-1)
-    covered = (-torch.nn.functional.max_pool2d(-drr[:, None], scene.patch)[:, 0] > 0).reshape(-1)
+    covered = (-torch.nn.functional.max_pool2d(-drr[:, None], scene.patch_size)[:, 0] > 0).reshape(-1)
     if bool(empty.any()):
         assert c[empty].abs().max() == 0
     if bool(covered.any()) and rays in (None, "separable"):  # closed forms see every patch a shadow overlaps
@@ -327,9 +192,7 @@ def test_permuting_views_permutes_blocks(scene, rnd):
     rnd.shuffle(order)
     c = scene.correspondence()
     permuted = scene.correspondence(carm=scene.carm.select_views(order))
-    n = scene.grid[0] * scene.grid[1]
-    tokens = torch.cat([torch.arange(n) + a * n for a in order])
-    torch.testing.assert_close(permuted, c[:, tokens][:, :, tokens], atol=1e-6, rtol=0)
+    assert_views_permute_blocks(c, permuted, order, scene.grid, atol=1e-6)
 
 
 def rebuilt(carm: CArm, **changes) -> CArm:
@@ -343,7 +206,7 @@ def rebuilt(carm: CArm, **changes) -> CArm:
 def test_in_plane_rotation_of_a_view_equals_rot90_of_its_patches(scene, quarter_turns):
     """Rolling view 0 by k quarter turns (gamma) rotates its image by rot90(-k): C follows the patch permutation."""
     if quarter_turns % 2 and scene.grid[0] != scene.grid[1]:
-        scene = Scene(rebuilt(scene.carm, width=scene.carm.height), scene.volumes, scene.patch, scene.rays)
+        scene = Scene(rebuilt(scene.carm, width=scene.carm.height), scene.volumes, scene.patch_size, scene.footprint)
     c = scene.correspondence()
     views = scene.carm.batch_shape[1]
     operation = {1: "rot270", 2: "rot180", 3: "rot90"}[quarter_turns]
