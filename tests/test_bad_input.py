@@ -54,7 +54,11 @@ def finite(value) -> bool:
     if isinstance(value, VolumeBatch):
         return finite(value.attenuation) and finite(value.affine)
     if isinstance(value, CArm):
-        return finite(value.pixel_positions()) and finite(value.source_positions())
+        # The detector's corner pixels bound every pixel (positions are affine in row and column); all of the
+        # pixels of a large batch of C-arms would take gigabytes (seed 777 of make test-props drew one: 3.8 GB).
+        corners = value.detector_points(torch.tensor([[0.0], [value.height - 1.0]]),
+                                        torch.tensor([[0.0, value.width - 1.0]]))
+        return finite(corners) and finite(value.source_positions()) and finite(value.projection_matrices())
     if isinstance(value, (tuple, list)):
         return all(finite(item) for item in value)
     return True
