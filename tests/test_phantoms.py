@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
@@ -197,13 +197,17 @@ def _cortex_estimate(volume, shares, name: str, fraction: float) -> float:
 
 @settings(max_examples=4, deadline=None)
 @given(seed=SEEDS)
+@example(seed=576)  # a short radius (223 mm), thick mid-shaft cortex (3.8 mm): once measured at 6 % of its length
 def test_cortex_is_thick_at_mid_shaft_and_thin_at_the_ends(seed):
     volume, shares, p = _build("forearm", seed, 1.0)
     for name in ("radius", "ulna"):
         middle = _cortex_estimate(volume, shares, name, 0.5)
         assert 1.7 <= middle <= 4.3, (name, middle)
         assert abs(middle - p[f"cortex_{name}"]) <= 0.7, (name, middle, p[f"cortex_{name}"])
-    assert _cortex_estimate(volume, shares, "radius", 0.06) < 1.5  # the distal metaphysis
+    # The distal metaphysis, at 10 % of the length: nearer the end, the cross-section cuts the tilted articular
+    # surface's subchondral plate (volar tilt and radial inclination span about 12 mm along the axis), and the
+    # estimate measures that plate, not the cortex (seed 576: 1.8 mm at 3-6 %, 1.05 mm at 8-10 %).
+    assert _cortex_estimate(volume, shares, "radius", 0.10) < 1.5
 
 
 # ---------------------------------------------------------------------------------------------- CT appearance
