@@ -485,6 +485,29 @@ class WeightIntegral:
 
 
 @torch.no_grad()
+def pool_crop_weights(hu: Sequence[Tensor], affines: Tensor, factor: Tensor, *, weighting: str = "soft",
+                      air_threshold_hu: float = -900.0, device: torch.device | str | None = None,
+                      grid_shape: tuple[int, int, int] | None = None) -> CoarseWeights:
+    """Pooled weights of crops that exist only as tensors (generated or deformed, no CT's tables to read).
+
+    Args:
+        hu: ``B`` crops ``(d, h, w)`` of HU, each its own volume.
+        affines: ``(B, 4, 4)`` their voxel-to-world matrices (mm).
+        factor: ``(B, 3)`` fine voxels per coarse voxel edge.
+        weighting, air_threshold_hu: as :func:`voxel_weights`.
+        device: where the pooled weights live (default: the crops').
+        grid_shape: as :meth:`WeightIntegral.pool`.
+
+    Returns:
+        what :meth:`WeightIntegral.pool` gives for the whole of each crop.
+    """
+    volumes = [Volume(hu=crop[None].cpu(), affine=affine) for crop, affine in zip(hu, affines.to(torch.float64))]
+    integral = WeightIntegral(volumes, weighting=weighting, air_threshold_hu=air_threshold_hu,
+                              device=device if device is not None else hu[0].device)
+    size = integral.shapes
+    return integral.pool(torch.arange(len(volumes)), torch.zeros_like(size), size, factor, grid_shape=grid_shape)
+
+
 def patch_correspondence(
     volume: Volume | Sequence[Volume] | VolumeBatch | CoarseWeights,
     carm: CArm,

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..augment import _geometric, _intensity, image_operation_maps
-from ..correspondence import WeightIntegral, coarse_grid_affine, patch_correspondence
+from ..correspondence import coarse_grid_affine, patch_correspondence, pool_crop_weights
 from ..deformation import deform_crops
 from ..footprints import footprint_window
 from ..fractures import (
@@ -35,7 +35,7 @@ from ..fractures import (
 from ..geometry import CArm, patch_index
 from ..physics import mass_attenuation, radiograph, render_materials
 from ..projector import render
-from ..volume import Volume, VolumeBatch, attenuation_to_hu
+from ..volume import VolumeBatch, attenuation_to_hu
 from . import seeds
 from .batch import DRRBatch
 from .config import SamplerConfig
@@ -213,12 +213,9 @@ class BatchMaker:
         variation: their weights are pooled here, not read from the store's tables of the intact CTs)."""
         config = self.config
         if deformed is not None:
-            volumes = [Volume(hu=attenuation_to_hu(crop, mu_water=config.mu_water)[None].cpu(), affine=affine)
-                       for crop, affine in zip(deformed, crop_affine)]
-            integral = WeightIntegral(volumes, weighting=config.weighting, air_threshold_hu=config.air_threshold_hu,
-                                      device=self.device)
-            size = params.crop_stop - params.crop_start
-            coarse = integral.pool(torch.arange(len(volumes)), torch.zeros_like(size), size, params.coarse_factor)
+            coarse = pool_crop_weights(attenuation_to_hu(deformed, mu_water=config.mu_water), crop_affine,
+                                       params.coarse_factor, weighting=config.weighting,
+                                       air_threshold_hu=config.air_threshold_hu, device=self.device)
             return patch_correspondence(coarse, carm, patch_size=config.patch_size,
                                         rays_per_patch=config.rays_per_patch, footprint=config.footprint)
         if not config.compile:

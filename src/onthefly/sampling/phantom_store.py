@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_int
-from ..correspondence import CoarseWeights, WeightIntegral
+from ..correspondence import CoarseWeights, pool_crop_weights
 from ..phantoms import LABELS, REGIONS, phantom
 from ..volume import Volume, hu_to_attenuation
 from .store import TISSUE_BLOCK_MM, VolumeStore, tissue_grid
@@ -280,15 +280,10 @@ class PhantomStore(VolumeStore):
                        grid_shape: tuple[int, int, int] | None = None) -> CoarseWeights:
         """Pooled from summed tables of the crops alone (not of whole phantoms: a fraction of the memory)."""
         crops = self._hu_crops(volume_index, start, (stop - start).tolist())
-        volumes = []
-        for sample, crop in enumerate(crops):
-            affine = self.affines[int(volume_index[sample])].clone()
-            affine[:3, 3] += affine[:3, :3] @ start[sample].to(torch.float64)  # the crop's first voxel
-            volumes.append(Volume(hu=crop[None].cpu(), affine=affine))
-        integral = WeightIntegral(volumes, weighting=self.weighting, air_threshold_hu=self.air_threshold_hu,
-                                  device=self.device)
-        local = torch.arange(len(volumes))
-        return integral.pool(local, torch.zeros_like(start), stop - start, factor, grid_shape=grid_shape)
+        affines = self.affines[volume_index].clone()
+        affines[:, :3, 3] += (affines[:, :3, :3] @ start.to(torch.float64)[..., None])[..., 0]  # first voxels
+        return pool_crop_weights(crops, affines, factor, weighting=self.weighting,
+                                 air_threshold_hu=self.air_threshold_hu, device=self.device, grid_shape=grid_shape)
 
 
 def _bytes(entry: tuple[Tensor, ...]) -> int:
