@@ -22,7 +22,7 @@ from onthefly.phantoms import (
     phantom_parameters,
     phantoms,
 )
-from onthefly.phantoms.generate import generate
+from onthefly.phantoms.generate import _Plan, generate
 from onthefly.phantoms.regions import draw_parameters
 from onthefly.phantoms.tissues import PUBLISHED_HU
 from onthefly.volume import Volume
@@ -276,6 +276,24 @@ def test_coarser_voxels_keep_the_anatomy(built):
     for name in ("radius", "ulna"):
         volumes = [float((v.labels[0] == LABELS[name]).sum()) * float(v.spacing.prod()) for v in (fine, coarse)]
         assert abs(volumes[0] - volumes[1]) <= 0.12 * volumes[0], name
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_the_voxel_stage_traces_without_a_graph_break(region):
+    """The host fixes each slab's layout (boxes, noise); the voxel stage that follows is only tensor arithmetic:
+    a compiler traces all of it in one graph, and what it traces gives the eager phantom's values."""
+    plan = _Plan.of(phantom_parameters(region, 3), 4.0, torch.device("cpu"))
+    layout = next(plan.slabs())
+    eager = plan.voxels(layout)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(lambda slab: plan.voxels(slab)["hu"])(layout)
+    assert explanation.graph_break_count == 0, [str(b.reason)[:200] for b in explanation.break_reasons]
+    assert explanation.graph_count == 1
+    assert torch.equal(eager["hu"], plan.voxels(layout)["hu"])  # the layout is read, not consumed
+    z0, z1 = layout.z_range
+    whole = phantom(region, 3, spacing=4.0)
+    assert torch.equal(whole.hu[0, :, :, z0:z1], eager["hu"])
+    assert torch.equal(whole.labels[0, :, :, z0:z1], eager["labels"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -112,28 +112,46 @@ class AnatomyParams:
         return replace(self, matrix=self.matrix.to(device), displacement=self.displacement.to(device))
 
 
+def _tent_weights(size: int, points: int, device) -> Tensor:
+    """``(size, points)`` weights of linear interpolation from ``points`` control points to ``size`` voxels.
+
+    Corners aligned (the first and last control points sit on the first and last voxel centres), as
+    ``F.interpolate(..., align_corners=True)`` places them; each row has at most two nonzero weights.
+    """
+    position = torch.arange(size, device=device, dtype=torch.float32) * ((points - 1) / max(size - 1, 1))
+    nodes = torch.arange(points, device=device, dtype=torch.float32)
+    return (1.0 - (position[:, None] - nodes[None, :]).abs()).clamp_min(0.0)
+
+
 def sampling_grid(params: AnatomyParams, shape: tuple[int, int, int], spacing: Tensor) -> Tensor:
     """``(B, D, H, W, 3)`` normalised ``grid_sample`` coordinates (x = W axis first) where each output voxel reads.
 
     ``spacing`` ``(3,)`` or ``(B, 3)`` mm along the crop's D, H, W axes. With corners aligned, a read position
-    ``x'`` (mm from the crop's centre) is ``2 x' / (spacing (n - 1))`` in normalised units, so both parts are
-    scaled before they are expanded: the linear part as a sum of three per-axis terms (broadcast, one pass),
-    the displacement on its control grid (interpolation is linear). No host reads (compiles without breaks).
+    ``x'`` (mm from the crop's centre) is ``2 x' / (spacing (n - 1))`` in normalised units. Both parts of the map
+    are interpolated from the control grid at once: linear interpolation reproduces a linear function exactly,
+    so the linear part ``A^-1 x`` is added at the control points, and the sum is expanded to every voxel by
+    three separable contractions, the last of which writes the grid in its final layout (one pass over the
+    ``B * D * H * W * 3`` output). No host reads (compiles without breaks).
     """
     device = params.displacement.device
-    batch = params.batch_size
+    batch, points = params.batch_size, params.displacement.shape[-1]
     spacing = spacing.to(device=device, dtype=torch.float32).reshape(-1, 3).expand(batch, 3)
     size = torch.tensor(shape, device=device, dtype=torch.float32)
     scale = 2.0 / (spacing * (size - 1).clamp_min(1.0))  # (B, 3) normalised units per mm, per axis
     inverse = torch.linalg.inv(params.matrix.to(device)).to(torch.float32)  # (B, 3, 3): x' = A^-1 x
-    columns = inverse * scale[:, :, None] * spacing[:, None, :]  # normalised units per voxel step along each axis
-    columns = columns.flip(1)  # output components in grid_sample's (W, H, D) order
-    steps = [torch.arange(n, device=device, dtype=torch.float32) - (n - 1) / 2 for n in shape]
-    along = [columns[:, None, :, axis] * steps[axis][None, :, None] for axis in range(3)]  # (B, n_axis, 3) each
-    plane = along[0][:, :, None, :] + along[1][:, None, :, :]  # (B, D, H, 3): small
-    control = (params.displacement.to(device=device, dtype=torch.float32) * scale[:, :, None, None, None]).flip(1)
-    field = F.interpolate(control, size=shape, mode="trilinear", align_corners=True)  # (B, 3, D, H, W)
-    return field.permute(0, 2, 3, 4, 1) + (plane[:, :, :, None, :] + along[2][:, None, None, :, :])
+    columns = (inverse * scale[:, :, None] * spacing[:, None, :]).flip(1)  # (B, out in W, H, D order, axis)
+    control = (params.displacement.to(device=device, dtype=torch.float32)
+               * scale[:, :, None, None, None]).flip(1).permute(0, 2, 3, 4, 1)  # (B, c, c, c, 3)
+    for axis, n in enumerate(shape):  # the linear part at the control points, in voxel steps from the centre
+        steps = torch.arange(points, device=device, dtype=torch.float32) * ((n - 1) / (points - 1)) - (n - 1) / 2
+        view = [1, 1, 1, 1, 1]
+        view[axis + 1] = points
+        control = control + steps.view(view) * columns[:, None, None, None, :, axis]
+    depth, height, width = shape
+    grid = torch.einsum("bijkc,wk->bijwc", control, _tent_weights(width, points, device))
+    grid = torch.einsum("bijwc,hj->bihwc", grid, _tent_weights(height, points, device))
+    grid = torch.matmul(_tent_weights(depth, points, device), grid.reshape(batch, points, height * width * 3))
+    return grid.reshape(batch, depth, height, width, 3)
 
 
 def deform_crops(attenuation: Tensor, labels: Tensor | None, params: AnatomyParams,

@@ -14,6 +14,7 @@ under skin and some fat.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -96,40 +97,18 @@ def generate(parameters: PhantomParameters, spacing: float, device: torch.device
     "air", "texture"}`` (each ``(D, H, W)``; ``inner`` is the bone inside the cortex, split into marrow by
     ``medulla``), for tests.
     """
-    p = parameters
-    arm = build_arm(p)
-    low, high = region_box(arm, p.region)
-    centre = (low + high) / 2
-    shape = tuple(int(math.ceil(float(high[i] - low[i]) / spacing)) + 1 for i in range(3))
-    first = centre - (torch.tensor(shape, dtype=torch.float64) - 1) / 2 * spacing
-    axes = tuple((first[i] + spacing * torch.arange(shape[i], dtype=torch.float64)).to(device, torch.float32)
-                 for i in range(3))
-    grid = _Grid(axes, first, spacing, shape)
-    gap = p["joint_gap"]
-    margin = max(gap + 2.0 * spacing + 2.0, COVER_MM + 2.0 + spacing)
-    names = REGION_BONES[p.region]
-    bones = [arm.bones[name] for name in names]
-    bone_bounds = [bone.bounds(margin) for bone in bones]
-    soft_bounds = [part.bounds() for part in arm.soft]
-    bone_labels = torch.tensor([LABELS[name] for name in names], dtype=torch.uint8, device=device)
-
-    generator = torch.Generator(device=device).manual_seed(stable_seed(p.region, p.seed, "fields"))
-    union_low = torch.stack([b[0] for b in bone_bounds]).amin(0)
-    union_high = torch.stack([b[1] for b in bone_bounds]).amax(0)
-    union = grid.box(union_low, union_high, (0, shape[2]))
-    texture = TrabecularTexture(tuple(s.start for s in union), tuple(s.stop for s in union), spacing, generator, device)
-
+    plan = _Plan.of(parameters, spacing, device)
+    shape, bone_labels = plan.grid.shape, plan.bone_labels
     hu = torch.empty(shape, dtype=torch.float32, device=device)
     labels = torch.empty(shape, dtype=torch.uint8, device=device)
     shares: dict[str, list[Tensor]] = {}
-    slab = max(1, SLAB_VOXELS // (shape[0] * shape[1]))
-    for z0 in range(0, shape[2], slab):
-        z1 = min(z0 + slab, shape[2])
-        fields = _slab(p, grid, (z0, z1), bones, bone_bounds, bone_labels, arm, soft_bounds, texture, union, margin,
-                       generator, fractions)
+    for layout in plan.slabs():
+        z0, z1 = layout.z_range
+        fields = plan.voxels(layout, fractions)
         hu[:, :, z0:z1], labels[:, :, z0:z1] = fields.pop("hu"), fields.pop("labels")
         for name, value in fields.items():
             shares.setdefault(name, []).append(value)
+    centre, first = plan.centre, plan.grid.first
     present = {int(v) for v in bone_labels.tolist()} | {LABELS[n] for n in ("skin", "fat", "muscle")}
     label_names = {value: name for name, value in LABELS.items() if value in present}
     affine = torch.eye(4, dtype=torch.float64)
@@ -141,11 +120,96 @@ def generate(parameters: PhantomParameters, spacing: float, device: torch.device
     return volume, {name: torch.cat(parts, 2) for name, parts in shares.items()}
 
 
-def _slab(p: PhantomParameters, grid: _Grid, z_range: tuple[int, int], bones, bone_bounds, bone_labels: Tensor,
-          arm: Arm, soft_bounds, texture: TrabecularTexture, union, margin: float, generator: torch.Generator,
-          fractions: bool) -> dict[str, Tensor]:
-    """HU and labels (and, with ``fractions``, tissue shares) of grid voxels ``z_range`` (all x, y)."""
+@dataclass
+class _SlabLayout:
+    """What the host decides for one slab before its voxels are computed: the grid boxes of each bone and each
+    outline part (``None``: outside the slab), the texture's box in the slab, and the slab's CT noise."""
+
+    z_range: tuple[int, int]
+    bone_boxes: list[tuple[slice, slice, slice] | None]
+    soft_boxes: list[tuple[slice, slice, slice] | None]
+    texture_box: tuple[tuple[int, int, int], tuple[int, int, int]] | None
+    noise: Tensor
+
+
+@dataclass
+class _Plan:
+    """The host part of a phantom: its arm, grid, bones with their boxes, the texture, and the noise generator."""
+
+    parameters: PhantomParameters
+    arm: Arm
+    grid: _Grid
+    centre: Tensor
+    bones: list
+    bone_bounds: list
+    soft_bounds: list
+    bone_labels: Tensor
+    union: tuple[slice, slice, slice] | None
+    texture: TrabecularTexture
+    generator: torch.Generator
+
+    @classmethod
+    def of(cls, p: PhantomParameters, spacing: float, device: torch.device) -> "_Plan":
+        arm = build_arm(p)
+        low, high = region_box(arm, p.region)
+        centre = (low + high) / 2
+        shape = tuple(int(math.ceil(float(high[i] - low[i]) / spacing)) + 1 for i in range(3))
+        first = centre - (torch.tensor(shape, dtype=torch.float64) - 1) / 2 * spacing
+        axes = tuple((first[i] + spacing * torch.arange(shape[i], dtype=torch.float64)).to(device, torch.float32)
+                     for i in range(3))
+        grid = _Grid(axes, first, spacing, shape)
+        margin = max(p["joint_gap"] + 2.0 * spacing + 2.0, COVER_MM + 2.0 + spacing)
+        names = REGION_BONES[p.region]
+        bones = [arm.bones[name] for name in names]
+        bone_bounds = [bone.bounds(margin) for bone in bones]
+        soft_bounds = [part.bounds() for part in arm.soft]
+        bone_labels = torch.tensor([LABELS[name] for name in names], dtype=torch.uint8, device=device)
+        generator = torch.Generator(device=device).manual_seed(stable_seed(p.region, p.seed, "fields"))
+        union_low = torch.stack([b[0] for b in bone_bounds]).amin(0)
+        union_high = torch.stack([b[1] for b in bone_bounds]).amax(0)
+        union = grid.box(union_low, union_high, (0, shape[2]))
+        texture = TrabecularTexture(tuple(s.start for s in union), tuple(s.stop for s in union), spacing, generator,
+                                    device)
+        return cls(p, arm, grid, centre, bones, bone_bounds, soft_bounds, bone_labels, union, texture, generator)
+
+    def slabs(self) -> Iterator[_SlabLayout]:
+        """Each slab's layout in z order (its noise drawn from the generator as it is reached)."""
+        depth, height, length = self.grid.shape
+        slab = max(1, SLAB_VOXELS // (depth * height))
+        for z0 in range(0, length, slab):
+            yield _slab_layout(self.grid, (z0, min(z0 + slab, length)), self.bone_bounds, self.arm, self.soft_bounds,
+                               self.union, self.generator)
+
+    def voxels(self, layout: _SlabLayout, fractions: bool = False) -> dict[str, Tensor]:
+        """The fields of one slab (:func:`_slab`)."""
+        return _slab(self.parameters, self.grid, layout, self.bones, self.bone_labels, self.arm, self.texture,
+                     fractions)
+
+
+def _slab_layout(grid: _Grid, z_range: tuple[int, int], bone_bounds, arm: Arm, soft_bounds, union,
+                 generator: torch.Generator) -> _SlabLayout:
+    """The host part of a slab (boxes from the bones' bounds, noise drawn from ``generator`` in slab order)."""
     z0, z1 = z_range
+    bone_boxes = [grid.box(low, high, z_range) for low, high in bone_bounds]
+    soft_boxes = [grid.box(low - part.blend, high + part.blend, z_range) for part, (low, high) in zip(arm.soft,
+                                                                                                     soft_bounds)]
+    texture_box = None
+    if union is not None and min(union[2].stop, z1) > max(union[2].start, z0):
+        texture_box = ((union[0].start, union[1].start, max(union[2].start, z0)),
+                       (union[0].stop, union[1].stop, min(union[2].stop, z1)))
+    noise = torch.randn((grid.shape[0], grid.shape[1], z1 - z0), generator=generator, device=grid.axes[0].device,
+                        dtype=torch.float32)
+    return _SlabLayout(z_range, bone_boxes, soft_boxes, texture_box, noise)
+
+
+def _slab(p: PhantomParameters, grid: _Grid, layout: _SlabLayout, bones, bone_labels: Tensor, arm: Arm,
+          texture: TrabecularTexture, fractions: bool) -> dict[str, Tensor]:
+    """HU and labels (and, with ``fractions``, tissue shares) of the slab's voxels (all x, y).
+
+    Only tensor arithmetic on the layout the host fixed (:func:`_slab_layout`): no value is read back, so a
+    compiler traces it without a graph break (tests/test_phantoms.py checks it).
+    """
+    z0, z1 = layout.z_range
     device = grid.axes[0].device
     shape = (grid.shape[0], grid.shape[1], z1 - z0)
     h = grid.voxel
@@ -156,8 +220,7 @@ def _slab(p: PhantomParameters, grid: _Grid, z_range: tuple[int, int], bones, bo
     # bones: the nearest two distances, the winner, its cortex thickness and medullary share
     d1, d2, cortex, medulla = full(FAR), full(FAR), full(1.0), full(0.0)
     winner = torch.zeros(shape, dtype=torch.long, device=device)
-    for index, (bone, (low, high)) in enumerate(zip(bones, bone_bounds)):
-        box = grid.box(low, high, z_range)
+    for index, (bone, box) in enumerate(zip(bones, layout.bone_boxes)):
         if box is None:
             continue
         local = (box[0], box[1], slice(box[2].start - z0, box[2].stop - z0))
@@ -173,8 +236,7 @@ def _slab(p: PhantomParameters, grid: _Grid, z_range: tuple[int, int], bones, bo
 
     # skin surface and the fat thickness under it
     outline, fat = full(FAR), full(p["fat_forearm"])
-    for part, (low, high) in zip(arm.soft, soft_bounds):
-        box = grid.box(low - part.blend, high + part.blend, z_range)
+    for part, box in zip(arm.soft, layout.soft_boxes):
         if box is None:
             continue
         local = (box[0], box[1], slice(box[2].start - z0, box[2].stop - z0))
@@ -187,11 +249,9 @@ def _slab(p: PhantomParameters, grid: _Grid, z_range: tuple[int, int], bones, bo
 
     # trabecular texture inside the bones' union box
     network = full(texture.mean)
-    if union is not None:
-        start, stop = max(union[2].start, z0), min(union[2].stop, z1)
-        if stop > start:
-            block = texture.block((union[0].start, union[1].start, start), (union[0].stop, union[1].stop, stop))
-            network[union[0], union[1], start - z0:stop - z0] = block
+    if layout.texture_box is not None:
+        (x0, y0, start), (x1, y1, stop) = layout.texture_box
+        network[x0:x1, y0:y1, start - z0:stop - z0] = texture.block(*layout.texture_box)
 
     bone = coverage(surface, h)
     inner = coverage(surface + cortex, h)
@@ -205,7 +265,7 @@ def _slab(p: PhantomParameters, grid: _Grid, z_range: tuple[int, int], bones, bo
               "muscle": soft * muscle}
     hu = (cortical * p["hu_cortical"] + inner * inner_hu + shares["air"] * AIR_HU + shares["skin"] * p["hu_skin"]
           + shares["fat"] * p["hu_fat"] + shares["muscle"] * p["hu_muscle"])
-    hu = hu + p["noise_std"] * torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+    hu = hu + p["noise_std"] * layout.noise
 
     # the soft tissue a voxel's centre lies in (skin thinner than a voxel is still labelled where a centre meets it)
     soft_label = torch.where(outline + skin + fat <= 0, LABELS["muscle"],

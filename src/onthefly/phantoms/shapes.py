@@ -77,6 +77,11 @@ class Frame:
     origin: Tensor
     axes: Tensor
 
+    def __post_init__(self) -> None:
+        # host copies read by the voxel stage: Python numbers are constants to a compiler, tensors' values are not
+        object.__setattr__(self, "_origin", tuple(self.origin.tolist()))
+        object.__setattr__(self, "_rows", tuple(tuple(row) for row in self.axes.T.tolist()))  # local axes in world
+
     def point(self, local: Sequence[float]) -> Tensor:
         """``(3,)`` parent-frame mm of a local point."""
         return self.origin + self.axes @ torch.as_tensor(local, dtype=torch.float64)
@@ -88,8 +93,7 @@ class Frame:
 
     def local_coordinates(self, X: Tensor, Y: Tensor, Z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Local ``(u, v, t)`` of broadcast world coordinates (each ``(n1, n2, n3)`` after broadcasting)."""
-        o = self.origin.tolist()
-        rows = self.axes.T.tolist()  # local axes in world
+        o, rows = self._origin, self._rows
         differences = (X - o[0], Y - o[1], Z - o[2])
         out = []
         for row in rows:  # terms along grid axes the local axis ignores are left out: aligned frames stay thin
@@ -226,8 +230,11 @@ class Blob:
     axes: Tensor = field(default_factory=lambda: torch.eye(3, dtype=torch.float64))
     blend: float = 3.0
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_rows", tuple(tuple(row) for row in self.axes.T.tolist()))
+
     def distance(self, u: Tensor, v: Tensor, t: Tensor) -> Tensor:
-        rows = self.axes.T.tolist()
+        rows = self._rows
         du, dv, dt = u - self.centre[0], v - self.centre[1], t - self.centre[2]
         p, q, r = (du * row[0] + dv * row[1] + dt * row[2] for row in rows)
         if self.kind == "ellipsoid":

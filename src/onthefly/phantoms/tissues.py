@@ -99,11 +99,10 @@ def _kernel(sigma_voxels: float) -> Tensor:
     return weights / weights.sum()
 
 
-def _blur_valid(field: Tensor, kernels: list[Tensor]) -> Tensor:
-    """Separable convolution of ``(n1, n2, n3)`` with one 1-D kernel per axis, keeping only the valid part
-    (weighted sums of shifted views: several times faster than ``conv3d`` with thin kernels on a CPU)."""
-    for axis, kernel in enumerate(kernels):
-        weights = kernel.tolist()
+def _blur_valid(field: Tensor, kernels: list[list[float]]) -> Tensor:
+    """Separable convolution of ``(n1, n2, n3)`` with one 1-D kernel (host weights) per axis, keeping only the
+    valid part (weighted sums of shifted views: several times faster than ``conv3d`` with thin kernels on a CPU)."""
+    for axis, weights in enumerate(kernels):
         size = field.shape[axis] - len(weights) + 1
         total = field.narrow(axis, 0, size) * weights[0]
         for shift, weight in enumerate(weights[1:], 1):
@@ -129,6 +128,7 @@ class TrabecularTexture:
                  generator: torch.Generator, device: torch.device) -> None:
         sigmas = [[s / voxel, s / voxel, TEXTURE_ELONGATION * s / voxel] for s in TEXTURE_SIGMA_MM]
         self.kernels = [[_kernel(s) for s in per_axis] for per_axis in sigmas]
+        self.weights = [[kernel.tolist() for kernel in kernels] for kernels in self.kernels]  # host: no reads later
         self.halo = [max(k[axis].numel() // 2 for k in self.kernels) for axis in range(3)]
         self.start = tuple(start[i] - self.halo[i] for i in range(3))
         shape = tuple(stop[i] - start[i] + 2 * self.halo[i] for i in range(3))
@@ -150,9 +150,9 @@ class TrabecularTexture:
     def block(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> Tensor:
         """``T`` on grid voxels ``start`` to ``stop`` (exclusive), which lie inside the box."""
         fields = []
-        for kernels in self.kernels:
-            reach = [k.numel() // 2 for k in kernels]
+        for weights in self.weights:
+            reach = [len(w) // 2 for w in weights]
             index = tuple(slice(start[i] - self.start[i] - reach[i], stop[i] - self.start[i] + reach[i]) for i in range(3))
-            fields.append(_blur_valid(self.noise[index], kernels))
+            fields.append(_blur_valid(self.noise[index], weights))
         band = (fields[0] - fields[1]) * self.scale
         return torch.sigmoid((_RIDGE - band.abs()) / _SOFTNESS)
