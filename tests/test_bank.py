@@ -321,7 +321,7 @@ def test_a_hu_block_damaged_mid_file_is_refused_at_its_first_read(cache, tmp_pat
 def blocky_cache(make_phantom_hu, tmp_path_factory) -> tuple[Path, list[Volume]]:
     """Two CTs of one shape, 128 KiB of HU each, air in their last 24 planes (the same bytes in both), prepared in
     blocks of 4 planes."""
-    from onthefly.sampling import preparation
+    from onthefly.sampling import cache_format
 
     cts = []
     for seed in (11, 12):
@@ -329,12 +329,12 @@ def blocky_cache(make_phantom_hu, tmp_path_factory) -> tuple[Path, list[Volume]]
         hu[:16] = make_phantom_hu((16, 40, 40), seed=seed).round()
         cts.append(Volume.from_tensor(hu, spacing=SPACING))
     folder = tmp_path_factory.mktemp("blocky") / "cache"
-    original = preparation.BLOCK_BYTES
-    preparation.BLOCK_BYTES = 4 * 40 * 40 * 2
+    original = cache_format.BLOCK_BYTES
+    cache_format.BLOCK_BYTES = 4 * 40 * 40 * 2
     try:
         prepare(cts, folder, spacing=SPACING)
     finally:
-        preparation.BLOCK_BYTES = original
+        cache_format.BLOCK_BYTES = original
     return folder, cts
 
 
@@ -354,15 +354,15 @@ def test_hu_files_of_two_cts_swapped_are_refused(blocky_cache, tmp_path):
 
 
 def test_blocks_are_checked_once_and_only_those_read(blocky_cache, tmp_path, monkeypatch):
-    from onthefly.sampling import bank as bank_module
+    from onthefly.sampling.cache_format import ArrayFile
 
     folder = copy_cache(blocky_cache[0], tmp_path / "blocks")
     hu_path = folder / read_index(folder)["cts"][0]["files"]["hu"]["path"]
     damage(hu_path, where=0.95, count=4)  # in plane 37 (block 9: planes 36-39) only
     bank = VolumeBank(folder)
     reads = []
-    real = bank_module._ArrayFile.read_block
-    monkeypatch.setattr(bank_module._ArrayFile, "read_block",
+    real = ArrayFile.read_block
+    monkeypatch.setattr(ArrayFile, "read_block",
                         lambda self, handle, block, ct, **kw: (reads.append((self.label, block)), real(self, handle, block, ct, **kw))[1])
     volume, start = torch.tensor([0, 0]), torch.tensor([[2, 0, 0], [9, 5, 5]])
     first, _ = bank.crops(volume, start, (10, 20, 20), device="cpu")

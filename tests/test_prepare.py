@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from onthefly import Volume, voxel_weights
 from onthefly.cli import main
-from onthefly.sampling import preparation
+from onthefly.sampling import cache_format, preparation
 from onthefly.sampling.preparation import (
     MAX_BOX_VOXELS,
     WEIGHT_SCALE,
@@ -27,7 +27,7 @@ from onthefly.sampling.preparation import (
     read_index,
     weight_table,
 )
-from onthefly.sampling.store import tissue_grid
+from onthefly.sampling.grids import tissue_grid
 
 SPACING = 2.0
 
@@ -361,7 +361,7 @@ def test_a_run_that_prepares_nothing_fails_loudly(ct_files, tmp_path, capsys):
 
 
 def test_every_prepared_file_is_checksummed_block_by_block(ct_files, tmp_path, monkeypatch):
-    monkeypatch.setattr(preparation, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(cache_format, "BLOCK_BYTES", 4096)
     prepare(ct_files[:1], tmp_path / "cache", spacing=SPACING)
     (entry,) = read_index(tmp_path / "cache")["cts"]
     assert entry["digests"] == preparation.field_digests(entry)

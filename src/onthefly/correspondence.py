@@ -60,7 +60,7 @@ from ._checks import (
 )
 from .footprints import FOOTPRINTS, footprint_bytes_per_voxel, footprint_window, voxel_footprints
 from .geometry import CArm, project_points
-from .volume import Volume, VolumeBatch, as_volume_batch
+from .volume import Volume, VolumeBatch, as_volume_batch, crop_affine
 
 __all__ = [
     "patch_correspondence",
@@ -68,6 +68,8 @@ __all__ = [
     "CoarseWeights",
     "WeightIntegral",
     "coarse_grid_affine",
+    "coarse_boundaries",
+    "coarse_voxel_size",
     "voxel_weights",
     "correspondence_map",
     "epipolar_line",
@@ -141,6 +143,27 @@ def _coarse_to_fine(factor: Tensor) -> Tensor:
     matrix[..., :3, 3] = (factor - 1) / 2
     matrix[..., 3, 3] = 1.0
     return matrix
+
+
+def coarse_boundaries(start: Tensor, stop: Tensor, factor: Tensor, count: int) -> Tensor:
+    """``(B, count + 1)`` fine voxel indices bounding coarse voxels ``0 .. count - 1`` along one axis.
+
+    Coarse voxel ``i`` of a crop ``[start, stop)`` pooled by ``factor`` (each ``(B,)``)
+    spans ``[start + i f, start + (i + 1) f)`` clipped to ``stop``: the last one may be
+    partial, and those past the crop are empty.
+
+    Example:
+        >>> coarse_boundaries(torch.tensor([2]), torch.tensor([9]), torch.tensor([3]), 4)
+        tensor([[2, 5, 8, 9, 9]])
+    """
+    bounds = start[:, None] + torch.arange(count + 1, device=start.device) * factor[:, None]
+    return torch.minimum(bounds, stop[:, None])
+
+
+def coarse_voxel_size(factor: Tensor, spacing: Tensor) -> Tensor:
+    """``(B,)`` float64 smallest coarse voxel edge (mm) of grids pooled by ``factor`` ``(B, 3)`` from voxels of
+    ``spacing`` ``(B, 3)`` mm."""
+    return (factor.to(torch.float64) * spacing).amin(1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -352,7 +375,7 @@ def _pool_batch(batch: VolumeBatch, edges: Tensor, weighting: str, air_threshold
         d, h, w = pooled.shape[1:]
         weight[index, :d, :h, :w] = pooled.expand(len(members), -1, -1, -1) if volume_batch == 1 else pooled
     affine = coarse_grid_affine(batch.affine.to(torch.float64)[sample_volume.to(batch.device)], factors.to(batch.device))
-    voxel_size = (factors * spacing[sample_volume]).amin(1)
+    voxel_size = coarse_voxel_size(factors, spacing[sample_volume])
     return CoarseWeights(weight=weight, affine=affine, voxel_size=voxel_size)
 
 
@@ -451,23 +474,20 @@ class WeightIntegral:
         if grid_shape is None:
             grid_shape = self._checked_grid(volume_index, start, stop, factor)
         device = self.device
-        voxel_size = (factor.cpu().to(torch.float64) * self.spacings[volume_index.cpu()]).amin(1)
+        voxel_size = coarse_voxel_size(factor.cpu(), self.spacings[volume_index.cpu()])
         volume_index, start, stop, factor = (t.to(device) for t in (volume_index, start, stop, factor))
         lows, highs = [], []
         for axis, count in enumerate(grid_shape):
             shape = [batch, 1, 1, 1]
             shape[axis + 1] = count
-            low = start[:, axis, None] + torch.arange(count, device=device) * factor[:, axis, None]  # (B, n)
-            high = torch.minimum(low + factor[:, axis, None], stop[:, axis, None])
-            lows.append(torch.minimum(low, stop[:, axis, None]).view(shape))
-            highs.append(high.view(shape))
+            bounds = coarse_boundaries(start[:, axis], stop[:, axis], factor[:, axis], count)  # (B, n + 1)
+            lows.append(bounds[:, :-1].reshape(shape))
+            highs.append(bounds[:, 1:].reshape(shape))
         sums = self._box_sums(volume_index, lows, highs)  # (B, d, h, w)
         # Any non-air voxel weighs more than 0.01; smaller sums are rounding error of the tables.
         sums = torch.where(sums > 1e-3, sums, torch.zeros_like(sums))
         weight = (sums / factor.prod(-1).to(torch.float64).view(-1, 1, 1, 1)).to(torch.float32)
-        to_crop = torch.eye(4, dtype=torch.float64, device=device).repeat(batch, 1, 1)
-        to_crop[:, :3, 3] = start.to(torch.float64)
-        affine = coarse_grid_affine(self.affines[volume_index] @ to_crop, factor)
+        affine = coarse_grid_affine(crop_affine(self.affines[volume_index], start), factor)
         return CoarseWeights(weight=weight, affine=affine, voxel_size=voxel_size)
 
     def _checked_grid(self, volume_index: Tensor, start: Tensor, stop: Tensor, factor: Tensor) -> tuple[int, int, int]:

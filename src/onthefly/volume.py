@@ -48,6 +48,7 @@ __all__ = [
     "example_volume",
     "hu_to_attenuation",
     "attenuation_to_hu",
+    "crop_affine",
     "resample_to_cube",
     "window_attenuation",
     "TARGET_HU_WINDOW",
@@ -105,6 +106,25 @@ def attenuation_to_hu(attenuation: Tensor, *, mu_water: float = MU_WATER_PER_MM)
     """Inverse of :func:`hu_to_attenuation` where ``mu > 0``; zero attenuation maps to -1000 HU."""
     mu_water = check_mu_water(mu_water)
     return 1000.0 * (attenuation / mu_water - 1.0)
+
+
+def crop_affine(affine: Tensor, start: Tensor) -> Tensor:
+    """Voxel-to-world matrices of crops that start at voxel ``start`` of volumes placed by ``affine``.
+
+    Args:
+        affine: ``(B, 4, 4)`` voxel-to-world matrices (mm) of the volumes.
+        start: ``(B, 3)`` voxel index of each crop's first voxel.
+
+    Returns:
+        ``(B, 4, 4)`` float64 on ``affine``'s device: ``affine @ translation(start)``.
+
+    Example:
+        >>> crop_affine(torch.eye(4, dtype=torch.float64)[None], torch.tensor([[1, 2, 3]]))[0, :3, 3]
+        tensor([1., 2., 3.], dtype=torch.float64)
+    """
+    to_crop = torch.eye(4, dtype=torch.float64, device=affine.device).repeat(start.shape[0], 1, 1)
+    to_crop[:, :3, 3] = start.to(torch.float64)
+    return affine @ to_crop
 
 
 def _affine_from_spacing(spacing: Tensor, origin: Tensor) -> Tensor:

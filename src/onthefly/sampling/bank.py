@@ -45,7 +45,6 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,19 +52,21 @@ import torch
 from torch import Tensor
 
 from .._checks import check_choice
-from ..correspondence import WEIGHTINGS, CoarseWeights, _coarse_to_fine
-from ..volume import MU_WATER_PER_MM
-from .preparation import (
-    ENTRY_FIELDS,
+from ..correspondence import WEIGHTINGS, CoarseWeights, coarse_grid_affine, coarse_voxel_size
+from ..volume import MU_WATER_PER_MM, crop_affine
+from .cache_format import (
     INDEX_NAME,
-    MAX_BOX_VOXELS,
-    PreparationSettings,
-    block_checksum,
-    field_digests,
+    ArrayFile,
+    BankCT,
+    content_hash,
     index_digest,
-    prepare,
+    is_prepared_folder,
     read_index,
+    settings_from_index,
 )
+from .grids import MAX_BOX_VOXELS, pooled_from_table, table_corners
+from .partition import patient_split, shard_positions
+from .preparation import prepare
 from .store import VolumeStore
 
 __all__ = ["VolumeBank", "parse_bytes", "is_prepared_folder"]
@@ -91,244 +92,6 @@ def parse_bytes(name: str, value: int | float | str) -> int:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name}: expected a number of bytes >= 0, got {value!r}")
     return int(value)
-
-
-# --------------------------------------------------------------------------------------- files on disk
-
-
-_DTYPES = {"hu": "<i2", "labels": "<i2", "weights": "<u4", "tissue": "<f4"}
-"""The prepared files and the dtype of each."""
-
-
-class _EntryError(ValueError):
-    """An index entry that does not describe its prepared files (the message names the CT and the field)."""
-
-
-@dataclass(frozen=True)
-class _ArrayFile:
-    """One prepared ``.npy`` array: where its data start, its layout, and its checksums.
-
-    ``verified`` marks the blocks of ``block_planes`` planes already read whole and
-    found equal to their checksum (in this process or before it was forked/pickled).
-    """
-
-    path: Path
-    label: str
-    offset: int
-    dtype: np.dtype
-    shape: tuple[int, ...]
-    size: int
-    header: int
-    block_planes: int
-    checksums: tuple[int, ...]
-    verified: bytearray = field(compare=False, repr=False)
-
-    @classmethod
-    def from_record(cls, folder: Path, record: dict, ct: str, name: str) -> "_ArrayFile":
-        try:
-            shape = tuple(_integer(n) for n in record["shape"])
-            planes = _integer(record["block_planes"])
-            checksums = tuple(_integer(c) for c in record["checksums"])
-            file = cls(folder / str(record["path"]), str(record["path"]), _integer(record["offset"]),
-                       np.dtype(record["dtype"]), shape, _integer(record["size"]), _integer(record["header"]),
-                       planes, checksums, bytearray(len(checksums)))
-        except (KeyError, TypeError, ValueError) as error:
-            raise _EntryError(f"volumes: {folder / INDEX_NAME}: the entry of CT {ct}: files.{name} is malformed "
-                              f"({type(error).__name__}: {error}); prepare the folder again") from None
-        expected_blocks = -(-shape[0] // planes) if shape and shape[0] > 0 and planes > 0 else -1
-        problems = []
-        if file.dtype.str != _DTYPES.get(name, file.dtype.str):
-            problems.append(f"dtype {file.dtype.str}, expected {_DTYPES[name]}")
-        if len(shape) != 3 or min(shape) < 1:
-            problems.append(f"shape {list(shape)}, expected three positive sizes")
-        elif file.size != file.offset + math.prod(shape) * file.dtype.itemsize:
-            problems.append(f"size {file.size} bytes, but {file.offset} + {list(shape)} x {file.dtype.itemsize} bytes "
-                            f"= {file.offset + math.prod(shape) * file.dtype.itemsize}")
-        if planes < 1 or len(checksums) != expected_blocks:
-            problems.append(f"{len(checksums)} block checksums of {planes} planes for {shape[:1]} planes")
-        if Path(file.label).name != f"{name}.npy" or Path(file.label).is_absolute() or ".." in Path(file.label).parts:
-            problems.append(f"path {file.label!r}, expected cts/<key>/{name}.npy")
-        if problems:
-            raise _EntryError(f"volumes: {folder / INDEX_NAME}: the entry of CT {ct}: files.{name} has {'; '.join(problems)}; "
-                              "prepare the folder again")
-        return file
-
-    def check_present(self, ct: str) -> None:
-        """``FileNotFoundError`` if the file is gone, ``ValueError`` if its size changed (a stat, no read)."""
-        try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"volumes: the prepared file {self.path} of CT {ct} was deleted; run `onthefly prepare` again"
-            ) from None
-        if size != self.size:
-            raise ValueError(
-                f"volumes: the prepared file {self.path} of CT {ct} changed since it was indexed "
-                f"({size} bytes, indexed {self.size}); run `onthefly prepare` again"
-            )
-
-    def check_content(self, ct: str) -> None:
-        """``ValueError`` if the array header differs from the index (one small read)."""
-        self.check_present(ct)
-        with open(self.path, "rb") as handle:
-            header = handle.read(self.offset)
-            handle.seek(0)
-            try:
-                major, _ = np.lib.format.read_magic(handle)
-                reader = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-                shape, _, dtype = reader(handle)
-                offset = handle.tell()
-            except ValueError:
-                shape, dtype, offset = None, None, None
-        if (block_checksum(header, self.label, "header") != self.header or shape is None
-                or tuple(shape) != self.shape or dtype != self.dtype or offset != self.offset):
-            raise ValueError(
-                f"volumes: the prepared file {self.path} of CT {ct} changed since it was indexed (its .npy header "
-                "differs); run `onthefly prepare` again"
-            )
-
-    @property
-    def plane_bytes(self) -> int:
-        return math.prod(self.shape[1:]) * self.dtype.itemsize
-
-    def read_block(self, handle, block: int, ct: str, *, remember: bool = True) -> np.ndarray:
-        """``(n, H, W)`` planes of block ``block``, read whole and checked against its checksum."""
-        first = block * self.block_planes
-        count = min(self.block_planes, self.shape[0] - first)
-        out = np.empty((count, *self.shape[1:]), dtype=self.dtype)
-        got = _read_into(handle, memoryview(out).cast("B"), self.offset + first * self.plane_bytes)
-        if got != out.nbytes:
-            raise ValueError(f"volumes: the prepared file {self.path} of CT {ct} ended early (truncated?); "
-                             "run `onthefly prepare` again")
-        if block_checksum(memoryview(out).cast("B"), self.label, block) != self.checksums[block]:
-            raise ValueError(
-                f"volumes: the prepared file {self.path} of CT {ct} changed since it was indexed: planes "
-                f"{first}-{first + count - 1} differ from their checksum (damaged, or another CT's file); "
-                "run `onthefly prepare` again"
-            )
-        if remember:
-            self.verified[block] = 1
-        return out
-
-    def read_planes(self, planes: Sequence[int], row_lo: int, row_hi: int, ct: str) -> np.ndarray:
-        """``(P, row_hi - row_lo, W)`` rows ``[row_lo, row_hi)`` of planes ``planes`` of a ``(D, H, W)`` array.
-
-        Planes of a block not yet verified come from the whole block, read once and checked.
-        """
-        _, height, width = self.shape
-        out = np.empty((len(planes), row_hi - row_lo, width), dtype=self.dtype)
-        plane_bytes = out[0].nbytes
-        stride = height * width * self.dtype.itemsize
-        fresh: dict[int, np.ndarray] = {}
-        with open(self.path, "rb", buffering=0) as handle:
-            for position, plane in enumerate(planes):
-                block = plane // self.block_planes
-                if not self.verified[block] or block in fresh:
-                    if block not in fresh:
-                        fresh[block] = self.read_block(handle, block, ct)
-                    out[position] = fresh[block][plane - block * self.block_planes, row_lo:row_hi]
-                    continue
-                start = self.offset + plane * stride + row_lo * width * self.dtype.itemsize
-                got = _read_into(handle, memoryview(out[position]).cast("B"), start)
-                if got != plane_bytes:
-                    raise ValueError(f"volumes: {self.path} ended early (truncated?); run `onthefly prepare` again")
-        return out
-
-
-def _integer(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected an integer, got {value!r}")
-    return value
-
-
-def _read_into(handle, buffer: memoryview, offset: int) -> int:
-    """Read ``len(buffer)`` bytes at ``offset`` into ``buffer``; the number read."""
-    if hasattr(os, "preadv"):
-        return os.preadv(handle.fileno(), [buffer], offset)
-    handle.seek(offset)
-    return handle.readinto(buffer)
-
-
-@dataclass(frozen=True)
-class _BankCT:
-    """One CT of a bank, as its index entry describes it."""
-
-    name: str
-    patient: str
-    shape: tuple[int, int, int]
-    affine: tuple
-    label_names: dict[int, str] | None
-    content_hash: str
-    files: dict[str, _ArrayFile]
-
-    @classmethod
-    def from_entry(cls, folder: Path, entry: dict, settings: dict, position: int) -> "_BankCT":
-        """The CT of index entry ``position``, checked against the digests of its fields, the index's
-        settings and its files' records (``ValueError`` naming the CT and the field)."""
-        if not isinstance(entry, dict):
-            raise _EntryError(f"volumes: {folder / INDEX_NAME}: entry {position} is a {type(entry).__name__}, not a CT entry; "
-                              "prepare the folder again")
-        ct = str(entry.get("source", f"number {position}"))
-        missing = [name for name in ENTRY_FIELDS if name not in entry]
-        if missing or not isinstance(entry.get("digests"), dict):
-            raise _EntryError(f"volumes: {folder / INDEX_NAME}: the entry of CT {ct} lacks "
-                              f"{', '.join(missing) if missing else 'digests'}; prepare the folder again")
-        edited = [name for name, digest in field_digests(entry).items() if entry["digests"].get(name) != digest]
-        if edited:
-            raise _EntryError(f"volumes: {folder / INDEX_NAME}: the entry of CT {ct}: its field(s) {', '.join(edited)} differ from what "
-                              "the preparation wrote (index.json edited or damaged); prepare the folder again")
-        for key, value in settings.items():
-            if not isinstance(entry["settings"], dict) or entry["settings"].get(key) != value:
-                theirs = entry["settings"].get(key) if isinstance(entry["settings"], dict) else None
-                raise _EntryError(f"volumes: {folder / INDEX_NAME}: CT {ct} was prepared with settings.{key} = {theirs!r}, but the index's "
-                                  f"settings say {value!r}; prepare the folder again")
-        try:
-            shape = tuple(_integer(n) for n in entry["shape"])
-            affine = np.array(entry["affine"], dtype=np.float64)
-            names = entry["label_names"]
-            label_names = None if names is None else {int(k): str(v) for k, v in names.items()}
-            records = dict(entry["files"])
-        except (TypeError, ValueError, AttributeError) as error:
-            raise _EntryError(f"volumes: {folder / INDEX_NAME}: the entry of CT {ct} is malformed ({error}); prepare the folder again") \
-                from None
-        files = {name: _ArrayFile.from_record(folder, record, ct, name) for name, record in records.items()}
-        _check_geometry(folder, ct, shape, affine, entry["spacing"], settings, files)
-        return cls(name=ct, patient=str(entry["patient"]), shape=shape,
-                   affine=tuple(tuple(row) for row in affine.tolist()), label_names=label_names,
-                   content_hash=str(entry["content_hash"]), files=files)
-
-
-def _check_geometry(folder: Path, ct: str, shape: tuple, affine: np.ndarray, spacing, settings: dict, files: dict) -> None:
-    """The entry's shape against its files', its affine against the prepared spacing (the column norms)."""
-    if len(shape) != 3 or min(shape, default=0) < 1:
-        raise _EntryError(f"volumes: {folder / INDEX_NAME}: the entry of CT {ct}: shape {list(shape)} is not three positive sizes")
-    unknown = sorted(set(files) - set(_DTYPES))
-    if unknown or not {"hu", "weights", "tissue"} <= set(files):
-        raise _EntryError(f"volumes: {folder / INDEX_NAME}: the entry of CT {ct}: files {sorted(files)}, expected hu, weights, "
-                          "tissue and optionally labels; prepare the folder again")
-    block = [max(1, round(float(settings["tissue_block_mm"]) / float(s))) for s in settings["spacing"]]
-    expected = {"hu": shape, "labels": shape, "weights": tuple(n + 1 for n in shape),
-                "tissue": tuple(-(-n // b) for n, b in zip(shape, block))}
-    for name, file in files.items():
-        if file.shape != expected[name]:
-            raise _EntryError(f"volumes: {folder / INDEX_NAME}: the entry of CT {ct}: shape {list(shape)} does not match its file "
-                              f"{name}.npy of {list(file.shape)} (expected {list(expected[name])}); prepare the folder again")
-    if affine.shape != (4, 4) or not np.isfinite(affine).all() or not np.array_equal(affine[3], [0.0, 0.0, 0.0, 1.0]):
-        raise _EntryError(f"volumes: {folder / INDEX_NAME}: the entry of CT {ct}: affine is not a finite 4 x 4 voxel-to-world "
-                          f"matrix ending in [0, 0, 0, 1]; prepare the folder again")
-    norms = np.linalg.norm(affine[:3, :3], axis=0)
-    prepared = np.array(settings["spacing"], dtype=np.float64)
-    # prepare() keeps CTs within 1 % of the spacing as they are (as the sampler does)
-    if not np.allclose(norms, prepared, rtol=0.0101, atol=0) or abs(np.linalg.det(affine[:3, :3])) < 1e-3 * norms.prod():
-        raise _EntryError(f"volumes: {folder / INDEX_NAME}: the entry of CT {ct}: affine has voxel edges {norms.round(6).tolist()} mm "
-                          f"(its column norms), but the CTs were prepared at {prepared.tolist()} mm; prepare the folder again")
-    try:
-        listed = np.array(spacing, dtype=np.float64).reshape(3)
-    except (TypeError, ValueError):
-        listed = None
-    if listed is None or not np.allclose(listed, norms, rtol=1e-6, atol=0):
-        raise _EntryError(f"volumes: {folder / INDEX_NAME}: the entry of CT {ct}: spacing {spacing!r} differs from its affine's "
-                          f"voxel edges {norms.round(6).tolist()} mm; prepare the folder again")
 
 
 class _TemporaryCache:
@@ -431,8 +194,8 @@ class VolumeBank(VolumeStore):
             weighting="soft" if weighting is None else weighting,
         )
         index = read_index(folder)
-        settings = _settings_from_index(index["settings"], folder)
-        cts = [_BankCT.from_entry(folder, entry, index["settings"], position) for position, entry in enumerate(index["cts"])]
+        settings = settings_from_index(index["settings"], folder)
+        cts = [BankCT.from_entry(folder, entry, index["settings"], position) for position, entry in enumerate(index["cts"])]
         if index["digest"] != index_digest(index):
             raise ValueError(f"volumes: {folder / INDEX_NAME}: its settings, list of CTs or failures differ from what the "
                              "preparation wrote (edited or damaged); prepare the folder again")
@@ -551,8 +314,6 @@ class VolumeBank(VolumeStore):
         """Read every prepared file of every CT (HU, labels, weight table, tissue grid) and compare each block
         with its checksum, each header with the index, and the HU, labels and affine with the CT's content
         hash (slow: reads the whole cache). ``ValueError`` naming the CT and the file."""
-        from .preparation import _content_hash  # noqa: PLC0415 - only this full check needs it
-
         for position, ct in enumerate(self._cts):
             for file in ct.files.values():
                 try:
@@ -564,7 +325,7 @@ class VolumeBank(VolumeStore):
                     raise ValueError(f"volumes: the prepared CT {ct.name} changed since it was indexed: {error}") from None
             hu = np.load(ct.files["hu"].path)
             labels = np.load(ct.files["labels"].path) if "labels" in ct.files else None
-            if _content_hash(hu, labels, self.affines[position]) != ct.content_hash:
+            if content_hash(hu, labels, self.affines[position]) != ct.content_hash:
                 raise ValueError(f"volumes: the prepared CT {ct.name} changed since it was indexed; prepare it again")
 
     # ------------------------------------------------------------------------------------ sub-banks
@@ -583,14 +344,7 @@ class VolumeBank(VolumeStore):
 
     def shard(self, rank: int, world: int) -> "VolumeBank":
         """CTs ``rank, rank + world, ...``: disjoint banks for the ``world`` ranks of a distributed run."""
-        for name, value in (("rank", rank), ("world", world)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name}: expected an int, got {value!r}")
-        if world < 1 or not 0 <= rank < world:
-            raise ValueError(f"rank, world: expected 0 <= rank < world, got rank {rank} and world {world}")
-        if len(self) < world:
-            raise ValueError(f"world: expected at most {len(self)} ranks (one CT each at least), got {world}")
-        return self._subset(list(range(rank, len(self), world)), "rank")
+        return self._subset(shard_positions(len(self), rank, world), "rank")
 
     def split(self, fractions: Sequence[float], *, seed: int) -> tuple["VolumeBank", ...]:
         """Disjoint banks holding about ``fractions`` of the CTs each, never one patient in two of them.
@@ -605,39 +359,7 @@ class VolumeBank(VolumeStore):
             >>> len(train), len(held_out)
             (4, 1)
         """
-        if isinstance(fractions, (str, bytes)) or not isinstance(fractions, Sequence) or not all(
-            isinstance(f, (int, float, np.integer, np.floating)) and not isinstance(f, bool) for f in fractions
-        ):
-            raise TypeError(f"fractions: expected a sequence of numbers such as (0.8, 0.2), got {fractions!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed: expected an int, got {seed!r}")
-        shares = [float(f) for f in fractions]
-        patients: dict[str, list[int]] = {}
-        for position, ct in enumerate(self._cts):
-            patients.setdefault(ct.patient, []).append(position)
-        if 1 < len(shares) and len(patients) < len(shares):
-            raise ValueError(
-                f"fractions: the bank of {len(self)} CT(s) from {len(patients)} patient(s) cannot be split into "
-                f"{len(shares)} disjoint parts (asked {list(fractions)}): every part needs a patient of its own. "
-                "Give held-out CTs separately (a second prepared folder; with `onthefly train`, --eval-volumes), "
-                "or prepare more patients"
-            )
-        if len(shares) < 1 or any(not math.isfinite(f) or f <= 0 for f in shares) or abs(sum(shares) - 1) > 1e-6:
-            raise ValueError(f"fractions: expected positive fractions summing to 1, got {list(fractions)!r}")
-        order = torch.randperm(len(patients), generator=torch.Generator().manual_seed(seed)).tolist()
-        groups = list(patients.values())
-        bounds = np.cumsum(shares) * len(self)
-        members: list[list[int]] = [[] for _ in shares]
-        given = 0
-        for patient in order:
-            part = min(int(np.searchsorted(bounds, given, side="right")), len(shares) - 1)
-            members[part] += groups[patient]
-            given += len(groups[patient])
-        for part, chosen in enumerate(members):
-            if not chosen:
-                raise ValueError(
-                    f"fractions: part {part} of {list(fractions)} gets no CT ({len(patients)} patients, {len(self)} CTs)"
-                )
+        members = patient_split([ct.patient for ct in self._cts], fractions, seed=seed)
         return tuple(self._subset(sorted(chosen), "fractions") for chosen in members)
 
     # -------------------------------------------------------------------------------------- drawing
@@ -767,22 +489,19 @@ class VolumeBank(VolumeStore):
             return self._table_corners(int(volume_index[b]), start[b], stop[b], factor[b])
 
         def use(b: int, table: tuple[np.ndarray, list[Tensor]]) -> None:
-            rows, corners = table
-            picked = torch.from_numpy(rows.astype(np.int64))[:, corners[1] - corners[1][0]][:, :, corners[2]]
-            sums = picked.diff(dim=0).diff(dim=1).diff(dim=2) & 0xFFFFFFFF  # inclusion-exclusion, modulo 2**32
-            full = self.settings.weight_scale * int(factor[b].prod())
-            if int(sums.max()) > full:  # a weight above 1: only a table that is not the prepared one gives it
+            try:
+                pooled = pooled_from_table(*table, factor[b])
+            except ValueError:  # a weight above 1: only a table that is not the prepared one gives it
                 ct = int(volume_index[b])
                 raise ValueError(f"volumes: the prepared file {self._cts[ct].files['weights'].path} of CT "
-                                 f"{self._cts[ct].name} gives a pooled weight above 1; run `onthefly prepare` again")
-            n0, n1, n2 = sums.shape
-            weight[b, :n0, :n1, :n2] = (sums.double() / full).float()
+                                 f"{self._cts[ct].name} gives a pooled weight above 1; run `onthefly prepare` again") \
+                    from None
+            n0, n1, n2 = pooled.shape
+            weight[b, :n0, :n1, :n2] = pooled
 
         self._pipeline(read, use, start.shape[0])
-        to_crop = torch.eye(4, dtype=torch.float64).repeat(start.shape[0], 1, 1)
-        to_crop[:, :3, 3] = start.double()
-        affine = self.affines[volume_index] @ to_crop @ _coarse_to_fine(factor)
-        voxel_size = (factor.double() * self.affines[volume_index, :3, :3].norm(dim=1)).amin(1)
+        affine = coarse_grid_affine(crop_affine(self.affines[volume_index], start), factor)
+        voxel_size = coarse_voxel_size(factor, self.affines[volume_index, :3, :3].norm(dim=1))
         return CoarseWeights(weight=weight.to(self.device), affine=affine.to(self.device), voxel_size=voxel_size)
 
     def _table_corners(self, ct: int, start: Tensor, stop: Tensor, factor: Tensor) -> tuple[np.ndarray, list[Tensor]]:
@@ -791,13 +510,13 @@ class VolumeBank(VolumeStore):
         Boundaries: ``start, start + f, ...`` clipped to ``stop`` (the last coarse voxel may be partial);
         every box sum is below ``2**32``, so the table's sums modulo ``2**32`` give it exactly.
         """
-        corners = [(s + torch.arange(0, int(e - s) + int(f), int(f))).clamp_max(e) for s, e, f in zip(start, stop, factor)]
+        corners = table_corners(start, stop, factor)
         file = self._checked_file(ct, "weights")
         rows = file.read_planes(corners[0].tolist(), int(corners[1][0]), int(corners[1][-1]) + 1, self._cts[ct].name)
         return rows, corners
 
     # -------------------------------------------------------------------------------------- helpers
-    def _checked_file(self, ct: int, name: str) -> _ArrayFile:
+    def _checked_file(self, ct: int, name: str) -> ArrayFile:
         """The prepared file ``name`` of CT ``ct``, its header checked once per process (its blocks as they are read)."""
         file = self._cts[ct].files[name]
         key = (os.getpid(), ct, name)
@@ -869,16 +588,6 @@ def _check_size(name: str, size: Sequence[int]) -> tuple[int, int, int]:
     return values
 
 
-def is_prepared_folder(source) -> bool:
-    """Whether ``source`` names a prepared folder: one with an index or a ``cts`` folder, or an empty one.
-
-    (Any other folder is a DICOM series.)
-    """
-    return isinstance(source, (str, Path)) and Path(source).is_dir() and (
-        (Path(source) / INDEX_NAME).exists() or (Path(source) / "cts").is_dir() or not any(Path(source).iterdir())
-    )
-
-
 def _prepared_folder(source, *, cache, **settings) -> tuple[Path, _TemporaryCache | None]:
     """The prepared folder ``source`` names, or one that CTs ``source`` are prepared into (and its owner if temporary)."""
     if isinstance(source, (str, Path)) and not Path(source).exists() and not any(c in str(source) for c in "*?["):
@@ -890,23 +599,3 @@ def _prepared_folder(source, *, cache, **settings) -> tuple[Path, _TemporaryCach
     prepare(source, folder, progress=False, **settings)
     return folder, keepalive
 
-
-def _settings_from_index(saved: dict, folder: Path) -> PreparationSettings:
-    """The preparation settings an index holds: every field present and equal to what this version writes."""
-    reference = PreparationSettings.create(1.0).to_json()
-    missing = [key for key in reference if key not in saved]
-    unknown = [key for key in saved if key not in reference]
-    if missing or unknown:
-        what = "; ".join(part for part in (f"lacks {', '.join(missing)}" if missing else "",
-                                           f"has unknown {', '.join(unknown)}" if unknown else "") if part)
-        raise ValueError(f"volumes: {folder / INDEX_NAME}: its settings {what}; prepare the folder again")
-    try:
-        settings = PreparationSettings.create(saved["spacing"], air_threshold_hu=saved["air_threshold_hu"],
-                                              weighting=saved["weighting"])
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"volumes: {folder / INDEX_NAME}: settings.{error}; prepare the folder again") from None
-    for key, value in settings.to_json().items():
-        if saved[key] != value:
-            raise ValueError(f"volumes: {folder / INDEX_NAME}: settings.{key} is {saved[key]!r}, this version of "
-                             f"onthefly writes {value!r}; prepare the folder again")
-    return settings

@@ -31,7 +31,8 @@ from .._checks import check_int
 from ..correspondence import CoarseWeights, pool_crop_weights
 from ..phantoms import LABELS, REGIONS, phantom
 from ..volume import Volume, hu_to_attenuation
-from .store import TISSUE_BLOCK_MM, VolumeStore, tissue_grid
+from .grids import TISSUE_BLOCK_MM, tissue_grid
+from .store import VolumeStore
 
 __all__ = ["PhantomSource", "PhantomStore", "parse_phantom_source"]
 

@@ -54,10 +54,9 @@ import shutil
 import sys
 import uuid
 import warnings
-import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -65,11 +64,23 @@ import numpy as np
 import torch
 
 from .._checks import check_choice
-from ..correspondence import WEIGHTINGS, voxel_weights
 from ..phantoms import SPACING_RANGE, phantom
 from ..volume import Volume
+from .cache_format import (
+    ENTRY_FIELDS,
+    FORMAT,
+    FORMAT_VERSION,
+    INDEX_NAME,
+    PreparationSettings,
+    block_checksum,
+    block_planes,
+    content_hash,
+    field_digests,
+    index_digest,
+    read_index,
+)
+from .grids import MAX_BOX_VOXELS, WEIGHT_SCALE, at_spacing, tissue_grid, weight_table
 from .phantom_store import PHANTOM_PREFIX, PhantomSource, parse_phantom_source
-from .store import TISSUE_BLOCK_MM, tissue_grid
 
 __all__ = [
     "PreparationSettings",
@@ -83,69 +94,8 @@ __all__ = [
     "MAX_BOX_VOXELS",
 ]
 
-INDEX_NAME = "index.json"
-FORMAT = "onthefly-prepared-cts"
-FORMAT_VERSION = 2
-"""2: block checksums of every file, digests of every index field; 1 (header and tail hashes only) is refused."""
-WEIGHT_SCALE = 16383
-"""Voxel weights in [0, 1] are stored as integers ``round(w * WEIGHT_SCALE)``."""
-MAX_BOX_VOXELS = (2**32 - 1) // WEIGHT_SCALE
-"""Largest box (voxels) whose weight sum the modulo-2**32 table gives exactly: 262,160 (64^3)."""
 LIST_SUFFIXES = (".txt", ".csv", ".lst", ".list")
 _INT16 = np.iinfo(np.int16)
-BLOCK_BYTES = 2**20
-"""About this many bytes of whole planes make one checksummed block of a prepared file."""
-ENTRY_FIELDS = ("key", "source", "patient", "shape", "affine", "spacing", "label_names", "content_hash",
-                "source_stat", "settings", "files")
-"""The fields of an index entry, each with a digest in its ``digests``."""
-
-
-@dataclass(frozen=True)
-class PreparationSettings:
-    """What a prepared CT depends on besides its source; CTs prepared with other settings are redone.
-
-    Attributes:
-        spacing: ``(3,)`` voxel edges in mm every CT is resampled to (CTs already
-            within 1 % of it are kept as they are, as the sampler does).
-        air_threshold_hu: voxels at or below are air (tissue blocks, weights).
-        weighting: ``"soft"`` or ``"binary"`` correspondence voxel weights.
-    """
-
-    spacing: tuple[float, float, float]
-    air_threshold_hu: float = -900.0
-    weighting: str = "soft"
-    tissue_block_mm: float = TISSUE_BLOCK_MM
-    weight_scale: int = WEIGHT_SCALE
-    format_version: int = FORMAT_VERSION
-
-    def __post_init__(self) -> None:
-        spacing = tuple(float(s) for s in self.spacing)
-        if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-            raise ValueError(f"spacing: expected one or three positive numbers (mm), got {self.spacing!r}")
-        object.__setattr__(self, "spacing", spacing)
-        if not isinstance(self.air_threshold_hu, (int, float)) or not math.isfinite(self.air_threshold_hu):
-            raise ValueError(f"air_threshold_hu: expected a finite number (HU), got {self.air_threshold_hu!r}")
-        object.__setattr__(self, "air_threshold_hu", float(self.air_threshold_hu))
-        check_choice("weighting", self.weighting, WEIGHTINGS)
-
-    @classmethod
-    def create(cls, spacing, *, air_threshold_hu: float = -900.0, weighting: str = "soft") -> "PreparationSettings":
-        """Settings from a spacing given as one number or three (mm)."""
-        try:
-            values = torch.as_tensor(spacing, dtype=torch.float64).reshape(-1)
-        except (TypeError, ValueError, RuntimeError):
-            values = None
-        if values is None or isinstance(spacing, (str, bool)) or values.numel() not in (1, 3):
-            raise ValueError(f"spacing: expected one or three positive numbers (mm), got {spacing!r}")
-        return cls(spacing=tuple(values.expand(3).tolist()), air_threshold_hu=air_threshold_hu, weighting=weighting)
-
-    def to_json(self) -> dict:
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
-
-    @property
-    def tissue_block(self) -> tuple[int, int, int]:
-        """Voxels per tissue-block edge: ``round(tissue_block_mm / spacing)``, at least 1."""
-        return tuple(max(1, round(self.tissue_block_mm / s)) for s in self.spacing)
 
 
 @dataclass(frozen=True)
@@ -371,24 +321,6 @@ def _as_int16(name: str, values: torch.Tensor, what: str) -> np.ndarray:
     return torch.round(values).to(torch.int16).contiguous().numpy()
 
 
-def weight_table(hu: torch.Tensor, *, weighting: str, air_threshold_hu: float) -> np.ndarray:
-    """``(D+1, H+1, W+1)`` uint32 summed-volume table of ``round(w * WEIGHT_SCALE)``, modulo ``2**32``.
-
-    ``table[i, j, k]`` sums the quantised weights of voxels ``[0, i) x [0, j) x [0, k)``;
-    built one slab of planes at a time so no float64 volume is made.
-    """
-    depth, height, width = hu.shape
-    table = np.zeros((depth + 1, height + 1, width + 1), dtype=np.uint32)
-    planes = max(1, (32 * 2**20) // max(1, height * width * 4))
-    for first in range(0, depth, planes):
-        slab = hu[first : first + planes].float()
-        weights = voxel_weights(slab, weighting=weighting, air_threshold_hu=air_threshold_hu)
-        table[first + 1 : first + 1 + slab.shape[0], 1:, 1:] = torch.round(weights * WEIGHT_SCALE).to(torch.int32).numpy()
-    for axis in range(3):
-        np.cumsum(table, axis=axis, dtype=np.uint32, out=table)  # unsigned: wraps modulo 2**32, by definition
-    return table
-
-
 def _file_record(path: Path, folder: Path) -> dict:
     """What the bank checks before and while reading a prepared array: place, layout, size, and the checksums
     of its header and of each block of ``block_planes`` planes, computed from the file as written."""
@@ -411,55 +343,9 @@ def _file_record(path: Path, folder: Path) -> dict:
             "header": block_checksum(header, label, "header"), "block_planes": planes, "checksums": checksums}
 
 
-def block_planes(shape: Sequence[int], itemsize: int) -> int:
-    """Planes (along the first axis) per checksummed block of an array of ``shape``: about ``BLOCK_BYTES``."""
-    plane_bytes = itemsize * math.prod(shape[1:])
-    return max(1, min(max(1, int(shape[0])), BLOCK_BYTES // max(1, plane_bytes)))
-
-
-def block_checksum(data, label: str, block: int | str) -> int:
-    """CRC-32 of ``data`` (bytes of block ``block`` of the file ``label``), seeded with the label and the block,
-    so equal bytes at another place or in another CT's file give another checksum."""
-    return zlib.crc32(data, zlib.crc32(f"{label}#{block}".encode()))
-
-
-def field_digests(entry: dict) -> dict:
-    """A short digest of each field of an index entry (its canonical JSON), to tell an edited entry."""
-    return {name: _digest(entry[name]) for name in ENTRY_FIELDS if name in entry}
-
-
-def index_digest(index: dict) -> str:
-    """Digest of an index's format, settings, failures and its entries' field digests (order included)."""
-    return _digest({"format": index.get("format"), "version": index.get("version"), "settings": index.get("settings"),
-                    "failed": index.get("failed"), "cts": [entry.get("digests") if isinstance(entry, dict) else entry
-                                                           for entry in index.get("cts", [])]})
-
-
-def _digest(value) -> str:
-    text = json.dumps(value, sort_keys=True, allow_nan=True)
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
-
-
-def _content_hash(hu: np.ndarray, labels: np.ndarray | None, affine: torch.Tensor) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(repr(hu.shape).encode())
-    digest.update(hu.tobytes())
-    digest.update(affine.numpy().astype("<f8").tobytes())
-    if labels is not None:
-        digest.update(labels.tobytes())
-    return digest.hexdigest()
-
-
-def _resampled(volume: Volume, spacing: tuple[float, float, float]) -> Volume:
-    target = torch.tensor(spacing, dtype=torch.float64)
-    if torch.allclose(volume.spacing, target, rtol=0.01, atol=0):
-        return volume
-    return volume.resample(list(spacing))
-
-
 def prepare_one(source: CTSource, output: Path, settings: PreparationSettings) -> dict:
     """Prepare one CT into ``output/cts/<key>/`` and return its index entry (raises if it cannot be read)."""
-    volume = _resampled(_read_source(source, spacing=min(settings.spacing)), settings.spacing)
+    volume = at_spacing(_read_source(source, spacing=min(settings.spacing)), settings.spacing)
     hu = _as_int16("hu", volume.hu[0], "the resampled HU")
     labels = None if volume.labels is None else _as_int16("labels", volume.labels[0].float(), "the label values")
     hu_tensor = torch.from_numpy(hu)
@@ -484,7 +370,7 @@ def prepare_one(source: CTSource, output: Path, settings: PreparationSettings) -
         "key": key, "source": source.name, "patient": source.patient or source.name, "shape": list(hu.shape),
         "affine": volume.affine.tolist(), "spacing": volume.spacing.tolist(),
         "label_names": None if names is None else {str(k): v for k, v in names.items()},
-        "content_hash": _content_hash(hu, labels, volume.affine), "source_stat": source.stat(),
+        "content_hash": content_hash(hu, labels, volume.affine), "source_stat": source.stat(),
         "settings": settings.to_json(), "files": {name: _file_record(final / f"{name}.npy", output) for name in arrays},
     }
     entry["digests"] = field_digests(entry)
@@ -547,51 +433,6 @@ def _check_folder(output: Path, settings: PreparationSettings, overwrite: bool) 
             )
     for stale in (output / "cts").glob("*.tmp-*") if (output / "cts").is_dir() else []:
         shutil.rmtree(stale, ignore_errors=True)  # left by a killed preparation
-
-
-def read_index(folder: str | Path) -> dict:
-    """The ``index.json`` of a prepared folder, checked for its format.
-
-    Raises ``FileNotFoundError`` for a folder that does not exist or holds no
-    index (never prepared, or a preparation that did not finish), and
-    ``ValueError`` for an index of another format or version, or one without
-    its settings, entries or digest. (The entries are checked by the bank:
-    :class:`~onthefly.sampling.bank.VolumeBank` names the CT and the field.)
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"volumes: no such folder: {folder}")
-    path = folder / INDEX_NAME
-    if not path.is_file():
-        unfinished = (folder / "cts").is_dir()
-        raise FileNotFoundError(
-            f"volumes: {folder} has no {INDEX_NAME}: "
-            + ("its preparation did not finish; run `onthefly prepare` again with the same CTs (it resumes)"
-               if unfinished else "it is not a prepared cache (make one with `onthefly prepare CT... --output DIR`)")
-        )
-    try:
-        index = json.loads(path.read_text())
-    except ValueError as error:
-        raise ValueError(f"volumes: {path} is not valid JSON ({error}); prepare the folder again") from error
-    if not isinstance(index, dict):
-        raise ValueError(f"volumes: {path} holds a JSON {type(index).__name__}, not a prepared index; prepare the folder again")
-    if index.get("format") == FORMAT and index.get("version") == 1:
-        raise ValueError(
-            f"volumes: {path} was written by an older onthefly (format version 1, whose files carry no block "
-            f"checksums); prepare the folder again (`onthefly prepare` with the same CTs and --output {folder}: "
-            "its CTs are redone)"
-        )
-    if index.get("format") != FORMAT or index.get("version") != FORMAT_VERSION:
-        raise ValueError(
-            f"volumes: {path} has format {index.get('format')!r} version {index.get('version')!r}; "
-            f"expected {FORMAT!r} version {FORMAT_VERSION}: prepare the folder again"
-        )
-    for key, kind in (("settings", dict), ("cts", list), ("failed", list), ("digest", str)):
-        if not isinstance(index.get(key), kind):
-            found = "missing" if key not in index else f"a {type(index[key]).__name__}"
-            raise ValueError(f"volumes: {path}: its field {key!r} is {found}, expected a {kind.__name__}; "
-                             "prepare the folder again")
-    return index
 
 
 # ------------------------------------------------------------------------------------------- prepare

@@ -12,26 +12,24 @@ device, or on disk in a prepared cache) is the store's business.
 * :class:`~onthefly.sampling.bank.VolumeBank`: CTs from a prepared cache on
   disk, memory bounded whatever their number.
 
-:func:`open_store` builds the right one from what a user passes as ``volumes``.
+:func:`~onthefly.sampling.sources.open_store` builds the right one from what a
+user passes as ``volumes``; :mod:`~onthefly.sampling.grids` holds the rules
+every store follows (resampling, tissue grid).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..correspondence import CoarseWeights, WeightIntegral
 from ..volume import Volume, hu_to_attenuation
+from .grids import at_spacing, tissue_block_voxels, tissue_grid
 
-__all__ = ["VolumeStore", "ResidentStore", "open_store", "TISSUE_BLOCK_MM", "load_volumes", "tissue_grid"]
-
-TISSUE_BLOCK_MM = 8.0
-"""Edge (mm) of the host-side tissue blocks used to reject degenerate draws."""
+__all__ = ["VolumeStore", "ResidentStore"]
 
 
 class VolumeStore:
@@ -111,36 +109,6 @@ class VolumeStore:
             )
 
 
-def load_volumes(volumes) -> tuple[list[Volume], list[str]]:
-    """Volumes and their names from paths, :class:`Volume`, torchio ``Subject`` or ``SubjectsDataset`` items."""
-    import torchio as tio
-
-    items = list(volumes) if isinstance(volumes, (list, tuple)) else [volumes]
-    loaded: list[Volume] = []
-    names: list[str] = []
-    for index, item in enumerate(items):
-        if isinstance(item, Volume):
-            loaded.append(item)
-            names.append(f"volumes[{index}]")
-        elif isinstance(item, (str, Path)):
-            loaded.append(Volume.from_file(item))
-            names.append(str(item))
-        elif isinstance(item, tio.Subject):
-            loaded.append(Volume.from_torchio(item))
-            names.append(f"volumes[{index}]")
-        elif isinstance(item, tio.SubjectsDataset):
-            for number, subject in enumerate(item.dry_iter()):
-                loaded.append(Volume.from_torchio(subject))
-                names.append(f"volumes[{index}][{number}]")
-        else:
-            raise TypeError(
-                f"volumes[{index}]: expected a path, Volume, torchio Subject or SubjectsDataset, got {type(item).__name__}"
-            )
-    if not loaded:
-        raise ValueError("volumes: expected at least one CT volume, got an empty list")
-    return loaded, names
-
-
 class ResidentStore(VolumeStore):
     """Every CT resampled to ``spacing`` once and kept on ``device``, padded to a common shape.
 
@@ -160,16 +128,13 @@ class ResidentStore(VolumeStore):
         self.spacing = torch.tensor(list(spacing), dtype=torch.float64)
         self.device = torch.device(device)
         self.mu_water, self.air_threshold_hu, self.weighting = float(mu_water), float(air_threshold_hu), weighting
-        volumes = [
-            v if torch.allclose(v.spacing, self.spacing, rtol=0.01, atol=0) else v.resample(self.spacing.tolist())
-            for v in volumes
-        ]
+        volumes = [at_spacing(v, self.spacing) for v in volumes]
         self._names = list(names) if names is not None else [f"volumes[{i}]" for i in range(len(volumes))]
         self.shapes = torch.tensor([v.shape for v in volumes], dtype=torch.long)
         self.affines = torch.stack([v.affine.to(torch.float64) for v in volumes])
         self.label_names = tuple(v.label_names for v in volumes)
         self.has_labels = all(v.labels is not None for v in volumes)
-        self.tissue_block = torch.clamp(torch.round(TISSUE_BLOCK_MM / self.spacing), min=1).long()
+        self.tissue_block = tissue_block_voxels(self.spacing)
         self._fingerprint = _volumes_fingerprint(volumes, self.spacing)
         self._stack(volumes, labels and self.has_labels)
 
@@ -217,15 +182,6 @@ class ResidentStore(VolumeStore):
         return self._integral.pool(volume_index, start, stop, factor, grid_shape=grid_shape)
 
 
-def tissue_grid(hu: Tensor, block: Sequence[int], air_threshold_hu: float) -> Tensor:
-    """``(d, h, w)`` float32 non-air fraction (``HU > air_threshold_hu``) of each ``block`` of ``hu`` ``(D, H, W)``.
-
-    The grid the draw stage's tissue checks read, for every store and the
-    preparation alike (partial blocks at the far edges)."""
-    tissue = (hu > air_threshold_hu).float()
-    return F.avg_pool3d(tissue[None, None], tuple(block), ceil_mode=True)[0, 0]
-
-
 def _gather_crops(stack: Tensor, volume_index: Tensor, start: Tensor, size: tuple[int, int, int]) -> Tensor:
     """Boxes ``[start, start + size)`` of ``stack[volume_index]``: ``(B, *size)``, a new tensor.
 
@@ -257,29 +213,3 @@ def _volumes_fingerprint(volumes: Sequence[Volume], spacing: Tensor) -> str:
         digest.update(volume.affine.numpy().tobytes())
         digest.update(volume.hu[0, ::7, ::7, ::7].contiguous().cpu().numpy().tobytes())
     return digest.hexdigest()
-
-
-def open_store(volumes, *, spacing: Sequence[float], device: torch.device | str, mu_water: float,
-               air_threshold_hu: float, weighting: str, labels: bool) -> VolumeStore:
-    """The store for what a user passed as ``volumes``: a :class:`VolumeStore` as it is, a
-    :class:`~onthefly.sampling.phantom_store.PhantomSource` (or ``"phantom:forearm,wrist"``) as a
-    :class:`~onthefly.sampling.phantom_store.PhantomStore`, a prepared folder as a
-    :class:`~onthefly.sampling.bank.VolumeBank`, else a :class:`ResidentStore`."""
-    from .bank import VolumeBank, is_prepared_folder  # noqa: PLC0415 - the bank builds on this module
-    from .phantom_store import PHANTOM_PREFIX, PhantomSource, PhantomStore, parse_phantom_source  # noqa: PLC0415
-
-    if isinstance(volumes, str) and volumes.startswith(PHANTOM_PREFIX):
-        volumes = parse_phantom_source(volumes)
-    if isinstance(volumes, PhantomSource):
-        return PhantomStore(volumes, spacing=spacing, device=device, mu_water=mu_water,
-                            air_threshold_hu=air_threshold_hu, weighting=weighting)
-    if isinstance(volumes, VolumeBank):
-        return volumes.to(device)  # a bank keeps no CT on a device: it serves the sampler's
-    if isinstance(volumes, VolumeStore):
-        return volumes
-    if is_prepared_folder(volumes):
-        return VolumeBank(volumes, spacing=spacing, device=device, mu_water=mu_water,
-                          air_threshold_hu=air_threshold_hu, weighting=weighting)
-    loaded, names = load_volumes(volumes)
-    return ResidentStore(loaded, spacing=spacing, device=device, mu_water=mu_water, air_threshold_hu=air_threshold_hu,
-                         weighting=weighting, labels=labels, names=names)

@@ -19,7 +19,8 @@ from .config import SamplerConfig
 from .draw import candidate_volumes, draw
 from .make import BatchMaker, timed
 from .params import SampleParams
-from .store import VolumeStore, open_store
+from .sources import open_store
+from .store import VolumeStore
 
 __all__ = ["DRRCorrespondenceSampler", "config_differences"]
 
