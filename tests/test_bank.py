@@ -536,7 +536,7 @@ def test_memory_budget_parses_bytes(value, expected):
 
 
 def test_bad_settings_are_refused(cache):
-    with pytest.raises(ValueError, match="mu_water: expected a positive number"):
+    with pytest.raises(ValueError, match=r"mu_water: expected a number in \[0.0001, 10\] 1/mm"):
         VolumeBank(cache, mu_water=0.0)
     with pytest.raises(ValueError, match="read_threads: expected an int >= 1"):
         VolumeBank(cache, read_threads=0)

@@ -114,6 +114,12 @@ def check_ndim(name: str, tensor: Tensor, ndims: Sequence[int], layout: str) -> 
         raise ValueError(f"{name}: expected shape {layout}, got {tuple(tensor.shape)}")
 
 
+def is_int(value) -> bool:
+    """Whether ``value`` is a Python ``int`` and not a ``bool`` (the test behind the checks that keep their own
+    message; :func:`check_int` also takes numpy integers and 0-d integer tensors)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_int(name: str, value, *, minimum: int | None = None, maximum: int | None = None) -> int:
     """A whole number (Python or numpy integer, or a 0-d integer tensor) in ``[minimum, maximum]``, as ``int``."""
     if isinstance(value, (bool, float)) or (isinstance(value, Tensor) and value.is_floating_point()):

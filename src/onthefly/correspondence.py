@@ -60,7 +60,7 @@ from ._checks import (
 )
 from .footprints import FOOTPRINTS, footprint_bytes_per_voxel, footprint_window, voxel_footprints
 from .geometry import CArm, project_points
-from .volume import Volume, VolumeBatch, as_volume_batch, crop_affine
+from .volume import Volume, VolumeBatch, as_volume_batch, attenuation_of_hu, crop_affine
 
 __all__ = [
     "patch_correspondence",
@@ -107,7 +107,7 @@ def _attenuation_weights(attenuation: Tensor, *, mu_water: float, weighting: str
     ``HU = 1000 (mu / mu_water - 1)``, so ``0.005 (HU + 150) = 5 mu / mu_water - 4.25``
     and ``HU > t`` is ``mu > mu_water (1 + t / 1000)`` (attenuation 0 reads as -1000 HU).
     """
-    air = attenuation <= mu_water * (1.0 + air_threshold_hu / 1000.0)
+    air = attenuation <= attenuation_of_hu(air_threshold_hu, mu_water)  # below -1000 HU: see next line
     if air_threshold_hu < -1000.0:
         air = torch.zeros_like(air)
     if weighting == "binary":

@@ -31,7 +31,6 @@ Conventions:
 
 from __future__ import annotations
 
-import hashlib
 import math
 import operator
 import os
@@ -46,7 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ._checks import check_choice, check_positive_int
+from ._checks import check_choice, check_positive_int, is_int
+from .sampling.seeds import stream_seed
 
 __all__ = ["MuraStudies", "MuraStudy", "collate_studies", "read_radiograph"]
 
@@ -98,10 +98,8 @@ def _visible_entries(folder: Path) -> list[os.DirEntry]:
 
 
 def _mixed_seed(*parts: int) -> int:
-    """A 63-bit seed mixed from integers (stable across runs, platforms and processes)."""
-    text = "mura:" + ":".join(str(int(part)) for part in parts)
-    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+    """A 63-bit seed mixed from integers (stable across runs, platforms and processes): the real studies' family."""
+    return stream_seed(*parts, namespace="mura:")
 
 
 def read_radiograph(path: str | Path) -> Tensor:
@@ -265,7 +263,7 @@ class MuraStudies(Dataset):
         if isinstance(size, (str, bytes)) or not isinstance(size, Sequence) or len(size) != 2:
             raise ValueError(f"image_size: expected H or (H, W) positive ints, got {image_size!r}")
         self.image_size = (check_positive_int("image_size", size[0]), check_positive_int("image_size", size[1]))
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        if not is_int(seed):
             raise TypeError(f"seed: expected an int, got {seed!r}")
         self.seed = seed
         self.pad_mode = check_choice("pad_mode", pad_mode, PAD_MODES)
@@ -375,7 +373,7 @@ class MuraStudies(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch that, with ``seed`` and the item index, picks the training views."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int):
+        if not is_int(epoch):
             raise TypeError(f"epoch: expected an int >= 0, got {epoch!r}")
         if epoch < 0:
             raise ValueError(f"epoch: expected an int >= 0, got {epoch}")

@@ -47,7 +47,10 @@ __all__ = [
     "as_volume_batch",
     "example_volume",
     "hu_to_attenuation",
+    "hu_to_attenuation_",
+    "attenuation_of_hu",
     "attenuation_to_hu",
+    "check_mu_water",
     "crop_affine",
     "resample_to_cube",
     "window_attenuation",
@@ -99,7 +102,26 @@ def hu_to_attenuation(hu: Tensor, *, mu_water: float = MU_WATER_PER_MM) -> Tenso
     if not isinstance(hu, Tensor):
         raise TypeError(f"hu: expected a tensor of Hounsfield units, got {type(hu).__name__}")
     check_tensor_kind("hu", hu)
-    return (mu_water * (1.0 + hu / 1000.0)).clamp_min(0.0)
+    return hu_to_attenuation_(hu.to(torch.result_type(hu, 1.0), copy=True), mu_water=mu_water)
+
+
+def hu_to_attenuation_(values: Tensor, *, mu_water: float) -> Tensor:
+    """:func:`hu_to_attenuation` in place: ``values`` (floating point, HU) become attenuation (1/mm); returned.
+
+    The one definition of the conversion on tensors (``mu_water`` is not checked
+    here: callers pass a checked value); no full-size temporary is made.
+    """
+    return values.div_(1000.0).add_(1.0).mul_(mu_water).clamp_(min=0.0)
+
+
+def attenuation_of_hu(hu: float, mu_water: float) -> float:
+    """:func:`hu_to_attenuation` of one host number (1/mm), with no tensor (safe inside compiled code).
+
+    Example:
+        >>> attenuation_of_hu(0.0, 0.02), attenuation_of_hu(-1200.0, 0.02)
+        (0.02, 0.0)
+    """
+    return max(mu_water * (1.0 + hu / 1000.0), 0.0)
 
 
 def attenuation_to_hu(attenuation: Tensor, *, mu_water: float = MU_WATER_PER_MM) -> Tensor:
@@ -565,7 +587,7 @@ class VolumeBatch:
         for index, volume in enumerate(volumes):
             d, h, w = volume.shape
             target = attenuation[index, 0, :d, :h, :w]  # converted in place: no full-size temporary
-            target.copy_(volume.hu[0]).div_(1000.0).add_(1.0).mul_(mu_water).clamp_(min=0.0)
+            hu_to_attenuation_(target.copy_(volume.hu[0]), mu_water=mu_water)
             if labels is not None:
                 labels[index, :, :d, :h, :w] = volume.labels.to(device=device, dtype=labels.dtype)
         affine = torch.stack([v.affine for v in volumes]).to(device)

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from .._checks import OMIT_WHEN
 from ..distributions import Uniform, as_distribution
+from ..volume import attenuation_of_hu
 
 __all__ = ["BONE_STRUCTURES", "DEFAULT_BONE_WEIGHTS", "FractureConfig", "MAX_FRACTURE_REDRAWS", "fracture_window"]
 
@@ -188,8 +189,8 @@ class FractureConfig:
 
 
 def attenuation_of(hu: float, mu_water: float) -> float:
-    """:func:`~onthefly.volume.hu_to_attenuation` of one host number, 1/mm (no tensor: safe inside compiled code)."""
-    return max(mu_water * (1.0 + hu / 1000.0), 0.0)
+    """:func:`~onthefly.volume.attenuation_of_hu`: one host number, 1/mm (no tensor: safe inside compiled code)."""
+    return attenuation_of_hu(hu, mu_water)
 
 
 def fracture_window(config: FractureConfig, spacing: Sequence[float] | Tensor) -> tuple[int, int, int]:

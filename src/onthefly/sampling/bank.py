@@ -51,9 +51,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import check_choice
+from .._checks import check_choice, is_int
 from ..correspondence import WEIGHTINGS, CoarseWeights, coarse_grid_affine, coarse_voxel_size
-from ..volume import MU_WATER_PER_MM, crop_affine
+from ..volume import MU_WATER_PER_MM, check_mu_water, crop_affine, hu_to_attenuation_
 from .cache_format import (
     INDEX_NAME,
     ArrayFile,
@@ -182,11 +182,10 @@ class VolumeBank(VolumeStore):
         device: torch.device | str = "cpu",
     ) -> None:
         budget = parse_bytes("memory_budget", memory_budget)
-        if not isinstance(mu_water, (int, float)) or not math.isfinite(mu_water) or mu_water <= 0:
-            raise ValueError(f"mu_water: expected a positive number (1/mm), got {mu_water!r}")
+        mu_water = check_mu_water(mu_water)
         if read_threads is None:
             read_threads = max(1, min(4, os.cpu_count() or 1))
-        if isinstance(read_threads, bool) or not isinstance(read_threads, int) or read_threads < 1:
+        if not is_int(read_threads) or read_threads < 1:
             raise ValueError(f"read_threads: expected an int >= 1, got {read_threads!r}")
         folder, keepalive = _prepared_folder(
             source, cache=cache, spacing=1.0 if spacing is None else spacing, workers=workers, on_error=on_error,
@@ -258,7 +257,7 @@ class VolumeBank(VolumeStore):
         return self._cts[self._check_index(index)].patient
 
     def _check_index(self, index: int) -> int:
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self):
+        if not is_int(index) or not 0 <= index < len(self):
             raise IndexError(f"index: expected an int in [0, {len(self)}), got {index!r}")
         return index
 
@@ -432,12 +431,12 @@ class VolumeBank(VolumeStore):
         def use(b: int, boxes: tuple[np.ndarray, np.ndarray | None]) -> None:
             hu[b].copy_(torch.from_numpy(boxes[0]))
             if on_host:
-                hu[b].div_(1000.0).add_(1.0).mul_(self.mu_water).clamp_(min=0.0)  # hu_to_attenuation, in place
+                hu_to_attenuation_(hu[b], mu_water=self.mu_water)
             if label_maps is not None:
                 label_maps[b].copy_(torch.from_numpy(boxes[1]))
 
         self._pipeline(read, use, batch)
-        attenuation = hu if on_host else hu.to(device).float().div_(1000.0).add_(1.0).mul_(self.mu_water).clamp_(min=0.0)
+        attenuation = hu if on_host else hu_to_attenuation_(hu.to(device).float(), mu_water=self.mu_water)
         return attenuation, None if label_maps is None else label_maps.to(device)
 
     def _read_box(self, ct: int, name: str, corner: Sequence[int], size: Sequence[int]) -> np.ndarray:
@@ -583,7 +582,7 @@ class VolumeBank(VolumeStore):
 
 def _check_size(name: str, size: Sequence[int]) -> tuple[int, int, int]:
     values = tuple(size)
-    if len(values) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+    if len(values) != 3 or any(not is_int(v) or v < 1 for v in values):
         raise ValueError(f"{name}: expected three positive ints (voxels), got {size!r}")
     return values
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_choice
+from .._checks import check_choice, is_int
 from ..correspondence import WEIGHTINGS
 from .grids import RESAMPLE_RTOL, TISSUE_BLOCK_MM, WEIGHT_SCALE, tissue_block_voxels
 
@@ -341,7 +341,7 @@ class ArrayFile:
 
 
 def _integer(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise TypeError(f"expected an integer, got {value!r}")
     return value
 

@@ -16,7 +16,7 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .._checks import OMIT_WHEN, check_choice, check_positive_int
+from .._checks import OMIT_WHEN, check_choice, check_positive_int, is_int
 from ..augment import Augmentation
 from ..correspondence import WEIGHTINGS
 from ..display import Display, as_display
@@ -26,7 +26,7 @@ from ..deformation import AnatomyVariation
 from ..fractures import FractureConfig
 from ..physics import Physics
 from ..projector import METHODS
-from ..volume import MU_WATER_PER_MM
+from ..volume import MU_WATER_PER_MM, check_mu_water
 from .layouts import IndependentViews, ViewLayout
 from .params import POSE_NAMES
 
@@ -174,7 +174,7 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        if isinstance(self.views, bool) or not isinstance(self.views, int) or self.views < 2:
+        if not is_int(self.views) or self.views < 2:
             raise ValueError(f"views: expected an int >= 2 (views per sample), got {self.views!r}")
         height, width = _image_size(self.image_size)
         set_(self, "image_size", (height, width))
@@ -246,7 +246,7 @@ class SamplerConfig:
         for name in ("min_tissue_fraction", "min_projection_fraction"):
             set_(self, name, _number(name, getattr(self, name), low=0.0, high=1.0))
         redraws = self.max_redraws
-        if isinstance(redraws, bool) or not isinstance(redraws, int) or not 0 <= redraws <= MAX_REDRAWS:
+        if not is_int(redraws) or not 0 <= redraws <= MAX_REDRAWS:
             raise ValueError(f"max_redraws: expected an int in [0, {MAX_REDRAWS}], got {redraws!r}")
         set_(self, "structures", self._structure_names())
         for name in ("return_volume", "correspondence"):
@@ -264,7 +264,7 @@ class SamplerConfig:
         if self.fractures is not None and self.fractures.paired and self.batch_size % 2:
             raise ValueError(f"batch_size: expected an even size with paired fractures (a fractured sample and its "
                              f"intact twin), got {self.batch_size}")
-        set_(self, "mu_water", _number("mu_water", self.mu_water, low=1e-6, high=10.0, unit=" (1/mm)"))
+        set_(self, "mu_water", check_mu_water(self.mu_water))
         if self.shard is not None and not isinstance(self.shard, bool):
             raise TypeError(f"shard: expected True, False or None, got {self.shard!r}")
         if not isinstance(self.compile, bool):

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .._checks import is_int
+
 __all__ = ["shard_positions", "patient_split"]
 
 
@@ -24,7 +26,7 @@ def shard_positions(count: int, rank: int, world: int) -> list[int]:
         [1, 3]
     """
     for name, value in (("rank", rank), ("world", world)):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_int(value):
             raise TypeError(f"{name}: expected an int, got {value!r}")
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"rank, world: expected 0 <= rank < world, got rank {rank} and world {world}")
@@ -50,7 +52,7 @@ def patient_split(patients: Sequence[str], fractions: Sequence[float], *, seed: 
         isinstance(f, (int, float, np.integer, np.floating)) and not isinstance(f, bool) for f in fractions
     ):
         raise TypeError(f"fractions: expected a sequence of numbers such as (0.8, 0.2), got {fractions!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_int(seed):
         raise TypeError(f"seed: expected an int, got {seed!r}")
     total = len(patients)
     shares = [float(f) for f in fractions]

@@ -63,7 +63,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_choice
+from .._checks import check_choice, is_int
 from ..phantoms import SPACING_RANGE, phantom
 from ..volume import Volume
 from .cache_format import (
@@ -487,7 +487,7 @@ def prepare(
         (1, [4, 4, 4])
     """
     settings = PreparationSettings.create(spacing, air_threshold_hu=air_threshold_hu, weighting=weighting)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    if not is_int(workers) or workers < 1:
         raise ValueError(f"workers: expected an int >= 1 (worker processes), got {workers!r}")
     check_choice("on_error", on_error, ("skip", "raise"))
     listed = expand_sources(sources, patient_id=patient_id)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .._checks import is_int
 from .config import SamplerConfig
 from .draw import candidate_volumes, draw
 from .make import BatchMaker, timed
@@ -86,15 +87,15 @@ class DRRCorrespondenceSampler(IterableDataset):
     def __init__(self, *, volumes, device: torch.device | str = "cpu", seed: int = 0, rank: int | None = None,
                  steps: int | None = None, **settings) -> None:
         super().__init__()
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        if not is_int(seed):
             raise TypeError(f"seed: expected an int, got {seed!r}")
-        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
+        if rank is not None and (not is_int(rank) or rank < 0):
             raise ValueError(f"rank: expected an int >= 0 or None, got {rank!r}")
         if rank is not None and _distributed() and rank >= _world_size():
             world = _world_size()
             raise ValueError(f"rank: expected an int below the process group's world size {world} (ranks 0 to "
                              f"{world - 1}), got {rank}")
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        if steps is not None and (not is_int(steps) or steps < 1):
             raise ValueError(f"steps: expected a positive int or None, got {steps!r}")
         self.config = _config(settings)
         self.seed, self._rank, self.steps = seed, rank, steps
@@ -179,7 +180,7 @@ class DRRCorrespondenceSampler(IterableDataset):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(f"state: saved {key} {state[key]} differs from this sampler's {getattr(self, key)}")
         step = state.get("step")
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        if not is_int(step) or step < 0:
             raise ValueError(f"state: expected a step >= 0, got {step!r}")
         if not allow_config_change:
             differences = config_differences(state["config"], self.config.describe()) if "config" in state else {}
@@ -244,7 +245,7 @@ class DRRCorrespondenceSampler(IterableDataset):
 
 
 def _check_step(step) -> None:
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+    if not is_int(step) or step < 0:
         raise ValueError(f"step: expected an int >= 0, got {step!r}")
 
 
