@@ -24,14 +24,11 @@ import json
 import math
 from pathlib import Path
 
-import torch
 
 import onthefly as otf
-from onthefly.checkpoint import load_checkpoint, strict_json
-from onthefly.cli.pictures import DEMO_TRAINING_FLAGS
-from onthefly.cli.training import _add_train_options, train_from_args
-from onthefly.models import CorrespondenceConfig, CorrespondenceModel
-from onthefly.train import evaluate_correspondence, split_volume
+from onthefly.checkpoint import strict_json
+from onthefly.cli.training import compare_correspondence_runs
+from onthefly.train import split_volume
 
 RUNS = {"phantoms": ["--volumes", "phantom:forearm,wrist,hand"], "chest CT": []}
 
@@ -56,36 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     folder = Path(args.output)
     evaluation = held_out_samplers(spacing=2.0, seeds=100)
-    results = {}
-    for name, flags in RUNS.items():
-        train_parser = argparse.ArgumentParser()
-        _add_train_options(train_parser)
-        train_parser.set_defaults(task="correspondence")
-        run_folder = folder / name.replace(" ", "_")
-        period = str(max(1, args.steps // 3))
-        train_args = train_parser.parse_args([*DEMO_TRAINING_FLAGS, *flags, "--steps", str(args.steps),
-                                              "--eval-every", str(args.steps), "--eval-batches", "1",
-                                              "--checkpoint-every", period, "--output", str(run_folder),
-                                              *(["--quiet"] if args.quiet else [])])
-        print(f"Training on {name} for {args.steps} steps ...", flush=True)
-        summary = train_from_args(train_args)
-        state = load_checkpoint(run_folder / "checkpoint.pt", required=("model", "model_config"))
-        model = CorrespondenceModel(CorrespondenceConfig(**state["model_config"]))
-        model.load_state_dict(state["model"])
-        scores = {}
-        for set_name, sampler in evaluation.items():
-            metrics, _, _ = evaluate_correspondence(model, sampler, batches=args.eval_batches)
-            scores[set_name] = {"ap": metrics["ap"], "mse": metrics["mse"]}
-        results[name] = {"scores": scores, "loss_first_10pct": summary["loss_first"],
-                         "loss_last_10pct": summary["loss_last"], "seconds": summary.get("seconds")}
-    torch.manual_seed(0)
-    untrained = CorrespondenceModel(CorrespondenceConfig(**state["model_config"]))
-    results["untrained"] = {"scores": {set_name: {key: value for key, value in evaluate_correspondence(
-        untrained, sampler, batches=args.eval_batches)[0].items() if key in ("ap", "mse")}
-        for set_name, sampler in evaluation.items()}}
-    print(f"{'trained on':<12} " + " ".join(f"{set_name + ' AP':>32}" for set_name in evaluation))
-    for name, result in results.items():
-        print(f"{name:<12} " + " ".join(f"{result['scores'][set_name]['ap']:>32.3f}" for set_name in evaluation))
+    results = compare_correspondence_runs(RUNS, evaluation, steps=args.steps, eval_batches=args.eval_batches,
+                                          output=folder, quiet=args.quiet)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "transfer.json").write_text(json.dumps(strict_json(results), indent=2))
     print(f"wrote {folder / 'transfer.json'}")

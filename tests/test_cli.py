@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from onthefly import DISPLAYS
+from onthefly import DISPLAYS, AnatomyVariation, Physics
 from onthefly.cli import main
 
 
@@ -420,6 +420,17 @@ def test_correspondence_footprint_flag_reaches_both_samplers(tiny_run, tmp_path,
     assert seen["train"].footprint == seen["eval"].footprint == "exact"
     with pytest.raises(SystemExit):
         main(["train", "correspondence", *tiny_run, "--footprint", "hexagon", "--output", str(tmp_path / "corr3")])
+
+
+def test_physics_and_anatomy_flags_randomise_the_training_sampler_only(tiny_run, tmp_path, monkeypatch):
+    seen = _capture_sampler_configs(monkeypatch, "train_correspondence")
+    assert main(["train", "correspondence", *tiny_run, "--physics", "--anatomy",
+                 "--output", str(tmp_path / "corr")]) in (0, None)
+    assert seen["train"].physics == Physics() and seen["train"].anatomy == AnatomyVariation()
+    assert seen["eval"].physics is None and seen["eval"].anatomy is None
+    assert main(["train", "correspondence", *tiny_run, "--eval-physics", "--output", str(tmp_path / "corr2")]) in (0, None)
+    assert seen["train"].physics is None and seen["eval"].physics == Physics()
+    assert seen["train"].anatomy is None and seen["eval"].anatomy is None
 
 
 # --------------------------------------------------------------------- outputs checked before any work

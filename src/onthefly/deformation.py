@@ -30,6 +30,8 @@ __all__ = ["AnatomyVariation", "AnatomyParams", "deform_crops", "sampling_grid"]
 
 AIR_ATTENUATION = 0.0
 """What voxels read from outside the crop become (1/mm): air."""
+GRID_BYTES = 64 * 2**20
+"""Largest sampling grid built at once (bytes): crops are deformed in chunks of output slices below it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,15 +125,18 @@ def _tent_weights(size: int, points: int, device) -> Tensor:
     return (1.0 - (position[:, None] - nodes[None, :]).abs()).clamp_min(0.0)
 
 
-def sampling_grid(params: AnatomyParams, shape: tuple[int, int, int], spacing: Tensor) -> Tensor:
+def sampling_grid(params: AnatomyParams, shape: tuple[int, int, int], spacing: Tensor,
+                  depth: tuple[int, int] | None = None) -> Tensor:
     """``(B, D, H, W, 3)`` normalised ``grid_sample`` coordinates (x = W axis first) where each output voxel reads.
+
+    ``depth``: only output slices ``[start, stop)`` along D (``(B, stop - start, H, W, 3)``), for bounded memory.
 
     ``spacing`` ``(3,)`` or ``(B, 3)`` mm along the crop's D, H, W axes. With corners aligned, a read position
     ``x'`` (mm from the crop's centre) is ``2 x' / (spacing (n - 1))`` in normalised units. Both parts of the map
     are interpolated from the control grid at once: linear interpolation reproduces a linear function exactly,
     so the linear part ``A^-1 x`` is added at the control points, and the sum is expanded to every voxel by
-    three separable contractions, the last of which writes the grid in its final layout (one pass over the
-    ``B * D * H * W * 3`` output). No host reads (compiles without breaks).
+    separable contractions, the last of which (along D, two control slices per output slice) writes the grid in
+    its final layout (one pass over the ``B * D * H * W * 3`` output). No host reads (compiles without breaks).
     """
     device = params.displacement.device
     batch, points = params.batch_size, params.displacement.shape[-1]
@@ -147,11 +152,16 @@ def sampling_grid(params: AnatomyParams, shape: tuple[int, int, int], spacing: T
         view = [1, 1, 1, 1, 1]
         view[axis + 1] = points
         control = control + steps.view(view) * columns[:, None, None, None, :, axis]
-    depth, height, width = shape
+    start, stop = (0, shape[0]) if depth is None else depth
+    height, width = shape[1:]
     grid = torch.einsum("bijkc,wk->bijwc", control, _tent_weights(width, points, device))
     grid = torch.einsum("bijwc,hj->bihwc", grid, _tent_weights(height, points, device))
-    grid = torch.matmul(_tent_weights(depth, points, device), grid.reshape(batch, points, height * width * 3))
-    return grid.reshape(batch, depth, height, width, 3)
+    # along D, each output slice blends the two control slices around it (the same arithmetic in any chunk)
+    position = torch.arange(start, stop, device=device, dtype=torch.float32) * ((points - 1) / max(shape[0] - 1, 1))
+    below = position.floor().clamp(0, points - 2)
+    fraction = (position - below).view(1, -1, 1, 1, 1)
+    below = below.long()
+    return grid[:, below] * (1.0 - fraction) + grid[:, below + 1] * fraction
 
 
 def deform_crops(attenuation: Tensor, labels: Tensor | None, params: AnatomyParams,
@@ -172,14 +182,21 @@ def deform_crops(attenuation: Tensor, labels: Tensor | None, params: AnatomyPara
     if params.batch_size != attenuation.shape[0]:
         raise ValueError(f"params: expected {attenuation.shape[0]} samples, got {params.batch_size}")
     spacing = torch.as_tensor(spacing, dtype=torch.float32)
-    grid = sampling_grid(params, tuple(attenuation.shape[1:]), spacing).to(attenuation.dtype)
-    deformed = F.grid_sample(attenuation[:, None], grid, mode="bilinear", padding_mode="zeros",
-                             align_corners=True)[:, 0]
-    deformed_labels = None
-    if labels is not None:
-        deformed_labels = F.grid_sample(labels[:, None].to(grid.dtype), grid, mode="nearest", padding_mode="zeros",
-                                        align_corners=True)[:, 0].round().to(labels.dtype)
-    return deformed, deformed_labels
+    batch, depth, height, width = attenuation.shape
+    shape = (depth, height, width)
+    # output slices in chunks whose grid stays under GRID_BYTES (a 200^3 crop's whole grid would take 96 MB each)
+    chunk = max(1, min(depth, GRID_BYTES // (12 * batch * height * width)))
+    deformed, deformed_labels = [], []
+    for start in range(0, depth, chunk):
+        grid = sampling_grid(params, shape, spacing, (start, min(start + chunk, depth))).to(attenuation.dtype)
+        deformed.append(F.grid_sample(attenuation[:, None], grid, mode="bilinear", padding_mode="zeros",
+                                      align_corners=True)[:, 0])
+        if labels is not None:
+            deformed_labels.append(F.grid_sample(labels[:, None].to(grid.dtype), grid, mode="nearest",
+                                                 padding_mode="zeros", align_corners=True)[:, 0].round()
+                                   .to(labels.dtype))
+    return (deformed[0] if len(deformed) == 1 else torch.cat(deformed, 1),
+            None if labels is None else deformed_labels[0] if len(deformed_labels) == 1 else torch.cat(deformed_labels, 1))
 
 
 def largest_displacement_mm(variation: AnatomyVariation, extent_mm: float) -> float:

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import strict_json
+from ..deformation import AnatomyVariation
+from ..physics import Physics
 from ..sampling.phantom_store import PHANTOM_PREFIX, PhantomSource, parse_phantom_source
 from ..volume import Volume, example_volume
 from .common import HelpFormatter, UsageError, check_device
@@ -56,6 +58,15 @@ def _add_train_options(parser: argparse.ArgumentParser, task: str = "corresponde
     data.add_argument("--display", choices=["minmax", "radiograph"], default="minmax",
                       help="how line integrals become the views: min-max scaled, or processed as a radiograph "
                            "(local contrast, percentile window)")
+    data.add_argument("--physics", action="store_true",
+                      help="domain randomisation: training views become radiographs of a random tube spectrum, "
+                           "scatter, detector blur and quantum noise per sample (onthefly.Physics()'s ranges); "
+                           "held-out views stay line integrals unless --eval-physics")
+    data.add_argument("--eval-physics", action="store_true",
+                      help="held-out views are radiographs with onthefly.Physics()'s ranges as well")
+    data.add_argument("--anatomy", action="store_true",
+                      help="anatomical variation: every training crop is deformed by a random affine and a smooth "
+                           "elastic field (onthefly.AnatomyVariation()'s defaults); held-out crops are not")
     if task == "correspondence":
         data.add_argument("--footprint", choices=["exact", "separable"], default="exact",
                           help="correspondence footprints: exact (closed form), or separable (the product of the "
@@ -154,11 +165,15 @@ def _samplers_from_args(args: argparse.Namespace, *, train_only: dict | None = N
         # A limb fills little of a cube crop (a hand is about 30 mm thick): the chest CT's tissue threshold would
         # reject most of its crops.
         common.setdefault("min_tissue_fraction", PHANTOM_MIN_TISSUE_FRACTION)
+    physics = Physics() if getattr(args, "physics", False) else None
+    anatomy = AnatomyVariation() if getattr(args, "anatomy", False) else None
     train_sampler = DRRCorrespondenceSampler(
-        volumes=train_volumes, seed=args.seed, **(common | (train_only or {})),
+        volumes=train_volumes, seed=args.seed, **(common | {"physics": physics, "anatomy": anatomy}
+                                                  | (train_only or {})),
         **({"alpha": (0.0, math.pi)} if held_out else {}))
     eval_sampler = DRRCorrespondenceSampler(
         volumes=eval_volumes, seed=args.seed + 10_000, augmentation=None, **common,
+        physics=Physics() if getattr(args, "eval_physics", False) else None,
         **({"alpha": (math.pi, 2 * math.pi)} if held_out else {}))
     return train_sampler, eval_sampler
 
@@ -458,3 +473,52 @@ def run_train(args: argparse.Namespace, argv: list[str] | None) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(strict_json({k: v for k, v in summary.items() if k != "model_config"}), indent=2))
     return 0
+
+
+def compare_correspondence_runs(runs: dict[str, list[str]], evaluation: dict, *, steps: int, eval_batches: int,
+                                output: str | Path, quiet: bool = False) -> dict:
+    """Train one small correspondence model per entry of ``runs`` and score each, and an untrained one, on the same
+    held-out samplers (the transfer experiments in ``examples/``).
+
+    Args:
+        runs: ``{name: flags}``: extra flags of ``onthefly train correspondence`` after the demo's
+            (:data:`~onthefly.cli.pictures.DEMO_TRAINING_FLAGS`); each run writes ``output/<name>/``.
+        evaluation: ``{name: sampler}``, the held-out streams every model is scored on.
+        steps, eval_batches: training steps of each run; held-out batches per evaluation set.
+
+    Returns:
+        ``{run name or "untrained": {"scores": {set name: {"ap", "mse"}}, ...}}`` (also printed as a table).
+    """
+    from ..checkpoint import load_checkpoint
+    from ..models import CorrespondenceConfig, CorrespondenceModel
+    from ..train import evaluate_correspondence
+    from .pictures import DEMO_TRAINING_FLAGS
+
+    def scores(model) -> dict:
+        return {name: {key: value for key, value in evaluate_correspondence(model, sampler, batches=eval_batches)[0]
+                       .items() if key in ("ap", "mse")} for name, sampler in evaluation.items()}
+
+    results, config = {}, None
+    for name, flags in runs.items():
+        parser = argparse.ArgumentParser()
+        _add_train_options(parser)
+        parser.set_defaults(task="correspondence")
+        folder = Path(output) / name.replace(" ", "_")
+        args = parser.parse_args([*DEMO_TRAINING_FLAGS, *flags, "--steps", str(steps), "--eval-every", str(steps),
+                                  "--eval-batches", "1", "--checkpoint-every", str(max(1, steps // 3)),
+                                  "--output", str(folder), *(["--quiet"] if quiet else [])])
+        print(f"Training on {name} for {steps} steps ...", flush=True)
+        summary = train_from_args(args)
+        state = load_checkpoint(folder / "checkpoint.pt", required=("model", "model_config"))
+        config = CorrespondenceConfig(**state["model_config"])
+        model = CorrespondenceModel(config)
+        model.load_state_dict(state["model"])
+        results[name] = {"scores": scores(model), "loss_first_10pct": summary["loss_first"],
+                         "loss_last_10pct": summary["loss_last"], "seconds": summary.get("seconds")}
+    torch.manual_seed(0)
+    results["untrained"] = {"scores": scores(CorrespondenceModel(config))}
+    width = max(len(name) for name in results) + 2
+    print(f"{'trained on':<{width}}" + "".join(f"{name + ' AP':>34}" for name in evaluation))
+    for name, result in results.items():
+        print(f"{name:<{width}}" + "".join(f"{result['scores'][set_name]['ap']:>34.3f}" for set_name in evaluation))
+    return results
