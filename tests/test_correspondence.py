@@ -22,6 +22,8 @@ from onthefly.correspondence import (
 from onthefly.testing import (
     assert_correspondence_valid,
     assert_epipolar_consistent,
+    assert_image_operations_permute,
+    assert_rigid_motion_invariant,
     assert_views_permute_blocks,
     blob_volume,
     reference_correspondence,
@@ -129,15 +131,7 @@ def test_rigid_motion_of_volume_and_cameras_changes_nothing(scene, angle, shift)
     motion = torch.eye(4, dtype=torch.float64)
     motion[:3, :3] = rotation
     motion[:3, 3] = torch.tensor(shift, dtype=torch.float64)
-    volume = scene.volumes[0]
-    carm = scene.carm
-    moved_volume = Volume(hu=volume.hu, affine=motion @ volume.affine)
-    moved_carm = CArm(alpha=carm.alpha + angle, beta=carm.beta, gamma=carm.gamma, sid=carm.sid, sdd=carm.sdd,
-                      isocenter=(carm.isocenter.double() @ rotation.T + motion[:3, 3]).float(), height=carm.height,
-                      width=carm.width, pixel_spacing=carm.pixel_spacing)
-    before = scene.correspondence(volume)
-    after = scene.correspondence(moved_volume, moved_carm)
-    torch.testing.assert_close(after, before, atol=5e-3, rtol=0)
+    assert_rigid_motion_invariant(scene.correspondence, scene.volumes[0], scene.carm, motion, atol=5e-3)
 
 
 def _leak_scene() -> Scene:
@@ -210,11 +204,10 @@ def test_in_plane_rotation_of_a_view_equals_rot90_of_its_patches(scene, quarter_
     c = scene.correspondence()
     views = scene.carm.batch_shape[1]
     operation = {1: "rot270", 2: "rot180", 3: "rot90"}[quarter_turns]
-    perms = torch.stack([patch_permutation(scene.grid, operation if a == 0 else "identity") for a in range(views)])
     gamma = scene.carm.gamma.clone()
     gamma[:, 0] = gamma[:, 0] + quarter_turns * math.pi / 2
     rolled = scene.correspondence(carm=rebuilt(scene.carm, gamma=gamma))
-    torch.testing.assert_close(rolled, permute_views_patches(c, perms), atol=5e-3, rtol=0)
+    assert_image_operations_permute(c, rolled, [operation] + ["identity"] * (views - 1), scene.grid, atol=5e-3)
 
 
 @settings(max_examples=10, deadline=None)
@@ -235,10 +228,8 @@ def test_mirrored_scene_flips_every_view(scene, operation):
     mirrored = Volume(hu=volume.hu, affine=mirror @ volume.affine)
     image, flipped = render(volume, carm)[0, :, 0], render(mirrored, mirrored_carm)[0, :, 0]
     torch.testing.assert_close(flipped, image.flip(-1 if operation == "hflip" else -2), atol=1e-4, rtol=1e-3)  # pin
-    views = carm.batch_shape[1]
-    perms = torch.stack([patch_permutation(scene.grid, operation)] * views)
-    expected = permute_views_patches(scene.correspondence(volume), perms)
-    torch.testing.assert_close(scene.correspondence(mirrored, mirrored_carm), expected, atol=5e-3, rtol=0)
+    assert_image_operations_permute(scene.correspondence(volume), scene.correspondence(mirrored, mirrored_carm),
+                                    [operation] * carm.batch_shape[1], scene.grid, atol=5e-3)
 
 
 def test_convention_rot90_of_image_matches_gamma_roll():

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onthefly import CArm, project_points, rotation_matrix
+from onthefly.testing import strategies
 
 PROPERTY = settings(max_examples=30, deadline=None)
 F64 = torch.float64
@@ -80,34 +81,16 @@ def near_isocenter(carm: CArm) -> torch.Tensor:
 
 
 angles = st.floats(-math.pi, math.pi, allow_nan=False)
-tilts = st.floats(-1.2, 1.2, allow_nan=False)
 
 
-@st.composite
-def carms(draw, max_batch: int = 2, max_views: int = 3, max_pixels: int = 24, shared_isocenter: bool = False):
-    """Random float64 C-arms: ``(B, V)`` poses, sdd > sid, any isocenter, detector sizes and pixel spacing.
-
-    With ``shared_isocenter`` the views of a sample turn about one point (so
-    points near it lie in front of every source).
-    """
-    b = draw(st.integers(1, max_batch))
-    v = draw(st.integers(1, max_views))
-    n = b * v
-
-    def values(strategy):
-        return torch.tensor(draw(st.lists(strategy, min_size=n, max_size=n)), dtype=F64).reshape(b, v)
-
-    sid = values(st.floats(50.0, 1500.0))
-    gap = values(st.floats(5.0, 800.0))
-    centres = b if shared_isocenter else n
-    isocenter = torch.tensor(
-        draw(st.lists(st.floats(-300.0, 300.0), min_size=3 * centres, max_size=3 * centres)), dtype=F64
-    ).reshape(b, -1, 3).expand(b, v, 3)
-    return CArm(
-        alpha=values(angles), beta=values(tilts), gamma=values(angles), sid=sid, sdd=sid + gap,
-        isocenter=isocenter, height=draw(st.integers(1, max_pixels)), width=draw(st.integers(1, max_pixels)),
-        pixel_spacing=values(st.floats(0.1, 5.0)),
-    )
+def carms(max_batch: int = 2, max_views: int = 3, max_pixels: int = 24, shared_isocenter: bool = False):
+    """Any float64 C-arms (no volume to see): ``(B, V)`` poses with per-view sid 50-1500 mm and sdd 5-800 mm
+    beyond it, detectors of 1 to ``max_pixels`` pixels a side of 0.1-5 mm, beta within +-1.2 rad, isocenters
+    within +-300 mm (one per view, or one per sample with ``shared_isocenter``): the library's strategy."""
+    return strategies.carms(extent=None, max_batch=max_batch, min_views=1, max_views=max_views, patch_size=1,
+                            grids=st.tuples(st.integers(1, max_pixels), st.integers(1, max_pixels)),
+                            sid=(50.0, 1500.0), gap=(5.0, 800.0), pixel_spacing=(0.1, 5.0), max_isocenter_offset=300.0,
+                            tilt=1.2, shared_isocenter=shared_isocenter, per_view_distances=True, dtype=F64)
 
 
 # ----------------------------------------------------------------------- conventions

@@ -2,24 +2,47 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.util
+import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import Phase, find, given, settings
+from hypothesis import strategies as st
 
-from onthefly import CArm, patch_correspondence, patch_permutation, permute_views_patches, project_points, render
+from onthefly import (
+    CArm,
+    Volume,
+    patch_correspondence,
+    patch_permutation,
+    permute_views_patches,
+    project_points,
+    render,
+    rotation_matrix,
+)
+from onthefly.correspondence import IMAGE_OPERATIONS
 from onthefly.testing import (
     assert_correspondence_valid,
     assert_epipolar_consistent,
+    assert_image_operations_permute,
+    assert_points_correspond,
+    assert_projects_like,
+    assert_resampling_stable,
+    assert_rigid_motion_invariant,
     assert_views_permute_blocks,
     blob_volume,
     box_volume,
     coarse_voxel_covers,
+    finer_volume,
     reference_correspondence,
+    rigid_motion,
+    tissue_points,
 )
-from onthefly.testing.strategies import carms, scenes, volumes
+from onthefly.testing.strategies import carms, sample_params, scenes, volumes
 
 PATCH, EDGE, GRID = 8, 8.0, (4, 4)
 
@@ -175,3 +198,310 @@ def test_scenes_are_consistent_and_give_valid_matrices(scene):
     assert_correspondence_valid(c, scene.grid, views)
     assert_epipolar_consistent(c, scene.volumes, scene.carm, patch_size=scene.patch_size, coarse_voxel_size=10.0)
     assert float(render(scene.volumes, scene.carm).amax(dim=(-2, -1)).min()) > 0  # every view sees tissue
+
+
+# ---------------------------------------------------------------------------
+# More strategies: phantoms, rotated and off-centre affines, degenerate C-arm corners, sampler parameters
+
+
+@settings(max_examples=8, deadline=None)
+@given(volumes(max_offset=20.0, rotated=True))
+def test_rotated_volumes_keep_their_spacing_and_centre(volume):
+    linear = volume.affine[:3, :3].double() / volume.spacing.double()
+    torch.testing.assert_close(linear.T @ linear, torch.eye(3, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert float(torch.linalg.det(linear)) > 0
+    assert all(n <= 12 for n in volume.shape) and float(volume.center.abs().max()) <= 20.0 * 3**0.5 + 1e-3
+    assert float(volume.hu.max()) > -900  # every kind holds tissue
+
+
+@settings(max_examples=4, deadline=None)
+@given(volumes(kinds=("phantom",), sizes=(10,), rotated=True, max_offset=5.0))
+def test_phantom_volumes_are_cores_of_procedural_phantoms(volume):
+    """About 0.05 s per phantom at 4 mm on a quiet machine (a few seconds when the cores are shared)."""
+    assert all(n <= 10 for n in volume.shape) and torch.allclose(volume.spacing, torch.full((3,), 4.0, dtype=torch.float64))
+    assert volume.labels is not None and float(volume.hu.max()) > -200  # soft tissue at least
+
+
+def is_corner(carm: CArm, corner: str) -> bool:
+    """Whether ``carm`` is an example of the degenerate ``corner`` (float64 cameras)."""
+    magnification = carm.sdd / carm.sid
+    if corner == "opposite":  # view 1 looks from the other side of view 0's isocenter
+        sources = carm.source_positions()
+        return bool(torch.allclose(sources[:, 1] + sources[:, 0], 2 * carm.isocenter[:, 0], atol=1e-6))
+    if corner == "grazing":  # every camera axis along a world axis
+        rotation = carm.rotation().abs()
+        return bool((rotation.round() - rotation).abs().max() < 1e-9)
+    if corner == "tiny_magnification":
+        return float(magnification.max()) <= 1.02
+    return float(magnification.min()) >= 5.0 and float(carm.sid.max()) <= 1.5 * 3**0.5 * 30.0 + 1e-6
+
+
+@pytest.mark.parametrize("corner", ["opposite", "grazing", "tiny_magnification", "huge_magnification"])
+def test_carm_corners_are_drawn_and_are_what_they_say(corner):
+    strategy = carms(corners=(corner,), dtype=torch.float64)
+    example = find(strategy, lambda carm: is_corner(carm, corner), settings=settings(max_examples=200, database=None))
+    assert is_corner(example, corner)
+
+
+@settings(max_examples=12, deadline=None)
+@given(carms(corners=("opposite", "grazing", "tiny_magnification", "huge_magnification"), dtype=torch.float64))
+def test_carm_corners_see_the_volume_from_outside(carm):
+    magnification = carm.sdd / carm.sid
+    assert 1.001 <= float(magnification.min()) and float(magnification.max()) <= 20.0
+    # Sources outside the bounding sphere of a 48 mm cube whose centre is within 6 mm of the origin.
+    assert float((carm.source_positions() - carm.isocenter).norm(dim=-1).min()) > 3**0.5 * 30.0
+    pixels = project_points(carm, torch.zeros(carm.batch_shape[0], 1, 3, dtype=torch.float64))
+    assert bool((pixels >= -0.5).all()) and bool((pixels[..., 0] <= carm.height - 0.5).all())
+    assert bool((pixels[..., 1] <= carm.width - 0.5).all())
+
+
+def test_strategies_refuse_bad_arguments_naming_them():
+    for call, name in [
+        (lambda: volumes(kinds=("cloud",)), "kinds"),
+        (lambda: volumes(spacing=(5.0, 2.0)), "spacing"),
+        (lambda: volumes(sizes=(1,)), "sizes"),
+        (lambda: volumes(phantom_spacing=(8.0,), kinds=("phantom",)), "phantom_spacing"),
+        (lambda: carms(corners=("sideways",)), "corners"),
+        (lambda: carms(sid=(20.0, 600.0)), "sid"),
+        (lambda: carms(max_views=1, min_views=1, corners=("opposite",)), "corners"),
+        (lambda: carms(extent=None), "pixel_spacing"),
+        (lambda: carms(tilt=2.0), "tilt"),
+        (lambda: carms(grids=[(0, 4)]), "grids"),
+        (lambda: carms(dtype=torch.float16), "dtype"),
+        (lambda: scenes(max_views=1), "max_views"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            call()
+    with pytest.raises(TypeError, match="sampler"):
+        sample_params(object())
+
+
+@functools.lru_cache(maxsize=1)
+def small_sampler():
+    from onthefly import DRRCorrespondenceSampler
+
+    return DRRCorrespondenceSampler(volumes=[blob_volume(size=16, spacing=4.0, seed=seed) for seed in range(2)],
+                                    views=2, image_size=32, patch_size=8, crop_size=40.0, spacing=4.0, batch_size=2,
+                                    sid=(300.0, 500.0), sdd=(600.0, 700.0), isocenter_jitter=5.0,
+                                    augmentation=None)  # intensity noise is drawn per batch, not per sample
+
+
+@settings(max_examples=4, deadline=None)
+@given(st.data())
+def test_sample_params_are_valid_and_a_batch_equals_its_rows(data):
+    sampler = small_sampler()
+    params = data.draw(sample_params(sampler))
+    assert params.alpha.shape == (2, 2) and bool((params.sdd > params.sid).all())
+    assert bool((params.sid >= 300.0).all()) and bool((params.sdd <= 700.0).all())
+    assert bool((params.crop_start >= 0).all()) and bool((params.crop_stop <= sampler.store.shapes[params.volume_index]).all())
+    batch = sampler.make_batch(params)
+    assert_correspondence_valid(batch.correspondence, (4, 4), 2)
+    for b in range(2):
+        single = sampler.make_batch(params.rows(torch.tensor([b])))
+        torch.testing.assert_close(single.images[0], batch.images[b], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(single.correspondence[0], batch.correspondence[b], atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------
+# Points, projections and metamorphic relations
+
+
+@settings(max_examples=10, deadline=None)
+@given(scenes(max_batch=1, footprints=st.sampled_from([None, "separable"])), st.integers(0, 1000))
+def test_points_of_tissue_are_matched_in_the_librarys_matrices(scene, seed):
+    points = tissue_points(scene.volumes[0], 24, seed=seed)
+    assert_points_correspond(scene.correspondence(), scene.carm, points, scene.patch_size)
+
+
+def test_points_check_catches_mirrored_views_and_other_distances():
+    volume, carm = off_centre_box(), two_views()
+    points = tissue_points(volume, 40)
+    c = correspondence(volume, carm)
+    assert_points_correspond(c, carm, points, PATCH, min_value=0.0)
+    perms = torch.stack([patch_permutation(GRID, "vflip"), patch_permutation(GRID, "identity")])
+    with pytest.raises(AssertionError, match=r"views 0 and 0 .*not matched"):
+        assert_points_correspond(permute_views_patches(c, perms), carm, points, PATCH)
+    with pytest.raises(AssertionError, match="not matched"):
+        assert_points_correspond(correspondence(volume, two_views(sid=400.0)), carm, points, PATCH)
+    with pytest.raises(ValueError, match="points"):
+        assert_points_correspond(c, carm, points[:, :2], PATCH)
+    with pytest.raises(AssertionError, match="shape"):
+        assert_points_correspond(c, carm, points, 4)
+
+
+def test_tissue_points_lie_in_tissue_and_refuse_air():
+    volume = off_centre_box()
+    points = tissue_points(volume, 30, seed=4)
+    index = (points - volume.affine[:3, 3].double()) @ torch.linalg.inv(volume.affine[:3, :3].double()).T
+    voxels = index.round().long()
+    assert bool((volume.hu[0][voxels[:, 0], voxels[:, 1], voxels[:, 2]] > -900).all())
+    with pytest.raises(ValueError, match="no voxel above"):
+        tissue_points(box_volume((4, 4, 4), (0, 0, 0), (1, 1, 1), hu=-1000.0), 3)
+    with pytest.raises(ValueError, match="count"):
+        tissue_points(volume, 0)
+
+
+def test_projection_check_names_the_kind_of_error():
+    carm, points = two_views(), tissue_points(off_centre_box(), 20)
+    assert_projects_like(project_points, carm, points)
+
+    def mirrored(c, p):
+        pixels = project_points(c, p)
+        return torch.stack([c.height - 1 - pixels[..., 0], pixels[..., 1]], -1)
+
+    for wrong, message in [
+        (lambda c, p: project_points(c, p) + 0.5, "half-pixel offset"),
+        (mirrored, "rows are mirrored"),
+        (lambda c, p: project_points(c, p).flip(-1), "swapped"),
+        (lambda c, p: project_points(two_views(pixel_spacing=5.0), p), "magnification"),
+        (lambda c, p: project_points(c, p)[..., :1], r"shape \(1, 2, 20, 2\)"),
+    ]:
+        with pytest.raises(AssertionError, match=message):
+            assert_projects_like(wrong, carm, points)
+
+
+@settings(max_examples=8, deadline=None)
+@given(volumes(max_offset=10.0, rotated=True), carms(max_batch=1), st.tuples(*[st.floats(-math.pi, math.pi)] * 3),
+       st.tuples(*[st.floats(-80.0, 80.0)] * 3), st.sampled_from(["exact", "separable"]))
+def test_rigid_motion_moves_images_not_and_keeps_the_librarys_matrices(volume, carm, angles, shift, footprint):
+    motion = torch.eye(4, dtype=torch.float64)
+    motion[:3, :3] = rotation_matrix(*(torch.tensor(a, dtype=torch.float64) for a in angles))
+    motion[:3, 3] = torch.tensor(shift, dtype=torch.float64)
+    moved_volume, moved_carm = rigid_motion(volume, carm, motion)
+    torch.testing.assert_close(render(moved_volume, moved_carm), render(volume, carm), atol=2e-3, rtol=2e-3)
+    assert_rigid_motion_invariant(
+        lambda v, c: patch_correspondence(v, c, patch_size=8, coarse_voxel_size=10.0, footprint=footprint),
+        volume, carm, motion)
+
+
+def test_rigid_motion_check_catches_code_that_ignores_the_affine():
+    volume, carm = off_centre_box(), two_views()
+    motion = torch.eye(4, dtype=torch.float64)
+    motion[:3, :3] = rotation_matrix(*(torch.tensor(a, dtype=torch.float64) for a in (0.8, 0.3, -0.5)))
+
+    def axis_aligned(v, c):  # reads the voxels as if the volume were never rotated
+        return correspondence(Volume.from_tensor(v.hu, spacing=v.spacing.tolist()), c)
+
+    assert_rigid_motion_invariant(correspondence, volume, carm, motion)
+    with pytest.raises(AssertionError, match="rigid motion changed C"):
+        assert_rigid_motion_invariant(axis_aligned, volume, carm, motion)
+    for bad in (torch.eye(3), 2 * torch.eye(4), torch.diag(torch.tensor([1.0, 1.0, -1.0, 1.0]))):
+        with pytest.raises(ValueError, match="motion"):
+            rigid_motion(volume, carm, bad)
+
+
+@settings(max_examples=8, deadline=None)
+@given(volumes(spacing=4.0, kinds=("blob", "box", "phantom"), phantom_spacing=(4.0,)), carms(max_batch=1),
+       st.sampled_from([2, 3]))
+def test_finer_grids_of_the_same_volume_keep_the_matrix(volume, carm, factor):
+    """With a coarse edge of whole voxels on both grids (8 mm: 2 voxels of 4 mm, 4 or 6 finer ones), C stays put."""
+    fine = finer_volume(volume, factor)
+    assert fine.shape == tuple(n * factor for n in volume.shape)
+    torch.testing.assert_close(fine.center, volume.center)
+    assert_resampling_stable(lambda v, c: patch_correspondence(v, c, patch_size=8, coarse_voxel_size=8.0), volume, carm,
+                             factor=factor, mean_change=1e-5, max_change=1e-4)
+
+
+def test_resampling_check_catches_a_coarse_edge_in_voxels():
+    volume, carm = blob_volume(size=12, spacing=4.0, seed=5), two_views()
+
+    def in_voxels(v, c):  # the coarse edge given in voxels, not mm: it shrinks with the spacing
+        return patch_correspondence(v, c, patch_size=PATCH, coarse_voxel_size=3 * float(v.spacing[0]))
+
+    assert_resampling_stable(correspondence, volume, carm)
+    with pytest.raises(AssertionError, match="finer grid changed C by"):
+        assert_resampling_stable(in_voxels, volume, carm)
+    with pytest.raises(ValueError, match="factor"):
+        finer_volume(volume, 0)
+
+
+@settings(max_examples=8, deadline=None)
+@given(scenes(max_batch=2), st.data())
+def test_augmentations_geometric_operations_permute_c_as_checked(scene, data):
+    from onthefly.augment import apply_geometric
+
+    batch, views = len(scene.volumes), scene.carm.batch_shape[1]
+    square = scene.grid[0] == scene.grid[1] and scene.carm.height == scene.carm.width
+    codes = st.sampled_from(range(6) if square else (0, 1, 2, 4))
+    operation = torch.tensor([[data.draw(codes) for _ in range(views)] for _ in range(batch)])
+    c = scene.correspondence()
+    images = render(scene.volumes, scene.carm)
+    _, moved = apply_geometric(images, operation, correspondence=c, patch_size=scene.patch_size)
+    assert_image_operations_permute(c, moved, operation, scene.grid)
+    names = [IMAGE_OPERATIONS[int(code)] for code in operation[0]]
+    assert_image_operations_permute(c[:1], moved[:1], names, scene.grid)
+
+
+def test_image_operation_check_catches_the_wrong_operation_and_bad_names():
+    c = correspondence(off_centre_box(), two_views())
+    flipped = permute_views_patches(c, torch.stack([patch_permutation(GRID, "hflip"), patch_permutation(GRID, "identity")]))
+    assert_image_operations_permute(c, flipped, ["hflip", "identity"], GRID)
+    with pytest.raises(AssertionError, match="image operations"):
+        assert_image_operations_permute(c, flipped, ["vflip", "identity"], GRID)
+    with pytest.raises(ValueError, match="operations"):
+        assert_image_operations_permute(c, flipped, ["hflip"], GRID)
+    with pytest.raises(ValueError, match="operations"):
+        assert_image_operations_permute(c, flipped, torch.tensor([[1, 9]]), GRID)
+
+
+# ---------------------------------------------------------------------------
+# The examples in examples/property_tests, and planted bugs
+
+
+def example_module(name: str):
+    path = Path(__file__).resolve().parents[1] / "examples" / "property_tests" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"property_example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+NO_SHRINK = dict(phases=[Phase.explicit, Phase.reuse, Phase.generate])  # the first failure is enough here
+
+
+def test_toy_matcher_with_its_planted_bug_fails_the_epipolar_check():
+    example = example_module("test_toy_matcher")
+    buggy = functools.partial(example.toy_matcher, mirror_columns=True)
+    with pytest.raises(AssertionError, match="no non-air coarse voxel's projected box covers"):
+        example.matcher_property(buggy, **NO_SHRINK)()
+
+
+def test_crop_and_resize_with_its_planted_bug_fails():
+    example = example_module("test_crop_and_resize")
+    buggy = functools.partial(example.crop_and_resize, wrong_spacing=True)
+    with pytest.raises(AssertionError, match="not close"):
+        example.augmentation_property(buggy, **NO_SHRINK)()
+
+
+def mutant(bug: str):
+    """A copy of the example's hand-written projection with one planted bug."""
+    pinhole_project = example_module("test_pinhole_projection").pinhole_project
+
+    def project(carm, points):
+        if bug == "swapped_distances":  # sid and sdd given the other way round (sdd - sid kept as the gap)
+            carm = CArm(alpha=carm.alpha, beta=carm.beta, gamma=carm.gamma, sid=carm.sdd, sdd=2 * carm.sdd - carm.sid,
+                        isocenter=carm.isocenter, height=carm.height, width=carm.width,
+                        pixel_spacing=carm.pixel_spacing)
+        pixels = pinhole_project(carm, points)
+        if bug == "flipped_axis":
+            pixels = torch.stack([pixels[..., 0], carm.width - 1 - pixels[..., 1]], -1)
+        if bug == "half_pixel":  # the detector centre at (H / 2, W / 2) instead of ((H - 1) / 2, (W - 1) / 2)
+            pixels = pixels + 0.5
+        return pixels
+
+    return project
+
+
+@pytest.mark.parametrize("bug", ["flipped_axis", "half_pixel", "swapped_distances"])
+def test_mutants_of_a_projection_are_caught_within_the_default_examples(bug):
+    example = example_module("test_pinhole_projection")
+    calls, project = [], mutant(bug)
+
+    def counted(carm, points):
+        calls.append(1)
+        return project(carm, points)
+
+    with pytest.raises(AssertionError, match="differs from onthefly.project_points"):
+        example.projection_property(counted, **NO_SHRINK)()
+    # The property test runs 25 examples (hypothesis' own default is 100); each mutant fails within them.
+    assert len(calls) <= 25
