@@ -7,6 +7,8 @@ reads and shapes fixed by the inputs' shapes.
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -16,8 +18,8 @@ from torch import Tensor
 from ..volume import MU_WATER_PER_MM, hu_to_attenuation  # noqa: F401 (doctest)
 from .config import FractureConfig, attenuation_of
 
-__all__ = ["bone_label_lookup", "bone_weight_reader", "bone_weight_table", "bone_weight_tables", "bone_weights",
-           "choose_bone_points"]
+__all__ = ["BoneGeometries", "bone_geometry", "bone_label_lookup", "bone_weight_reader", "bone_weight_table",
+           "bone_weight_tables", "bone_weights", "choose_bone_points", "choose_kind_points", "kind_geometry"]
 
 
 def _name_matches(name: str, pattern: str) -> bool:
@@ -236,6 +238,54 @@ def choose_bone_points(weights_at: Callable[[tuple[Tensor, ...]], Tensor], shape
     return corner + _unravel(voxel[..., 0], size), total > 0
 
 
+def choose_kind_points(generic_at: Callable[[tuple[Tensor, ...]], Tensor], sites_at: Callable[[tuple[Tensor, ...]], Tensor],
+                       shape: Sequence[int], position: Tensor, kind_draw: Tensor, weights: Tensor, *,
+                       lattice: int = 4) -> tuple[Tensor, Tensor, Tensor]:
+    """Bone points of fracture kinds: per candidate a kind among those whose site the crop holds, then a voxel of it.
+
+    As :func:`choose_bone_points`, with ``sites_at`` giving per voxel a weight
+    per kind ``(..., n)`` (1 on the kind's site, else 0). On the lattice, the
+    kinds a crop holds are those with some site voxel; candidate ``k`` takes
+    the kind at cumulative weight ``kind_draw * total`` among them (``weights``
+    ``(n,)``), then a voxel of its site by ``position``. A crop holding no
+    kind's site takes the generic weights (``generic_at``), kind -1.
+
+    Returns:
+        ``index (B, K, 3)`` long voxel indices, ``has_bone (B,)`` bool, ``kind (B, K)`` long (-1: generic).
+    """
+    batch, *dims = shape
+    device = position.device
+    cells = [max(n // lattice, 1) for n in dims]
+    rows = torch.arange(batch, device=device)
+    centres = [torch.arange(c, device=device) * lattice + min(lattice, n) // 2 for c, n in zip(cells, dims)]
+    index = (rows.view(-1, 1, 1, 1), centres[0].view(1, -1, 1, 1), centres[1].view(1, 1, -1, 1),
+             centres[2].view(1, 1, 1, -1))
+    generic = generic_at(index).reshape(batch, -1).to(torch.float64)  # (B, C)
+    sites = sites_at(index).reshape(batch, generic.shape[1], -1).to(torch.float64)  # (B, C, n)
+    held = sites.sum(1) > 0  # (B, n)
+    cumulative = (weights.to(device=device, dtype=torch.float64) * held).cumsum(-1)
+    total = cumulative[:, -1:]
+    kind = torch.searchsorted(cumulative, kind_draw.to(torch.float64) * total, right=True).clamp_max(sites.shape[2] - 1)
+    kind = torch.where(total > 0, kind, -1)  # (B, K)
+    chosen = sites.gather(2, kind.clamp_min(0)[:, None, :].expand(-1, sites.shape[1], -1)).transpose(1, 2)
+    coarse = torch.where(kind[..., None] >= 0, chosen, generic[:, None, :])  # (B, K, C)
+    cell, within = _pick(coarse, (position.to(torch.float64) * coarse.sum(-1))[..., None])
+    cell, within = cell[..., 0], within[..., 0]
+    corner = _unravel(cell, cells) * lattice  # (B, K, 3)
+    size = [min(lattice, n) for n in dims]
+    voxels = [(corner[..., a, None] + torch.arange(size[a], device=device)).clamp_max(dims[a] - 1) for a in range(3)]
+    fine_index = (rows.view(-1, 1, 1, 1, 1), voxels[0][..., :, None, None], voxels[1][..., None, :, None],
+                  voxels[2][..., None, None, :])
+    fine_sites = sites_at(fine_index).to(torch.float64)  # (B, K, s, s, s, n)
+    fine_sites = fine_sites.gather(-1, kind.clamp_min(0).view(*kind.shape, 1, 1, 1, 1).expand(
+        *fine_sites.shape[:-1], 1))[..., 0]
+    fine = torch.where(kind.view(*kind.shape, 1, 1, 1) >= 0, fine_sites,
+                       generic_at(fine_index).to(torch.float64)).flatten(2)  # (B, K, s^3)
+    voxel, _ = _pick(fine, (within / coarse.gather(2, cell[..., None])[..., 0].clamp_min(1e-12)
+                            * fine.sum(-1))[..., None])
+    return corner + _unravel(voxel[..., 0], size), (generic.sum(-1) > 0) | held.any(-1), kind
+
+
 # ---------------------------------------------------------------------------- the bone piece and its axis
 
 
@@ -305,3 +355,168 @@ def bone_axis(piece: Tensor, offsets: Sequence[Tensor], linear: Tensor, *, itera
         vector = F.normalize((covariance @ vector[..., None])[..., 0], dim=-1, eps=1e-12)
     fallback = torch.tensor([0.0, 0.0, 1.0], dtype=linear.dtype, device=linear.device).expand_as(vector)
     return torch.where(vector.norm(dim=-1, keepdim=True) > 0.5, vector, fallback)
+
+
+# ---------------------------------------------------------------------------- bone geometry for fracture kinds
+
+GEOMETRY_COLUMNS = ("axis_x", "axis_y", "axis_z", "tip", "length", "distal_end", "proximal_end")
+"""The columns of :func:`bone_geometry`'s rows."""
+
+
+def bone_geometry(labels: Tensor, affine: Tensor, ids: Sequence[int], *, size: int | None = None) -> Tensor:
+    """Each bone's long axis, distal end and length, from its label's voxels in a whole label map (host).
+
+    The axis is the principal direction of the label's voxel centres, turned
+    to point distally (towards ``-z``, world); ``tip`` is the largest
+    ``x . axis`` over the label's voxels (so ``tip - x . axis`` is a voxel's
+    distance from the distal end along the axis), ``length`` the label's extent
+    along the axis. An end is natural (1) where the label map holds a structure
+    one voxel beyond it on the axis line through the label's centroid, and cut
+    (0) where it holds air or ends there (a bone cut by the edge of the scan:
+    its length and that end are not the bone's).
+
+    Args:
+        labels: ``(D, H, W)`` (or ``(1, D, H, W)``) integer label map of a whole CT.
+        affine: ``(4, 4)`` its voxel-to-world matrix, mm.
+        ids: the label ids to measure.
+        size: rows ``L`` (default: one more than the largest id).
+
+    Returns:
+        ``(L, 7)`` float64 rows of :data:`GEOMETRY_COLUMNS` (mm); zeros for ids not measured or absent.
+
+    Example:
+        >>> labels = torch.zeros(5, 5, 30, dtype=torch.long); labels[2, 2, 5:25] = 3; labels[1:4, 1:4, 25:] = 1
+        >>> row = bone_geometry(labels, torch.eye(4, dtype=torch.float64), [3])[3]
+        >>> row[:3].tolist(), row[3:].tolist()  # distal end at z = 5 (no structure beyond), proximal at z = 24
+        ([0.0, 0.0, -1.0], [-5.0, 19.0, 0.0, 1.0])
+    """
+    labels = labels.reshape(labels.shape[-3:]).cpu()
+    affine = affine.detach().to(torch.float64).cpu()
+    length = (max(ids, default=0) + 1) if size is None else int(size)
+    rows = torch.zeros(length, len(GEOMETRY_COLUMNS), dtype=torch.float64)
+    wanted = torch.zeros(max(int(labels.max()) + 1, length, 1), dtype=torch.bool)
+    wanted[[i for i in ids if 0 < i < length]] = True
+    flat = labels.flatten().long()
+    voxels = wanted[flat].nonzero()[:, 0]
+    if len(voxels) == 0:
+        return rows
+    shape = labels.shape
+    index = torch.stack([voxels // (shape[1] * shape[2]), (voxels // shape[2]) % shape[1], voxels % shape[2]], -1)
+    points = index.to(torch.float64) @ affine[:3, :3].T + affine[:3, 3]  # (N, 3) world mm
+    label = flat[voxels]
+    count = torch.bincount(label, minlength=length)[:length].to(torch.float64)
+    present = count > 0
+    mean = torch.zeros(length, 3, dtype=torch.float64).index_add_(0, label, points) / count.clamp_min(1)[:, None]
+    centred = points - mean[label]
+    covariance = torch.zeros(length, 3, 3, dtype=torch.float64).index_add_(
+        0, label, centred[:, :, None] * centred[:, None, :]) / count.clamp_min(1)[:, None, None]
+    axis = torch.linalg.eigh(covariance)[1][..., -1]  # the largest eigenvalue's vector
+    axis = torch.where(axis[:, 2:] > 0, -axis, axis)  # distal: towards -z
+    along = (points * axis[label]).sum(-1)
+    tip = torch.full((length,), -math.inf, dtype=torch.float64).scatter_reduce(0, label, along, "amax")
+    base = torch.full((length,), math.inf, dtype=torch.float64).scatter_reduce(0, label, along, "amin")
+    inverse = torch.linalg.inv(affine)
+    spacing = float(affine[:3, :3].norm(dim=0).max())
+
+    def natural(depth: Tensor, sign: float) -> Tensor:
+        """Whether the map holds a structure one voxel beyond each end at ``depth`` along the axis."""
+        beyond = mean + ((depth - (mean * axis).sum(-1)) + sign * 1.5 * spacing)[:, None] * axis
+        where = (beyond @ inverse[:3, :3].T + inverse[:3, 3]).round().long()
+        inside = ((where >= 0) & (where < torch.tensor(shape))).all(-1)
+        where = torch.minimum(where.clamp_min(0), torch.tensor(shape) - 1)
+        return inside & (labels[where[:, 0], where[:, 1], where[:, 2]] > 0)
+
+    rows[:, :3] = axis
+    rows[:, 3] = tip
+    rows[:, 4] = tip - base
+    rows[:, 5] = natural(tip, 1.0).to(torch.float64)
+    rows[:, 6] = natural(base, -1.0).to(torch.float64)
+    return torch.where(present[:, None], rows, 0.0)
+
+
+def _kind_rows(labels: Tensor, affine: Tensor, match: Tensor, in_length: Tensor) -> Tensor:
+    """``(L, 5 + n)`` rows of :class:`BoneGeometries` from a whole label map and the kinds' label matches ``(n, L)``."""
+    geometry = bone_geometry(labels, affine, match.any(0).nonzero()[:, 0].tolist(), size=match.shape[1])
+    ends = (geometry[None, :, 5] > 0) & ((geometry[None, :, 6] > 0) | ~in_length[:, None])  # (n, L)
+    flags = (match & ends & (geometry[:, 4] > 0)).T.to(torch.float64)
+    return torch.cat([geometry[:, :5], flags], 1)
+
+
+def kind_geometry(labels: Tensor, affine: Tensor, label_names: Mapping[int, str] | None,
+                  config: FractureConfig) -> Tensor:
+    """One CT's :class:`BoneGeometries` row ``(L, 5 + n)`` from its whole label map (for crops cut by hand).
+
+    Example:
+        >>> from onthefly.phantoms import phantom
+        >>> volume = phantom("hand", 0, spacing=4.0)
+        >>> kind_geometry(volume.labels, volume.affine, volume.label_names, FractureConfig()).shape[1]
+        13
+    """
+    kinds = config.kind_weights
+    size = max(int(labels.max()) + 1, max(label_names or {0: ""}) + 1)
+    if not kinds or not label_names:
+        return torch.zeros(size, 5 + len(kinds), dtype=torch.float64)
+    match = torch.stack([bone_label_lookup(label_names, list(kind.bones), size=size) for kind, _ in kinds])
+    in_length = torch.tensor([kind.site_unit == "length" for kind, _ in kinds], dtype=torch.bool)
+    return _kind_rows(labels, affine, match, in_length)
+
+
+class BoneGeometries:
+    """Per CT, the geometry of the bones fracture kinds break (:func:`bone_geometry`), kept once made.
+
+    Rows are made from a CT's whole label map the first time a batch holds the
+    CT (``store.crops`` of the whole CT), then kept (up to ``capacity`` CTs,
+    least recently used first out): not per sample. CTs whose label names
+    match no kind's bones (a chest CT) get no rows: their fractures are generic.
+
+    Args:
+        store: the CTs (``label_names``, ``has_labels``, ``shapes``, ``affines``, ``crops``, ``device``).
+        config: the fracture settings (``kind_weights``).
+        capacity: CTs kept.
+
+    ``rows(volume_index)`` gives ``(B, L, 5 + n)``: per label the axis (3), tip and length (mm) of
+    :func:`bone_geometry`, then for each of the ``n`` kinds 1 where the label is one of its bones with the
+    ends its site needs (the distal end; both for a site in shares of the length) natural, else 0.
+    """
+
+    def __init__(self, store, config: FractureConfig, *, capacity: int = 16384) -> None:
+        kinds = config.kind_weights
+        self.store, self.capacity = store, capacity
+        self.kinds = kinds
+        names = store.label_names if store.has_labels else [None] * len(store)
+        matches: dict[int, Tensor] = {}  # per distinct label map: (n, L) bool
+        for item in names:
+            if id(item) not in matches:
+                matches[id(item)] = torch.stack([bone_label_lookup(item, list(kind.bones)) for kind, _ in kinds]) \
+                    if kinds and item else torch.zeros(len(kinds), 1, dtype=torch.bool)
+        self.size = max([table.shape[1] for table in matches.values()] + [1])
+        self._match = {key: F.pad(table, (0, self.size - table.shape[1])) for key, table in matches.items()}
+        self._names = names
+        self.needed = [bool(self._match[id(item)].any()) for item in names]
+        self.in_length = torch.tensor([kind.site_unit == "length" for kind, _ in kinds], dtype=torch.bool)
+        self._made: OrderedDict[int, Tensor] = OrderedDict()
+
+    @property
+    def active(self) -> bool:
+        """Whether any CT has a bone some kind breaks."""
+        return any(self.needed)
+
+    def row(self, volume: int) -> Tensor:
+        """``(L, 5 + n)`` of CT ``volume`` (made on first use)."""
+        if volume in self._made:
+            self._made.move_to_end(volume)
+            return self._made[volume]
+        rows = torch.zeros(self.size, 5 + len(self.kinds), dtype=torch.float64)
+        if self.needed[volume]:
+            store = self.store
+            shape = tuple(int(n) for n in store.shapes[volume])
+            labels = store.crops(torch.tensor([volume]), torch.zeros(1, 3, dtype=torch.long), shape, labels=True)[1]
+            rows = _kind_rows(labels[0], store.affines[volume], self._match[id(self._names[volume])], self.in_length)
+        self._made[volume] = rows
+        while len(self._made) > self.capacity:
+            self._made.popitem(last=False)
+        return rows
+
+    def rows(self, volume_index: Tensor) -> Tensor:
+        """``(B, L, 5 + n)`` for CTs ``volume_index (B,)`` (host), on the store's device."""
+        return torch.stack([self.row(int(volume)) for volume in volume_index.tolist()]).to(self.store.device)

@@ -12,8 +12,13 @@ from torch import Tensor
 from .._checks import OMIT_WHEN
 from ..distributions import Uniform, as_distribution
 from ..volume import attenuation_of_hu
+from .kinds import DEFAULT_KIND_WEIGHTS, DEFAULT_SEVERITY_SHARES, FRACTURE_KINDS, SEVERITIES, FractureKind
 
-__all__ = ["BONE_STRUCTURES", "DEFAULT_BONE_WEIGHTS", "FractureConfig", "MAX_FRACTURE_REDRAWS", "fracture_window"]
+__all__ = ["BONE_STRUCTURES", "DEFAULT_BONE_WEIGHTS", "FractureConfig", "MAX_FRACTURE_REDRAWS", "SEVERITY_NAMES",
+           "fracture_window"]
+
+SEVERITY_NAMES: tuple[str, ...] = tuple(SEVERITIES)
+"""The severities' names: ``FractureResult.severity`` and ``batch.fracture_severity`` index them (-1: generic)."""
 
 MAX_FRACTURE_REDRAWS = 100
 """Upper bound of ``FractureConfig.max_redraws`` (the sampler's own redraws have the same bound)."""
@@ -80,6 +85,52 @@ def _bone_weights(value) -> tuple[tuple[str | int, float], ...] | None:
     return tuple((key, float(weight)) for key, weight in items)
 
 
+def _kinds(value) -> tuple[tuple[FractureKind, float], ...] | None:
+    """``None``, or ``{kind name or FractureKind: weight}`` as ``((FractureKind, weight), ...)`` (may be empty)."""
+    if value is None:
+        return None
+    if isinstance(value, tuple) and all(isinstance(item, tuple) and len(item) == 2 for item in value):
+        value = dict(value)  # the stored form (dataclasses.replace passes it back)
+    if not isinstance(value, Mapping):
+        raise TypeError(f"kinds: expected None or {{kind name or FractureKind: weight >= 0}}, got {value!r}")
+    kinds = []
+    for key, weight in value.items():
+        if isinstance(key, str) and key not in FRACTURE_KINDS:
+            raise ValueError(f"kinds: unknown kind {key!r}; expected names from {list(FRACTURE_KINDS)} "
+                             "or FractureKind objects")
+        if not isinstance(key, (str, FractureKind)):
+            raise TypeError(f"kinds: expected kind names or FractureKind objects as keys, got {key!r}")
+        if not _is_number(weight) or not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"kinds: expected weights >= 0, got {weight!r} for {key!r}")
+        kinds.append((FRACTURE_KINDS[key] if isinstance(key, str) else key, float(weight)))
+    names = [kind.name for kind, _ in kinds]
+    if len(set(names)) != len(names):
+        raise ValueError(f"kinds: expected distinct kind names, got {names}")
+    if kinds and not any(weight > 0 for _, weight in kinds):
+        raise ValueError(f"kinds: expected at least one positive weight (or an empty mapping for no kinds), "
+                         f"got {value!r}")
+    return tuple(kinds)
+
+
+def _severity(value) -> tuple[tuple[str, float], ...] | None:
+    """``None`` or ``{severity name: share}`` (shares >= 0 summing to 1) as ``((name, share), ...)`` over all severities."""
+    if value is None:
+        return None
+    if isinstance(value, tuple) and all(isinstance(item, tuple) and len(item) == 2 for item in value):
+        value = dict(value)  # the stored form
+    if not isinstance(value, Mapping):
+        raise TypeError(f"severity: expected None or {{severity name: share}}, got {value!r}")
+    unknown = [key for key in value if key not in SEVERITIES]
+    if unknown:
+        raise ValueError(f"severity: unknown severities {unknown}; expected names from {list(SEVERITIES)}")
+    if not all(_is_number(share) and math.isfinite(share) and share >= 0 for share in value.values()):
+        raise ValueError(f"severity: expected shares >= 0, got {dict(value)!r}")
+    total = sum(float(share) for share in value.values())
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"severity: expected shares summing to 1, got {dict(value)!r} (sum {total:g})")
+    return tuple((name, float(value.get(name, 0.0))) for name in SEVERITIES)
+
+
 @dataclass(frozen=True)
 class FractureConfig:
     """How fractures are drawn. Lengths in mm, angles in radians; a range is a number or a ``(low, high)`` pair.
@@ -114,6 +165,22 @@ class FractureConfig:
         max_redraws: candidates beyond the first drawn per sample for those redraws (at most 100);
             a sample whose candidates all stay below ``min_visibility`` keeps its most
             visible one and is flagged (``FractureResult.invisible``).
+        kinds: fracture kinds per site (:mod:`~onthefly.fractures.kinds`) and how often each is drawn:
+            ``None`` for :data:`~onthefly.fractures.kinds.DEFAULT_KIND_WEIGHTS` (distal radius, ulnar
+            styloid, radius and ulna shafts, scaphoid waist, metacarpal neck and shaft, phalanges),
+            ``{name or FractureKind: weight}``, or ``{}`` for none. Per sample a kind is drawn among those
+            whose site (on a bone of a label map) lies in the crop; where none does (a CT without these
+            bones, such as a chest CT) the fracture is the generic one these other settings describe.
+            Kinds set their own site, obliquity, comminution and motion (``gap``, ``obliquity``,
+            ``translation``, ``angulation``, ``fragment_length`` and ``comminuted_probability`` above
+            apply to the generic fracture only).
+        severity: shares of the severities of kind fractures (:data:`~onthefly.fractures.kinds.SEVERITIES`:
+            ``"obvious"``, ``"moderate"``, ``"subtle"``), summing to 1; ``None`` for
+            :data:`~onthefly.fractures.kinds.DEFAULT_SEVERITY_SHARES`.
+        kind_min_visibility: ``min_visibility`` for fractures of a kind, in ``[0, 1)``: a kind fracture
+            below it is redrawn (up to ``max_redraws`` times) at another place of the same kind's site,
+            with the same kind and severity, so that the recorded shares stay those drawn; 0: never.
+            The generic fracture keeps ``min_visibility``.
         paired: the sampler's batches come in pairs: the second half of a batch
             repeats the first half's CTs, crops, cameras and augmentation without
             fractures, and the first half is fractured with ``probability`` (so the
@@ -141,6 +208,9 @@ class FractureConfig:
     min_visibility: float = 0.0
     max_redraws: int = 4
     paired: bool = field(default=False, metadata={OMIT_WHEN: False})
+    kinds: Mapping[str | FractureKind, float] | None = field(default=None, metadata={OMIT_WHEN: None})
+    severity: Mapping[str, float] | None = field(default=None, metadata={OMIT_WHEN: None})
+    kind_min_visibility: float = field(default=0.1, metadata={OMIT_WHEN: 0.1})
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)
@@ -176,6 +246,12 @@ class FractureConfig:
         set_("bones", _bone_weights(self.bones))
         if not isinstance(self.paired, bool):
             raise TypeError(f"paired: expected a bool, got {self.paired!r}")
+        set_("kind_min_visibility", _number("kind_min_visibility", self.kind_min_visibility,
+                                            unit="(display units)", low=0.0))
+        if self.kind_min_visibility >= 1.0:
+            raise ValueError(f"kind_min_visibility: expected a value in [0, 1), got {self.kind_min_visibility!r}")
+        set_("kinds", _kinds(self.kinds))
+        set_("severity", _severity(self.severity))
 
     @property
     def bone_weights(self) -> tuple[tuple[str | int, float], ...]:
@@ -183,9 +259,35 @@ class FractureConfig:
         return tuple(DEFAULT_BONE_WEIGHTS.items()) if self.bones is None else self.bones
 
     @property
+    def kind_weights(self) -> tuple[tuple[FractureKind, float], ...]:
+        """``((FractureKind, weight), ...)``: ``kinds`` or the built-in kinds with their default weights."""
+        if self.kinds is None:
+            return tuple((FRACTURE_KINDS[name], weight) for name, weight in DEFAULT_KIND_WEIGHTS.items())
+        return self.kinds
+
+    @property
+    def kind_names(self) -> tuple[str, ...]:
+        """The kinds' names: ``FractureResult.kind`` and ``batch.fracture_kind`` index them (-1: the generic fracture)."""
+        return tuple(kind.name for kind, _ in self.kind_weights)
+
+    @property
+    def severity_shares(self) -> tuple[float, ...]:
+        """Share of each of :data:`~onthefly.fractures.kinds.SEVERITIES`, in their order."""
+        shares = dict(DEFAULT_SEVERITY_SHARES) if self.severity is None else dict(self.severity)
+        return tuple(float(shares.get(name, 0.0)) for name in SEVERITIES)
+
+    @property
     def candidates(self) -> int:
-        """Fractures drawn per sample: ``1 + max_redraws`` with ``min_visibility > 0``, else 1."""
+        """Fractures drawn per sample: ``1 + max_redraws`` with ``min_visibility > 0``, else 1 (see also
+        :attr:`kind_candidates`)."""
         return 1 + self.max_redraws if self.min_visibility > 0 else 1
+
+    @property
+    def kind_candidates(self) -> int:
+        """Candidates per sample with kinds: at least :attr:`candidates`, ``1 + max_redraws`` with
+        ``kind_min_visibility > 0`` (the first :attr:`candidates` are drawn as without kinds)."""
+        redraws = bool(self.kind_weights) and self.kind_min_visibility > 0
+        return max(self.candidates, 1 + self.max_redraws if redraws else 1)
 
 
 def attenuation_of(hu: float, mu_water: float) -> float:

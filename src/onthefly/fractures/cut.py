@@ -29,16 +29,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..volume import MU_WATER_PER_MM
-from .bone import bone_axis, bone_component, bone_weight_reader, choose_bone_points
+from .bone import bone_axis, bone_component, bone_weight_reader, choose_bone_points, choose_kind_points
 from .config import FractureConfig, attenuation_of, fracture_window
 from .draw import FractureParams
+from .kinds import SLOTS, KindTables, kind_tables
 
 __all__ = ["FractureResult", "apply_fractures"]
 
@@ -67,6 +68,12 @@ class FractureResult:
             (:func:`fracture_contrast`), when the visibility step ran; else ``None``.
         invisible: ``(B,)`` bool, fractured samples whose every candidate stayed
             below ``min_visibility`` (they keep their most visible one); ``None`` without that step.
+        kind: ``(B,)`` long index into ``config.kind_names`` of the fracture's kind; -1 for the generic
+            fracture (no kind's site in the crop) and where not fractured.
+        severity: ``(B,)`` long index into :data:`~onthefly.fractures.config.SEVERITY_NAMES`; -1 where ``kind`` is.
+        shift: ``(B, 3)`` world mm, the translation of the (distal) fragment's motion, shortening included.
+        angulation: ``(B,)`` rad, that fragment's rotation about its hinge.
+        normal: ``(B, 3)`` unit normal of the first cut (the fragment lies on its positive side), world frame.
     """
 
     attenuation: Tensor
@@ -81,6 +88,11 @@ class FractureResult:
     choice: Tensor
     contrast: Tensor | None = None
     invisible: Tensor | None = None
+    kind: Tensor | None = None
+    severity: Tensor | None = None
+    shift: Tensor | None = None
+    angulation: Tensor | None = None
+    normal: Tensor | None = None
 
 
 @dataclass
@@ -192,20 +204,35 @@ def _cuts(axis: Tensor, params: FractureParams) -> tuple[Tensor, Tensor]:
     return normal, torch.cat([torch.zeros_like(length), length * (normal[:, 1] * axis).sum(-1, keepdim=True)], -1)
 
 
-def _motions(axis: Tensor, normal: Tensor, params: FractureParams) -> tuple[Tensor, Tensor, Tensor]:
+def _motions(axis: Tensor, normal: Tensor, params: FractureParams, pull: Tensor | None = None,
+             shortening: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Each fragment's rigid motion: hinge ``h (B, 2, 3)``, rotation ``R (B, 2, 3, 3)``, translation ``t (B, 2, 3)``.
 
     The hinge is where the axis meets the fragment's face (``s_c = gap_c``); the
     hinge axis is the drawn direction across the bone, turned into the cut plane.
+    Where ``pull (B, 3)`` (world) has a part across the axis, fragment 0 is
+    displaced towards it and angulated so that its far end moves towards it;
+    ``shortening (B,)`` mm moves fragment 0 back along the axis.
     """
     frame = _frame(axis)
     cosine = (normal * axis[:, None]).sum(-1)  # cos(obliquity) > 0
     start = torch.cat([torch.zeros_like(params.fragment_length[:, 0, None]), params.fragment_length[:, 0, None]], -1)
     hinge = (start + params.gap[:, 0] / cosine)[..., None] * axis[:, None]
     hinge_axis = _across(frame, params.hinge_direction[:, 0])
+    across = _across(frame, params.translation_direction[:, 0])
+    if pull is not None:
+        towards = pull.to(axis.dtype) - (pull.to(axis.dtype) * axis).sum(-1, keepdim=True) * axis
+        pulled = (towards.norm(dim=-1, keepdim=True) > 1e-6)[:, None]  # (B, 1, 1)
+        towards = F.normalize(towards, dim=-1, eps=1e-12)
+        first = torch.tensor([True, False], device=axis.device).view(1, 2, 1)
+        across = torch.where(pulled & first, towards[:, None], across)
+        hinge_axis = torch.where(pulled & first, torch.linalg.cross(axis, towards)[:, None], hinge_axis)
     hinge_axis = F.normalize(hinge_axis - (hinge_axis * normal).sum(-1, keepdim=True) * normal, dim=-1)
     rotation = _rotation(hinge_axis, params.angulation[:, 0])
-    translation = params.translation[:, 0, :, None] * _across(frame, params.translation_direction[:, 0])
+    translation = params.translation[:, 0, :, None] * across
+    if shortening is not None:
+        back = torch.stack([-shortening.to(axis.dtype)[:, None] * axis, torch.zeros_like(axis)], 1)
+        translation = translation + back
     return hinge, rotation, translation
 
 
@@ -296,6 +323,7 @@ def apply_fractures(
     samples: Tensor | None = None,
     within: float | None = None,
     inplace: bool = False,
+    geometry: Tensor | None = None,
 ) -> FractureResult:
     """Cut the drawn fractures into a batch of crops, all samples at once, on their device.
 
@@ -323,6 +351,10 @@ def apply_fractures(
             work then scales with ``M``, and shapes stay fixed by host values.
         inplace: write the fractures into ``attenuation`` itself (saves a copy of
             the crops; ``result.attenuation`` is then ``attenuation``).
+        geometry: with ``labels``: ``(B, L, 5 + n)`` per crop's CT the bone geometry of
+            :class:`~onthefly.fractures.bone.BoneGeometries` (``n = len(config.kind_names)``): each sample
+            then takes a fracture kind whose site the crop holds (``params.kind_draw``), else the generic
+            fracture. ``None``: generic fractures only.
 
     Returns:
         a :class:`FractureResult`.
@@ -337,8 +369,8 @@ def apply_fractures(
         (torch.Size([2, 40, 40, 40]), [True, True], torch.Size([2, 25, 25, 25]))
     """
     return FractureCutter(attenuation, affine, params, config=config, bone=bone, labels=labels, table=table,
-                          mu_water=mu_water, window=window, samples=samples, within=within).cut(choice).result(
-                              inplace=inplace)
+                          mu_water=mu_water, window=window, samples=samples, within=within,
+                          geometry=geometry).cut(choice).result(inplace=inplace)
 
 
 class FractureCutter:
@@ -353,8 +385,15 @@ class FractureCutter:
     def __init__(self, attenuation: Tensor, affine: Tensor, params: FractureParams, *, config: FractureConfig,
                  bone: Tensor | None = None, labels: Tensor | None = None, table: Tensor | None = None,
                  mu_water: float = MU_WATER_PER_MM, window: Sequence[int] | None = None,
-                 samples: Tensor | None = None, within: float | None = None) -> None:
+                 samples: Tensor | None = None, within: float | None = None, geometry: Tensor | None = None) -> None:
         _check_inputs(attenuation, affine, params, bone, labels)
+        kinds = len(config.kind_weights)
+        if geometry is not None and (labels is None or params.kind_draw is None):
+            raise ValueError("geometry: needs labels and parameters drawn with kinds (draw_fractures)")
+        if geometry is not None and (geometry.dim() != 3 or geometry.shape[0] != attenuation.shape[0]
+                                     or geometry.shape[2] != 5 + kinds):
+            raise ValueError(f"geometry: expected shape ({attenuation.shape[0]}, L, {5 + kinds}) "
+                             f"(BoneGeometries.rows), got {tuple(geometry.shape)}")
         if window is None:
             window = fracture_window(config, affine[:, :3, :3].detach().double().cpu().norm(dim=1).amin(0))
         window = tuple(int(w) for w in window)
@@ -380,13 +419,27 @@ class FractureCutter:
             read = _within(read, self.affine, attenuation.shape[1:], float(within))
         # bone points on a lattice of about _LATTICE_MM (the voxel size follows from the box: reach / half its width)
         lattice = max(1, round(_LATTICE_MM * (min(window) - 1) / (2 * config.reach)))
+        self.geometry = None if geometry is None or kinds == 0 else geometry.to(device)
+        if self.geometry is None and self.params.candidates > config.candidates:  # kinds' redraws: not here
+            self.params = self.params.first(config.candidates)
+        self.kind = torch.full((len(rows), self.params.candidates), -1, dtype=torch.long, device=device)
+        self.shortening = torch.zeros(len(rows), self.params.candidates, dtype=torch.float64, device=device)
+        self.pull = torch.zeros(len(rows), self.params.candidates, 3, dtype=torch.float64, device=device)
         if len(rows) == 0:  # nothing to cut
             self.points = torch.zeros(0, self.params.candidates, 3, dtype=torch.long, device=device)
             self.has_bone = torch.zeros(0, dtype=torch.bool, device=device)
             return
-        self.points, self.has_bone = choose_bone_points(lambda index: read((rows[index[0]], *index[1:])),
-                                                        (len(rows), *attenuation.shape[1:]), self.params.position,
-                                                        lattice=lattice)
+        local = lambda index: read((rows[index[0]], *index[1:]))  # noqa: E731
+        shape = (len(rows), *attenuation.shape[1:])
+        if self.geometry is None:
+            self.points, self.has_bone = choose_bone_points(local, shape, self.params.position, lattice=lattice)
+            return
+        tables = kind_tables(config.kind_weights)
+        sites = _site_reader(labels, self.affine, self.geometry, tables, within, attenuation.shape[1:])
+        self.points, self.has_bone, self.kind = choose_kind_points(
+            local, lambda index: sites((rows[index[0]], *index[1:])), shape, self.params.position,
+            self.params.kind_draw, tables.weights, lattice=lattice)
+        self.params, self.shortening, self.pull = _resolve_kinds(self.params, self.kind, tables)
 
     def cut(self, choice: Tensor | None = None) -> "CutBoxes":
         """Cut candidate ``choice (M,)`` (default 0) of every cut sample into its box (nothing written back yet)."""
@@ -395,51 +448,134 @@ class FractureCutter:
         center_index = self.points.gather(1, choice.view(-1, 1, 1).expand(-1, 1, 3))[:, 0]
         chosen = self.params.select(choice)
         fractured = chosen.drawn & self.has_bone
+        kind = torch.where(fractured, self.kind.gather(1, choice[:, None])[:, 0], -1)
+        severity = (torch.where(kind >= 0, chosen.severity[:, 0], -1) if chosen.severity is not None
+                    else torch.full_like(kind, -1))
+        if self.geometry is not None and len(self.rows) > 0:
+            center_index = _centre_of_section(self, center_index, kind)
         box = _gather_box(self.attenuation, self.rows, center_index, self.window)
         if len(self.rows) == 0:
             axis = torch.zeros(0, 3, dtype=self.affine.dtype, device=self.affine.device)
             return CutBoxes(self.attenuation, self.affine, self.rows, box, box.original, axis, center_index, fractured,
-                            choice)
+                            choice, kind, severity, axis, axis[:, 0], axis)
         box_labels = None if self.labels is None else self.labels[box.index]
         affine = self.affine[self.rows]
-        out, axis = _cut_box(box, affine, chosen, box_labels, config=self.config, threshold=self.threshold,
-                             soft=self.soft)
+        motion = None
+        if self.geometry is not None:
+            label = self.labels[self.rows, center_index[:, 0], center_index[:, 1], center_index[:, 2]].long()
+            label = torch.where((label >= 0) & (label < self.geometry.shape[1]), label, 0)
+            distal = self.geometry[self.rows, label, :3]
+            motion = _KindMotion(distal=torch.where(kind[:, None] >= 0, distal, 0.0),
+                                 pull=self.pull.gather(1, choice.view(-1, 1, 1).expand(-1, 1, 3))[:, 0],
+                                 shortening=self.shortening.gather(1, choice[:, None])[:, 0])
+        out, axis, normal, shift = _cut_box(box, affine, chosen, box_labels, config=self.config,
+                                            threshold=self.threshold, soft=self.soft, kind=motion)
         out = torch.where(fractured.view(-1, 1, 1, 1), out, box.original)
-        return CutBoxes(self.attenuation, self.affine, self.rows, box, out, axis, center_index, fractured, choice)
+        return CutBoxes(self.attenuation, self.affine, self.rows, box, out, axis, center_index, fractured, choice,
+                        kind, severity, shift, chosen.angulation[:, 0, 0], normal)
 
 
-def _within(read: Callable[[tuple], Tensor], affine: Tensor, shape: Sequence[int], radius: float
-            ) -> Callable[[tuple], Tensor]:
-    """``read`` with the weights of voxels farther than ``radius`` (mm) from their crop's centre set to 0."""
+def _centre_of_section(cutter: "FractureCutter", center_index: Tensor, kind: Tensor) -> Tensor:
+    """The bone points of kind fractures moved to the centroid of their bone's cross-section (the voxels of the
+    point's label within a voxel of the plane across the bone's axis through the point), where that centroid is a
+    voxel of the same label; so the cut crosses the whole section within ``reach`` of the point."""
+    box = _gather_box(cutter.attenuation, cutter.rows, center_index, cutter.window)
+    labels = cutter.labels[box.index]
+    label = labels[torch.arange(len(cutter.rows), device=labels.device), box.seed[:, 0], box.seed[:, 1], box.seed[:, 2]]
+    ids = torch.where((label >= 0) & (label < cutter.geometry.shape[1]), label.long(), 0)
+    axis = cutter.geometry[cutter.rows, ids, :3]
+    linear = cutter.affine[cutter.rows, :3, :3].to(axis.dtype)
+    along = _linear_field(box, (linear.transpose(1, 2) @ axis[..., None])[..., 0].to(box.original.dtype))
+    section = ((labels == label.view(-1, 1, 1, 1)) & (along.abs() <= _section_half_width(linear))).to(along.dtype)
+    offsets = box.offsets
+    mass = section.sum((1, 2, 3)).clamp_min(1.0)
+    mean = torch.stack([(section.sum(tuple(b + 1 for b in range(3) if b != a)) * offsets[a]).sum(1) for a in range(3)],
+                       -1) / mass[:, None]
+    moved = (center_index + mean.round().long()).clamp_min(0)
+    moved = torch.minimum(moved, torch.tensor(cutter.attenuation.shape[1:], device=moved.device) - 1)
+    same = cutter.labels[cutter.rows, moved[:, 0], moved[:, 1], moved[:, 2]] == label
+    return torch.where(((kind >= 0) & same)[:, None], moved, center_index)
+
+
+def _section_half_width(linear: Tensor) -> Tensor:
+    """Half the thickness (mm) of the slab a cross-section is measured in: the largest voxel edge, ``(B, 1, 1, 1)``."""
+    return linear.norm(dim=1).amax(1).view(-1, 1, 1, 1)
+
+
+def _ball(affine: Tensor, shape: Sequence[int], radius: float) -> Callable[[tuple], Tensor]:
+    """Whether voxels (an advanced index ``(crop, d, h, w)``) lie within ``radius`` (mm) of their crop's centre."""
     gram = affine[:, :3, :3].transpose(1, 2) @ affine[:, :3, :3]  # (B, 3, 3)
 
     def inside(index: tuple) -> Tensor:
         offsets = [index[a + 1] - (shape[a] - 1) / 2 for a in range(3)]
         g = lambda a, b: gram[:, a, b][index[0]].to(offsets[0].dtype)  # noqa: E731
-        square = sum(g(a, b) * offsets[a] * offsets[b] for a in range(3) for b in range(3))
-        return read(index) * (square <= radius**2)
+        return sum(g(a, b) * offsets[a] * offsets[b] for a in range(3) for b in range(3)) <= radius**2
 
     return inside
 
 
+def _within(read: Callable[[tuple], Tensor], affine: Tensor, shape: Sequence[int], radius: float
+            ) -> Callable[[tuple], Tensor]:
+    """``read`` with the weights of voxels farther than ``radius`` (mm) from their crop's centre set to 0."""
+    inside = _ball(affine, shape, radius)
+    return lambda index: read(index) * inside(index)
+
+
+def _site_reader(labels: Tensor, affine: Tensor, geometry: Tensor, tables: KindTables, within: float | None,
+                 shape: Sequence[int]) -> Callable[[tuple], Tensor]:
+    """Per voxel (an advanced index ``(crop, d, h, w)``) and kind, 1 where the voxel lies on the kind's site:
+    its label is one of the kind's bones (``geometry``'s flags) and its distance from the bone's distal end
+    along the bone's axis (mm, or a share of the length) lies in the kind's window; ``(..., n)`` float."""
+    site = tables.site.to(device=geometry.device)
+    in_length = tables.site_in_length.to(geometry.device)
+    linear, origin = affine[:, :3, :3].to(geometry.dtype), affine[:, :3, 3].to(geometry.dtype)
+    inside = None if within is None else _ball(affine, shape, within)
+
+    def read(index: tuple) -> Tensor:
+        ids = labels[index].long()
+        ids = torch.where((ids >= 0) & (ids < geometry.shape[1]), ids, 0)
+        rows = index[0].expand_as(ids)
+        row = geometry[rows, ids]  # (..., 5 + n)
+        axis = row[..., :3]
+        # x . axis = sum_c (A[:, c] . axis) i_c + origin . axis, with the voxel's index i
+        step = (linear[rows] * axis[..., :, None]).sum(-2)  # (..., 3): per index step, mm along the axis
+        voxel = [index[a + 1].expand_as(ids).to(geometry.dtype) for a in range(3)]
+        along = sum(step[..., a] * voxel[a] for a in range(3)) + (origin[rows] * axis).sum(-1)
+        distance = row[..., 3] - along  # from the distal end, mm
+        coordinate = torch.where(in_length, distance[..., None] / row[..., 4:5].clamp_min(1e-6), distance[..., None])
+        on_site = (row[..., 5:] > 0.5) & (coordinate >= site[:, 0]) & (coordinate <= site[:, 1])
+        if inside is not None:
+            on_site = on_site & inside(index)[..., None]
+        return on_site.float()
+
+    return read
+
+
 def _cut_box(box: _Box, affine: Tensor, params: FractureParams, box_labels: Tensor | None, *,
-             config: FractureConfig, threshold: float, soft: float) -> tuple[Tensor, Tensor]:
-    """The fractured box ``(B, d, h, w)`` and the bone's axis ``(B, 3)`` (every sample; the caller keeps the fractured).
+             config: FractureConfig, threshold: float, soft: float, kind: "_KindMotion | None" = None
+             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The fractured box ``(B, d, h, w)``, the bone's axis ``(B, 3)``, cut 0's normal ``(B, 3)`` and fragment 0's
+    translation ``(B, 3)`` (every sample; the caller keeps the fractured).
 
     One resampling serves both fragments: a voxel reads fragment 1 (comminuted
     only) where its source under fragment 1's motion lies past the middle of
-    gap 1, else fragment 0.
+    gap 1, else fragment 0. With ``kind``, the axis points distally where its
+    ``distal`` direction is set (so fragment 0 is the distal one), which
+    ``pull`` and ``shortening`` then move.
     """
     linear = affine[:, :3, :3]
     distance = _distance(box, linear)
     steps = math.ceil(max(box.original.shape[1:]) / 2)
     piece = bone_component(box.original > threshold, box_labels, box.seed, steps=steps) & (distance < config.reach)
     axis = bone_axis(piece, box.offsets, linear)
+    if kind is not None:
+        axis = torch.where((axis * kind.distal.to(axis.dtype)).sum(-1, keepdim=True) < 0, -axis, axis)
     normal, offset = _cuts(axis, params)
     per_step = linear.transpose(1, 2)[:, None] @ normal[..., None]  # (B, 2, 3, 1) mm along each normal per step
     side = [_linear_field(box, per_step[:, c, :, 0], -offset[:, c]) for c in range(2)]
     lifted, fragment = _fragment(piece, side, params)
-    hinge, rotation, translation = _motions(axis, normal, params)
+    hinge, rotation, translation = _motions(axis, normal, params, None if kind is None else kind.pull,
+                                            None if kind is None else kind.shortening)
     fade = _fade(distance, _linear_field(box, (linear.transpose(1, 2) @ axis[..., None])[..., 0]), config.reach)
     matrix, shift = _motion_in_steps(linear, hinge[:, 0], rotation[:, 0], translation[:, 0])
     coordinates = _source_coordinates(box, fade, matrix, shift)
@@ -451,7 +587,44 @@ def _cut_box(box: _Box, affine: Tensor, params: FractureParams, box_labels: Tens
         past = torch.addcmul(side[1], fade, moved) >= middle.view(-1, 1, 1, 1)
         others = _source_coordinates(box, fade, matrix, shift)
         coordinates = [torch.where(past, other, mine) for other, mine in zip(others, coordinates)]
-    return _move_fragments(box.original, lifted, fragment, coordinates, soft), axis
+    return _move_fragments(box.original, lifted, fragment, coordinates, soft), axis, normal[:, 0], translation[:, 0]
+
+
+@dataclass
+class _KindMotion:
+    """What a kind adds to one candidate's cut: ``distal (M, 3)`` the bone's distal axis (0: generic, any
+    sign), ``pull (M, 3)`` where the distal fragment goes (0: a drawn azimuth), ``shortening (M,)`` mm."""
+
+    distal: Tensor
+    pull: Tensor
+    shortening: Tensor
+
+
+def _resolve_kinds(params: FractureParams, kind: Tensor, tables: KindTables) -> tuple[FractureParams, Tensor, Tensor]:
+    """The sizes of each candidate's kind and severity from its uniform draws (``params.shape``): the parameters
+    with the kind candidates' values in place of the generic ones, their shortening ``(M, K)`` mm and pull
+    ``(M, K, 3)`` (zeros for generic candidates)."""
+    device = params.position.device
+    ranges = tables.ranges.to(device)[kind.clamp_min(0), params.severity]  # (M, K, P, 2)
+    low, high = ranges.unbind(-1)
+    value = dict(zip(SLOTS, (low + (high - low) * params.shape).unbind(-1)))
+    is_kind = kind >= 0
+    pick = lambda mine, generic: torch.where(is_kind.view(*kind.shape, *([1] * (generic.dim() - 2))),  # noqa: E731
+                                             mine.to(generic.dtype), generic)
+    pair = lambda first, second: torch.stack([value[first], value[second]], -1)  # noqa: E731
+    resolved = replace(
+        params,
+        comminuted=pick(params.shape[..., SLOTS.index("comminuted")] < low[..., SLOTS.index("comminuted")],
+                        params.comminuted),
+        fragment_length=pick(value["fragment_length"], params.fragment_length),
+        gap=pick(pair("gap", "second_gap"), params.gap),
+        obliquity=pick(pair("obliquity", "obliquity"), params.obliquity),
+        translation=pick(pair("translation", "second_translation"), params.translation),
+        angulation=pick(pair("angulation", "second_angulation"), params.angulation),
+    )
+    shortening = torch.where(is_kind, value["shortening"], 0.0)
+    pull = torch.where(is_kind[..., None], tables.pull.to(device)[kind.clamp_min(0)], 0.0)
+    return resolved, shortening, pull
 
 
 @dataclass
@@ -471,6 +644,11 @@ class CutBoxes:
     center_index: Tensor  # (M, 3)
     fractured: Tensor  # (M,)
     choice: Tensor  # (M,)
+    kind: Tensor  # (M,) long, -1: generic
+    severity: Tensor  # (M,) long, -1: generic
+    shift: Tensor  # (M, 3)
+    angulation: Tensor  # (M,)
+    normal: Tensor  # (M, 3)
 
     @property
     def change(self) -> Tensor:
@@ -511,7 +689,10 @@ class CutBoxes:
                    original=pick(other.box.original, self.box.original))
         return CutBoxes(self.attenuation, self.affine, self.rows, box, pick(other.out, self.out),
                         pick(other.axis, self.axis), pick(other.center_index, self.center_index),
-                        pick(other.fractured, self.fractured), pick(other.choice, self.choice))
+                        pick(other.fractured, self.fractured), pick(other.choice, self.choice),
+                        pick(other.kind, self.kind), pick(other.severity, self.severity),
+                        pick(other.shift, self.shift), pick(other.angulation, self.angulation),
+                        pick(other.normal, self.normal))
 
     def spread(self, value: Tensor, fill: float | bool = 0) -> Tensor:
         """``value (M, ...)`` of the cut samples as ``(B, ...)``, ``fill`` for the others."""
@@ -533,4 +714,7 @@ class CutBoxes:
             attenuation=attenuation, fractured=fractured, center=center, center_index=self.spread(self.center_index),
             axis=self.spread(self.axis), box_start=self.spread(self.box.start), box_change=self.spread(change),
             box_affine=box_affine, changed=self.spread((change != 0).flatten(1).sum(1)), choice=self.spread(self.choice),
+            kind=self.spread(self.kind, -1), severity=self.spread(self.severity, -1),
+            shift=self.spread(self.shift.to(self.affine.dtype)), angulation=self.spread(self.angulation),
+            normal=self.spread(self.normal.to(self.affine.dtype)),
         )

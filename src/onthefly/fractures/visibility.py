@@ -29,7 +29,8 @@ The make stage of a sampler (per batch, on the crops' device)::
     lines = render(VolumeBatch(attenuation=result.attenuation[:, None], affine=crop_affine), carm)
     visibility = fracture_visibility(result.contrast, display.width(lines[:, :, 0], pixel_spacing=...))  # (B, V)
 
-Without ``min_visibility`` the step cuts candidate 0 and measures it (one cut,
+Without ``min_visibility`` (and without fracture kinds, or with
+``kind_min_visibility = 0``) the step cuts candidate 0 and measures it (one cut,
 one patch march). With it, each round re-cuts every sample whose fracture is
 still below ``min_visibility`` with its next candidate, keeps the more visible
 of the two, and stops when none is left (one host read per round, never one
@@ -308,28 +309,30 @@ def cut_visible_fractures(
     samples: Tensor | None = None,
     within: float | None = None,
     inplace: bool = False,
+    geometry: Tensor | None = None,
 ) -> FractureResult:
     """Cut each sample's fracture, measure its contrast, and redraw those below ``config.min_visibility``.
 
     Arguments as :func:`apply_fractures`, plus the views ``carm`` (batch
     ``(B, V)``, on the crops' device), the ``probe`` (:func:`visibility_probe`)
     and, with ``min_visibility > 0``, ``view_range (B, V)`` (:func:`view_ranges`)
-    to judge visibility by; ``samples``, ``within`` and ``inplace`` as :func:`apply_fractures`. See the
+    to judge visibility by; ``samples``, ``within``, ``inplace`` and ``geometry`` (fracture kinds) as
+    :func:`apply_fractures`. See the
     module's description.
 
     Returns:
         a :class:`FractureResult` with ``contrast (B, V)``, ``choice`` and ``invisible`` set.
     """
     cutter = FractureCutter(attenuation, affine, params, config=config, bone=bone, labels=labels, table=table,
-                            mu_water=mu_water, window=window, samples=samples, within=within)
+                            mu_water=mu_water, window=window, samples=samples, within=within, geometry=geometry)
     boxes = cutter.cut()
     contrast = _contrast(boxes.change, boxes.box_affine, boxes.point, carm, boxes.rows, probe)
     invisible = torch.zeros_like(boxes.fractured)
-    if config.min_visibility > 0:
+    if config.min_visibility > 0 or (cutter.geometry is not None and config.kind_min_visibility > 0):
         if view_range is None or view_range.shape != (attenuation.shape[0], contrast.shape[1]):
             shape = None if view_range is None else tuple(view_range.shape)
             raise ValueError(f"view_range: expected ranges ({attenuation.shape[0]}, {contrast.shape[1]}) "
-                             f"(view_ranges) with min_visibility > 0, got {shape}")
+                             f"(view_ranges) with min_visibility > 0 or fracture kinds, got {shape}")
         boxes, contrast, invisible = _redraw(cutter, boxes, contrast, carm, probe, view_range[boxes.rows], config)
     result = boxes.result(inplace=inplace)
     result.contrast, result.invisible = boxes.spread(contrast), boxes.spread(invisible, False)
@@ -338,10 +341,12 @@ def cut_visible_fractures(
 
 def _redraw(cutter: FractureCutter, boxes: CutBoxes, contrast: Tensor, carm: CArm, probe: VisibilityProbe,
             view_range: Tensor, config: FractureConfig) -> tuple[CutBoxes, Tensor, Tensor]:
-    """Rounds of re-cutting the samples still below ``min_visibility`` with their next candidate."""
+    """Rounds of re-cutting the samples still below ``min_visibility`` (``kind_min_visibility`` for a kind
+    fracture) with their next candidate."""
     visibility = (contrast / view_range.clamp_min(1e-8)).amax(1)
+    threshold = torch.where(boxes.kind >= 0, config.kind_min_visibility, config.min_visibility)
     for candidate in range(1, cutter.params.candidates):
-        below = boxes.fractured & (visibility < config.min_visibility)
+        below = boxes.fractured & (visibility < threshold)
         if not bool(below.any()):  # one host read per round
             break
         other = cutter.cut(torch.full_like(boxes.choice, candidate))
@@ -351,4 +356,4 @@ def _redraw(cutter: FractureCutter, boxes: CutBoxes, contrast: Tensor, carm: CAr
         boxes = boxes.where(better, other)
         contrast = torch.where(better[:, None], other_contrast, contrast)
         visibility = torch.where(better, other_visibility, visibility)
-    return boxes, contrast, boxes.fractured & (visibility < config.min_visibility)
+    return boxes, contrast, boxes.fractured & (visibility < threshold)

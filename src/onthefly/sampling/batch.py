@@ -71,6 +71,10 @@ class DRRBatch:
             it causes (:func:`~onthefly.fractures.fracture_visibility`); 0 where not fractured.
         fracture_invisible: ``(B,)`` bool, fractured samples that stayed below
             ``FractureConfig.min_visibility`` after every redraw.
+        fracture_kind: ``(B,)`` long, the fracture's kind, an index into ``FractureConfig.kind_names``;
+            -1 for the generic fracture (no kind's site in the crop) and where not fractured.
+        fracture_severity: ``(B,)`` long, an index into ``onthefly.fractures.SEVERITY_NAMES``
+            (obvious, moderate, subtle); -1 where ``fracture_kind`` is -1.
     """
 
     images: Tensor
@@ -95,6 +99,8 @@ class DRRBatch:
     fracture_patch: Tensor | None = None
     fracture_visibility: Tensor | None = None
     fracture_invisible: Tensor | None = None
+    fracture_kind: Tensor | None = None
+    fracture_severity: Tensor | None = None
 
     @property
     def batch_size(self) -> int:

@@ -25,6 +25,7 @@ from ..correspondence import coarse_grid_affine, patch_correspondence, pool_crop
 from ..deformation import deform_crops
 from ..footprints import footprint_window
 from ..fractures import (
+    BoneGeometries,
     bone_weight_tables,
     cut_visible_fractures,
     fracture_visibility,
@@ -94,6 +95,9 @@ class BatchMaker:
         self.needs_labels = bool(self.structures) or (config.fractures is not None and store.has_labels)
         (self.bone_tables, self.bone_source, self.fracture_window, self.fracture_probe,
          self.fracture_within) = _fracture_setup(config, store)
+        # per CT, the bones fracture kinds break (made once per CT, when a batch first holds it)
+        geometries = BoneGeometries(store, config.fractures) if self.needs_labels and config.fractures else None
+        self.bone_geometries = geometries if geometries is not None and geometries.active else None
         self.window = 1  # the largest footprint window a compiled batch has needed (grows, never shrinks)
 
     def make(self, params: SampleParams, *, timings: dict[str, float] | None = None):
@@ -157,15 +161,18 @@ class BatchMaker:
                    carm: CArm):
         config = self.config.fractures
         table = None if labels is None else self.bone_tables[params.volume_index.to(self.device)]
+        geometry = None if self.bone_geometries is None or labels is None else self.bone_geometries.rows(
+            params.volume_index)
         ranges = (view_ranges(crops, crop_affine, carm, display=self.config.display,
                               pixel_spacing=self.config.pixel_spacing)
-                  if config.min_visibility > 0 else None)
+                  if config.min_visibility > 0 or geometry is not None else None)
         drawn = params.fracture.drawn.nonzero()[:, 0]  # host values: only the drawn samples are cut
         # the store's crops are this batch's own tensor: the fractures are written into them
         return cut_visible_fractures(crops, crop_affine, params.fracture.to(self.device), carm, config=config,
                                      probe=self.fracture_probe, labels=labels, table=table,
                                      mu_water=self.config.mu_water, window=self.fracture_window, view_range=ranges,
-                                     samples=drawn.to(self.device), within=self.fracture_within, inplace=True)
+                                     samples=drawn.to(self.device), within=self.fracture_within, inplace=True,
+                                     geometry=geometry)
 
     def _radiographs(self, params: SampleParams, volume: VolumeBatch, carm: CArm) -> tuple[Tensor, Tensor]:
         """Radiographs through the drawn physics ``(B, V, 1, H, W)``, and the display's window widths ``(B, V)``
@@ -189,6 +196,7 @@ class BatchMaker:
         batch.fracture_patch = patch_index(pixel, self.config.image_size, self.config.patch_size)
         batch.fracture_visibility = visibility
         batch.fracture_invisible = fractured.invisible
+        batch.fracture_kind, batch.fracture_severity = fractured.kind, fractured.severity
 
     def _structures(self, params: SampleParams, labels: Tensor, crop_affine: Tensor, carm_host: CArm) -> Tensor:
         """``(B, V, S, H, W)`` path lengths (mm) through each structure of each crop."""
