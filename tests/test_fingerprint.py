@@ -17,7 +17,7 @@ import json
 import pytest
 import torch
 
-from onthefly import DRRCorrespondenceSampler, PhantomSource, Volume
+from onthefly import DRRCorrespondenceSampler, PhantomSource, SamplerConfig, Volume
 
 PINNED_TORCH = "2.13.0+cpu"
 SMALL = dict(views=2, image_size=32, patch_size=8, crop_size=150.0, spacing=6.0, batch_size=3)
@@ -114,3 +114,16 @@ def streams(ct_small, make_phantom_hu, folder) -> dict[str, str]:
 
 def test_batches_are_bit_identical_to_the_pinned_ones(ct_small, make_phantom_hu, tmp_path):
     assert streams(ct_small, make_phantom_hu, tmp_path / "bank") == EXPECTED
+
+
+def test_a_config_passed_whole_makes_the_same_stream(ct_small):
+    by_fields = DRRCorrespondenceSampler(volumes=[ct_small], seed=3, **SMALL)
+    by_config = DRRCorrespondenceSampler(volumes=[ct_small], seed=3, config=SamplerConfig(**SMALL))
+    assert by_config.config == by_fields.config and by_config.fingerprint() == by_fields.fingerprint()
+    assert batch_fingerprint(by_config.sample(0)) == batch_fingerprint(by_fields.sample(0))
+    with pytest.raises(TypeError, match="config, views: give a SamplerConfig or its fields, not both"):
+        DRRCorrespondenceSampler(volumes=[ct_small], config=SamplerConfig(**SMALL), views=3)
+    with pytest.raises(TypeError, match="config: expected a SamplerConfig"):
+        DRRCorrespondenceSampler(volumes=[ct_small], config=dict(SMALL))
+    with pytest.raises(TypeError):
+        SamplerConfig(2)  # keyword-only

@@ -73,9 +73,6 @@ MAX_ATTENUATION_PER_MM = 1e6
 MAX_VOXELS = 2**31
 """Largest voxel count a file read or a resampling may produce (8 GiB as float32); raise it with ``max_voxels``."""
 
-DEPRECATED_LABEL_DTYPES = ()
-
-
 def check_mu_water(mu_water) -> float:
     """``mu_water`` as a float in :data:`MU_WATER_RANGE` (1/mm), or ``TypeError``/``ValueError`` naming it."""
     return check_real("mu_water", mu_water, low=MU_WATER_RANGE[0], high=MU_WATER_RANGE[1], unit="1/mm")

@@ -362,8 +362,8 @@ class VolumeBank(VolumeStore):
         return tuple(self._subset(sorted(chosen), "fractions") for chosen in members)
 
     # -------------------------------------------------------------------------------------- drawing
-    # available() and prefetch() are VolumeStore's: every candidate may be drawn at every step (no rounds of
-    # resident CTs), and crops are read when a batch is made (the Prefetcher overlaps that with training).
+    # available() is VolumeStore's: every candidate may be drawn at every step (no rounds of resident CTs);
+    # crops are read when a batch is made (the Prefetcher overlaps that with training).
 
     def tissue_blocks(self, volume_index: Tensor, first_block: Tensor, count: Sequence[int]) -> Tensor:
         """Non-air fraction of tissue blocks ``[first_block, first_block + count)`` of CT ``volume_index[b]``.

@@ -65,7 +65,7 @@ def _image_size(value) -> tuple[int, int]:
     return (check_positive_int("image_size", size[0]), check_positive_int("image_size", size[1]))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SamplerConfig:
     """What the sampler draws and makes. Keyword-only; angles in radians, lengths in mm.
 

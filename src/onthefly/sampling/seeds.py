@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["stream_seed", "GEOMETRY", "AUGMENTATION", "NOISE", "FRACTURES", "POOL", "PHYSICS", "ANATOMY"]
+__all__ = ["stream_seed", "GEOMETRY", "AUGMENTATION", "NOISE", "FRACTURES", "PHYSICS", "ANATOMY"]
 
 GEOMETRY = 0
 """Purpose of the generator that draws CTs, crops and poses (and their redraws)."""
@@ -19,8 +19,7 @@ NOISE = 2
 """Purpose of the device generator that draws the augmentation noise."""
 FRACTURES = 3
 """Purpose of the generator that draws the fracture parameters."""
-POOL = 4
-"""Purpose of the generator that chooses a round's resident CTs (stores that keep a pool)."""
+# 4 is left unused: purposes keep their numbers, so every stream stays the same.
 PHYSICS = 5
 """Purpose of the generator that draws the radiograph physics (spectrum, dose, scatter, blur, noise keys)."""
 ANATOMY = 6

@@ -92,9 +92,6 @@ class VolumeStore:
         """
         raise NotImplementedError
 
-    def prefetch(self, steps: range) -> None:
-        """A hint that these steps come next (a store may start loading what they need)."""
-
     def check_crop(self, crop_voxels: Sequence[int], spacing: Sequence[float]) -> None:
         """Raise ``ValueError`` naming the first CT smaller than the crop."""
         crop = torch.tensor(list(crop_voxels), dtype=torch.long)

@@ -71,6 +71,7 @@ class DRRCorrespondenceSampler(IterableDataset):
             group is initialised, else 0); each rank has its own stream. Under an
             initialised process group it must be below the world size.
         steps: number of batches an iteration yields (default: endless).
+        config: a :class:`~onthefly.sampling.config.SamplerConfig` (then no ``settings``).
         **settings: the :class:`~onthefly.sampling.config.SamplerConfig` fields
             (``views``, ``image_size``, ``patch_size``, ``crop_size``, ``spacing``,
             ``alpha``... ``sdd``, ``batch_size``, ``augmentation``, ``fractures``,
@@ -85,7 +86,7 @@ class DRRCorrespondenceSampler(IterableDataset):
     """
 
     def __init__(self, *, volumes, device: torch.device | str = "cpu", seed: int = 0, rank: int | None = None,
-                 steps: int | None = None, **settings) -> None:
+                 steps: int | None = None, config: SamplerConfig | None = None, **settings) -> None:
         super().__init__()
         if not is_int(seed):
             raise TypeError(f"seed: expected an int, got {seed!r}")
@@ -97,7 +98,11 @@ class DRRCorrespondenceSampler(IterableDataset):
                              f"{world - 1}), got {rank}")
         if steps is not None and (not is_int(steps) or steps < 1):
             raise ValueError(f"steps: expected a positive int or None, got {steps!r}")
-        self.config = _config(settings)
+        if config is not None and not isinstance(config, SamplerConfig):
+            raise TypeError(f"config: expected a SamplerConfig or None, got {type(config).__name__}")
+        if config is not None and settings:
+            raise TypeError(f"config, {', '.join(sorted(settings))}: give a SamplerConfig or its fields, not both")
+        self.config = config if config is not None else _config(settings)
         self.seed, self._rank, self.steps = seed, rank, steps
         config = self.config
         needs_labels = config.structures is not None or config.fractures is not None
@@ -236,7 +241,6 @@ class DRRCorrespondenceSampler(IterableDataset):
             )
         step = self._next_step + worker
         while self.steps is None or step < self.steps:
-            self.store.prefetch(range(step + workers, step + 2 * workers))
             batch = self.sample(step)
             step += workers
             if info is None:
