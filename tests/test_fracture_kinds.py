@@ -253,3 +253,17 @@ def test_redraws_are_bounded_and_keep_the_kind():
     assert params.position.shape == (3, 3)
     with pytest.raises(ValueError, match="max_redraws"):
         FractureConfig(max_redraws=101)
+
+
+@pytest.mark.slow
+def test_kind_fractures_have_no_graph_break():
+    volume = arm("hand", 0)
+    config = FractureConfig(probability=1.0, kinds={"phalanx": 1.0, "metacarpal_neck": 1.0}, kind_min_visibility=0.0)
+    crops = hu_to_attenuation(volume.hu)[:, :40, :40, :40].expand(2, -1, -1, -1).contiguous()
+    labels = volume.labels[:, :40, :40, :40].expand(2, -1, -1, -1).contiguous()
+    geometry = kind_geometry(volume.labels, volume.affine, volume.label_names, config)[None].expand(2, -1, -1)
+    params = draw_fractures(config, 2, torch.Generator().manual_seed(0))
+    explanation = torch._dynamo.explain(apply_fractures)(
+        crops, volume.affine.double()[None].expand(2, -1, -1), params, config=config, labels=labels,
+        table=bone_weight_table(volume.label_names, config), geometry=geometry, window=(21, 21, 21))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
