@@ -12,11 +12,13 @@ first, then ``--repeats`` timed runs: the table gives the median rate and the
 range over the runs. The work per example is tiny, so hypothesis' own
 bookkeeping is part of what is measured, as in a real test. Every row is
 measured with torch's default threads and with one thread
-(``torch.set_num_threads(1)``): the small tensors of these scenes gain nothing
-from a second thread, and on shared cores its waits cost more than it gives.
+(``torch.set_num_threads(1)``): the small tensors of these scenes gain little
+from a second thread, and when other jobs load the cores its waits can cost
+more than it gives (a run at a load average of 8 gave 72 scenes / s with one
+thread and 25 with two).
 
-Run: ``.venv/bin/python benchmarks/testing.py`` (about three minutes on a
-busy 2-core CPU); writes ``benchmarks/results/testing.json`` and the
+Run: ``.venv/bin/python benchmarks/testing.py`` (under a minute on a quiet
+2-core CPU, four on a busy one); writes ``benchmarks/results/testing.json`` and the
 ``testing`` section of ``benchmarks/RESULTS.md``.
 """
 
@@ -90,8 +92,7 @@ def verdict(rows: list[dict]) -> str:
     others = ", ".join(f"{row['median_per_s']:.0f} / s with {row['threads']}" for row in rendered if row is not best)
     status = "meets" if best["median_per_s"] >= 50 else "misses"
     return (f"Generated and rendered: {best['median_per_s']:.0f} scenes / s with {best['threads']} torch thread(s) "
-            f"({others}), which {status} the target of 50 / s. For property tests of small scenes, "
-            "`torch.set_num_threads(1)` in your test session's setup is the faster setting.")
+            f"({others}), which {status} the target of 50 / s.")
 
 
 def main() -> None:
@@ -115,7 +116,7 @@ def main() -> None:
         f"Small random scenes of `onthefly.testing.strategies.scenes()` per second, {args.examples} derandomised "
         f"examples per run through one `@given` test, median and range of {args.repeats} runs after one warm-up. "
         f"Machine: {describe_machine(info)}. 1-minute load average {load_before:.1f} before and {load_after:.1f} "
-        "after: other jobs shared the cores.\n\n" + table(rows) + "\n\n" + verdict(rows)
+        "after: other jobs shared the 2 cores.\n\n" + table(rows) + "\n\n" + verdict(rows)
     )
     print("\n" + table(rows))
     if not args.no_markdown:

@@ -354,6 +354,7 @@ def test_projection_check_names_the_kind_of_error():
         (mirrored, "rows are mirrored"),
         (lambda c, p: project_points(c, p).flip(-1), "swapped"),
         (lambda c, p: project_points(two_views(pixel_spacing=5.0), p), "magnification"),
+        (lambda c, p: project_points(two_views(sid=300.0), p), "sid and sdd swapped"),
         (lambda c, p: project_points(c, p)[..., :1], r"shape \(1, 2, 20, 2\)"),
     ]:
         with pytest.raises(AssertionError, match=message):
@@ -501,7 +502,9 @@ def test_mutants_of_a_projection_are_caught_within_the_default_examples(bug):
         calls.append(1)
         return project(carm, points)
 
-    with pytest.raises(AssertionError, match="differs from onthefly.project_points"):
+    diagnosis = {"flipped_axis": "columns are mirrored", "half_pixel": "half-pixel offset",
+                 "swapped_distances": "sid and sdd swapped"}[bug]
+    with pytest.raises(AssertionError, match=f"differs from onthefly.project_points.*{diagnosis}"):
         example.projection_property(counted, **NO_SHRINK)()
     # The property test runs 25 examples (hypothesis' own default is 100); each mutant fails within them.
     assert len(calls) <= 25

@@ -584,6 +584,14 @@ def _projection_diagnosis(got: Tensor, expected: Tensor, centre: Tensor, atol: f
         ratios = [float(r) for r in (carm.sdd / carm.sid).flatten()[:1]]
         return (f"It is the library's projection scaled by {scale:.4g} about the detector centre: a wrong "
                 f"magnification (sid and sdd swapped? sdd / sid = {ratios[0]:.4g} here), or a wrong pixel spacing.")
+    length, reference_length = relative.norm(dim=-1), reference.norm(dim=-1)
+    away = reference_length > 1.0  # a direction is read only a pixel or more from the centre
+    cosine = (relative * reference).sum(-1) / (length * reference_length).clamp_min(1e-12)
+    if bool(away.any()) and bool((cosine[away] > 1 - 1e-6).all()):
+        ratio = length[away] / reference_length[away]
+        return (f"Each point lies on the right line through the detector centre but at {float(ratio.min()):.4g} to "
+                f"{float(ratio.max()):.4g} times the distance, a factor that changes with the point's depth: a wrong "
+                f"source or detector distance (sid and sdd swapped?).")
     return "No simple pattern (shift, mirror, swap, scale) explains it; compare a single view and point by hand."
 
 

@@ -140,7 +140,8 @@ def volumes(*, sizes: Sequence[int] = (8, 10, 12), spacing=(2.0, 5.0), kinds: Se
             ``"phantom"`` (the central ``size^3`` voxels of a procedural forearm, wrist
             or hand, :func:`onthefly.phantom`, seeds 0 to 99, at an isotropic spacing from
             ``phantom_spacing``: coarse, so cheap, about 0.05 s per new phantom at 4 mm (0.5 s at 3 mm),
-            the last 32 cached; its labels kept).
+            the last 32 cached; its labels kept; give such tests ``deadline=None``, as hypothesis' slow-draw
+            health check allows five deadlines of drawing).
         max_offset: the volume's centre lies within +-``max_offset`` mm of the
             world origin on each axis (0: centred).
         rotated: turn the volume about its centre by a random rotation (Euler
