@@ -8,6 +8,7 @@ import importlib.util
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -260,6 +261,8 @@ def test_strategies_refuse_bad_arguments_naming_them():
         (lambda: volumes(kinds=("cloud",)), "kinds"),
         (lambda: volumes(spacing=(5.0, 2.0)), "spacing"),
         (lambda: volumes(sizes=(1,)), "sizes"),
+        (lambda: volumes(sizes=(8.5,)), "sizes"),
+        (lambda: volumes(max_offset=-1.0), "max_offset"),
         (lambda: volumes(phantom_spacing=(8.0,), kinds=("phantom",)), "phantom_spacing"),
         (lambda: carms(corners=("sideways",)), "corners"),
         (lambda: carms(sid=(20.0, 600.0)), "sid"),
@@ -274,6 +277,23 @@ def test_strategies_refuse_bad_arguments_naming_them():
             call()
     with pytest.raises(TypeError, match="sampler"):
         sample_params(object())
+
+
+class StoreOf:
+    """A stand-in store of CTs of the given shapes (what sample_params reads before drawing)."""
+
+    def __init__(self, shapes):
+        self.shapes = torch.tensor(shapes, dtype=torch.long).reshape(-1, 3)
+
+    def __len__(self):
+        return self.shapes.shape[0]
+
+
+def test_sample_params_refuses_stores_it_cannot_crop():
+    config = small_sampler().config  # crops of 10 voxels
+    for shapes, message in [([], "no CT"), ([[16, 16, 16], [16, 8, 16]], r"crops of \(10, 10, 10\) voxels")]:
+        with pytest.raises(ValueError, match=f"sampler: .*{message}"):
+            sample_params(SimpleNamespace(config=config, store=StoreOf(shapes)))
 
 
 @functools.lru_cache(maxsize=1)

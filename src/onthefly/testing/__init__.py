@@ -1,8 +1,13 @@
 """Checks of correspondence geometry, for your own cameras, volumes and matrices.
 
 Plain functions that raise ``AssertionError`` with a message saying what is
-wrong and where (use them in any test runner), a slow brute-force reference
-for ``patch_correspondence``, and a small random volume. The hypothesis
+wrong and where (use them in any test runner): checks of a matrix
+(``assert_correspondence_valid``, ``assert_epipolar_consistent``,
+``assert_points_correspond``) and of a projection (``assert_projects_like``);
+metamorphic relations that change a scene in a known way and check how ``C``
+follows (views permuted, the whole scene moved rigidly, the volume on a finer
+grid, images flipped or turned); a slow brute-force reference for
+``patch_correspondence``; small volumes and points of tissue. The hypothesis
 strategies that draw scenes to check live in :mod:`onthefly.testing.strategies`
 (``pip install 'onthefly[testing]'``); this module needs no hypothesis.
 

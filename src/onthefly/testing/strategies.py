@@ -153,7 +153,7 @@ def volumes(*, sizes: Sequence[int] = (8, 10, 12), spacing=(2.0, 5.0), kinds: Se
         a :class:`~onthefly.Volume` of ``(1, n, n, n)`` HU in [-1000, 1500] (phantoms:
         up to ``n`` per axis, their own HU, cortical bone up to about 1900).
     """
-    sizes = tuple(_count("sizes", int(n) if not isinstance(n, bool) else n, minimum=2) for n in sizes) if sizes else ()
+    sizes = tuple(_count("sizes", n, minimum=2) for n in sizes)
     if not sizes:
         raise ValueError("sizes: expected at least one size, got none")
     edges = _pair("spacing", spacing, low=1e-3, high=1e3, unit=" mm")
