@@ -29,7 +29,7 @@ test-fast: $(STAMP)
 test-props: $(STAMP)
 	@seed=$${SEED:-$$($(PY) -c 'import secrets; print(secrets.randbelow(2**32))')}; \
 	echo "hypothesis seed $$seed (rerun: make test-props SEED=$$seed)"; \
-	ONTHEFLY_HYPOTHESIS_PROFILE=explore $(PY) -m pytest -p no:cacheprovider --hypothesis-seed=$$seed -q tests; \
+	ONTHEFLY_HYPOTHESIS_PROFILE=explore $(PY) -m pytest -p no:cacheprovider --hypothesis-seed=$$seed -q tests examples/property_tests; \
 	status=$$?; echo "hypothesis seed $$seed"; exit $$status
 
 bench: $(STAMP)
@@ -38,6 +38,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/sampler.py
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/tasks.py
+	$(PY) benchmarks/anatomy.py
+	$(PY) benchmarks/phantoms.py
+	$(PY) benchmarks/physics.py
+	$(PY) benchmarks/testing.py
 	$(PY) benchmarks/fractures.py
 	$(PY) benchmarks/bank.py
 

@@ -88,7 +88,7 @@ def parse(argv: list[str] | None):
     parser.add_argument("--paired", action="store_true",
                         help="train on paired batches (each fractured crop next to the same crop intact); "
                              "evaluation stays unpaired")
-    parser.add_argument("--display", default="minmax", choices=["minmax", "radiograph"],
+    parser.add_argument("--display", default="radiograph", choices=["minmax", "radiograph"],
                         help="how line integrals become the views (onthefly.DISPLAYS)")
     parser.add_argument("--backbone", default="vgg", choices=["vgg", "small"],
                         help="the CNN under the tokens (onthefly.models.backbone); 'small' was the former default")

@@ -116,9 +116,11 @@ def test_bad_display_choice_and_pixel_spacing_are_rejected():
 
 
 def test_sampler_config_takes_a_display_and_keeps_old_fingerprints():
-    plain = SamplerConfig(batch_size=2)
+    """The radiograph display is the default; min-max configurations keep the fingerprints they always had."""
+    assert SamplerConfig(batch_size=2).display == RADIOGRAPH
+    plain = SamplerConfig(batch_size=2, display="minmax")
     assert plain.display == Display() and "display" not in plain.describe()
-    processed = SamplerConfig(batch_size=2, display="radiograph")
+    processed = SamplerConfig(batch_size=2)
     assert processed.display == RADIOGRAPH
     assert processed.describe()["display"]["detail"] == 5.0
     assert processed.fingerprint() != plain.fingerprint()
@@ -130,8 +132,8 @@ def test_sampler_views_use_the_display(ct):
     volume = ct.crop_mm((0.0, 0.0, 0.0), 120.0).resample(4.0)
     settings = dict(volumes=[volume], views=2, image_size=32, patch_size=16, crop_size=100.0, spacing=4.0,
                     batch_size=2, augmentation=None, correspondence=False, return_volume=True, seed=3)
-    plain = otf.DRRCorrespondenceSampler(**settings).sample(0)
-    processed = otf.DRRCorrespondenceSampler(**settings, display="radiograph")
+    plain = otf.DRRCorrespondenceSampler(**settings, display="minmax").sample(0)
+    processed = otf.DRRCorrespondenceSampler(**settings)
     batch = processed.sample(0)
     lines = otf.render(batch.volume, batch.carm)
     torch.testing.assert_close(plain.images, to_display(lines))

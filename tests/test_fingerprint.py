@@ -20,10 +20,10 @@ import torch
 from onthefly import DRRCorrespondenceSampler, PhantomSource, SamplerConfig, Volume
 
 PINNED_TORCH = "2.13.0+cpu"
-SMALL = dict(views=2, image_size=32, patch_size=8, crop_size=150.0, spacing=6.0, batch_size=3)
-BANK = dict(views=2, image_size=32, patch_size=8, crop_size=24.0, spacing=2.0, batch_size=2, min_tissue_fraction=0.1,
+SMALL = dict(display="minmax", views=2, image_size=32, patch_size=8, crop_size=150.0, spacing=6.0, batch_size=3)
+BANK = dict(display="minmax", views=2, image_size=32, patch_size=8, crop_size=24.0, spacing=2.0, batch_size=2, min_tissue_fraction=0.1,
             min_projection_fraction=0.1)
-PHANTOM = dict(views=2, image_size=32, patch_size=8, crop_size=96.0, spacing=4.0, batch_size=2, augmentation=None,
+PHANTOM = dict(display="minmax", views=2, image_size=32, patch_size=8, crop_size=96.0, spacing=4.0, batch_size=2, augmentation=None,
                min_tissue_fraction=0.1, min_projection_fraction=0.1)
 BATCH_FIELDS = ("images", "correspondence", "carm", "operations", "volume_index", "crop_start", "crop_stop",
                 "crop_affine", "params", "labels", "volume")

@@ -150,6 +150,7 @@ def test_batch_type_and_fields_say_what_a_stream_carries(small_ct):
     plain = make(small_ct)
     assert plain.batch_type.__name__ == "DRRBatch" and "correspondence" in plain.batch_fields
     assert "labels" not in plain.batch_fields and "fracture" not in plain.batch_fields
+    assert not [name for name in plain.batch_fields if name.startswith("fracture")]  # every fracture field is optional
     biplanar = BiplanarSampler(volumes=[small_ct], image_size=32, patch_size=8, crop_size=150.0, spacing=6.0,
                                batch_size=3, volume_size=8)
     assert biplanar.batch_type.__name__ == "BiplanarBatch" and "volume" in biplanar.batch_fields

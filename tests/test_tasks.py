@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from onthefly import Augmentation, CArm, Volume, VolumeBatch, project_points, render, to_display
+from onthefly import Augmentation, CArm, Volume, VolumeBatch, project_points, render
 from onthefly.tasks import (
     CHEST_SDD_MM,
     CHEST_SID_MM,
@@ -128,8 +128,9 @@ def test_biplanar_batch_target_is_the_windowed_crop(small_ct):
         inside = batch.volume[i] < 1
         attenuation = crop.attenuation()
         torch.testing.assert_close(batch.volume[i][inside] * TARGET_ATTENUATION_SCALE, attenuation[inside])
-    # The PA and lateral images are renders of the crops by the batch's cameras.
-    expected = to_display(render(VolumeBatch.from_volumes(crops), batch.carm))
+    # The PA and lateral images are renders of the crops by the batch's cameras, through the sampler's display.
+    config = sampler.config
+    expected = config.display(render(VolumeBatch.from_volumes(crops), batch.carm), pixel_spacing=config.pixel_spacing)
     torch.testing.assert_close(batch.images, expected, atol=1e-4, rtol=0)
 
 

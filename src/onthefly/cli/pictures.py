@@ -156,14 +156,9 @@ def run_demo(args: argparse.Namespace, argv=None) -> int:
     return 0
 
 
-DEMO_TRAINING_FLAGS = ["--model", "small", "--image-size", "128", "--patch-size", "16", "--crop-size", "120",
-                       "--spacing", "2", "--batch-size", "8", "--lr", "1e-3", "--log-every", "10", "--device", "cpu"]
-"""The demo's training run, as flags of ``onthefly train correspondence`` (plus --steps and the periods)."""
-
-
 def _demo_training(folder: Path, steps: int, *, quiet: bool = False, eval_batches: int = 4) -> dict:
     """Train the small correspondence model on the bundled CT and report loss and held-out AP."""
-    from .training import _add_train_options, train_from_args
+    from .training import DEMO_TRAINING_FLAGS, _add_train_options, train_from_args
 
     parser = argparse.ArgumentParser()
     _add_train_options(parser)
@@ -218,7 +213,7 @@ def add_picture_parsers(commands) -> None:
     preview.add_argument("--crop-size", type=positive(float), default=200.0, help="with --sampled: crop edge, mm")
     preview.add_argument("--spacing", type=positive(float), default=1.0,
                          help="with --sampled: voxel spacing the CT is resampled to, mm")
-    preview.add_argument("--display", choices=["minmax", "radiograph"], default="minmax",
+    preview.add_argument("--display", choices=["minmax", "radiograph"], default="radiograph",
                          help="with --sampled: how line integrals become the views (min-max, or processed as a "
                               "radiograph: local contrast, percentile window)")
     _add_view_options(preview, alpha=[0.0, 90.0])

@@ -29,6 +29,9 @@ FREE_ON_RESUME_FLAGS = ("steps", "checkpoint_every", "eval_every", "eval_batches
 """Train flags a resume restores when not given and that may be given anew (``--steps`` extends the run)."""
 TRUNK_FLAGS = ("backbone", "patch_size", "d_model", "heads", "layers")
 """Classifier flags that describe the trunk, read from the ``--init-from`` checkpoint when not given."""
+DEMO_TRAINING_FLAGS = ["--model", "small", "--image-size", "128", "--patch-size", "16", "--crop-size", "120",
+                       "--spacing", "2", "--batch-size", "8", "--lr", "1e-3", "--log-every", "10", "--device", "cpu"]
+"""The demo's training run, as flags of ``onthefly train correspondence`` (plus --steps and the periods)."""
 PHANTOM_SPLIT = (0.9, 0.1)
 """Shares of the phantom seeds for training and evaluation (``--volumes phantom:...``)."""
 PHANTOM_MIN_TISSUE_FRACTION = 0.05
@@ -55,7 +58,7 @@ def _add_train_options(parser: argparse.ArgumentParser, task: str = "corresponde
     data.add_argument("--eval-angles", choices=["same", "held-out"], default="held-out",
                       help="held-out: train on primary angles in [0, 180) deg, evaluate on [180, 360)")
     data.add_argument("--seed", type=int, default=0, help="stream and initialisation seed (an integer)")
-    data.add_argument("--display", choices=["minmax", "radiograph"], default="minmax",
+    data.add_argument("--display", choices=["minmax", "radiograph"], default="radiograph",
                       help="how line integrals become the views: min-max scaled, or processed as a radiograph "
                            "(local contrast, percentile window)")
     data.add_argument("--physics", action="store_true",
@@ -159,7 +162,7 @@ def _samplers_from_args(args: argparse.Namespace, *, train_only: dict | None = N
     held_out = args.eval_angles == "held-out"
     common = dict(views=args.views, image_size=args.image_size, patch_size=args.patch_size,
                   crop_size=args.crop_size, spacing=args.spacing, batch_size=args.batch_size,
-                  device=check_device(args.device), display=getattr(args, "display", "minmax"),
+                  device=check_device(args.device), display=getattr(args, "display", "radiograph"),
                   footprint=getattr(args, "footprint", "exact"), **extra)
     if isinstance(train_volumes, PhantomSource):
         # A limb fills little of a cube crop (a hand is about 30 mm thick): the chest CT's tissue threshold would
@@ -482,7 +485,7 @@ def compare_correspondence_runs(runs: dict[str, list[str]], evaluation: dict, *,
 
     Args:
         runs: ``{name: flags}``: extra flags of ``onthefly train correspondence`` after the demo's
-            (:data:`~onthefly.cli.pictures.DEMO_TRAINING_FLAGS`); each run writes ``output/<name>/``.
+            (:data:`DEMO_TRAINING_FLAGS`); each run writes ``output/<name>/``.
         evaluation: ``{name: sampler}``, the held-out streams every model is scored on.
         steps, eval_batches: training steps of each run; held-out batches per evaluation set.
 
@@ -492,7 +495,6 @@ def compare_correspondence_runs(runs: dict[str, list[str]], evaluation: dict, *,
     from ..checkpoint import load_checkpoint
     from ..models import CorrespondenceConfig, CorrespondenceModel
     from ..train import evaluate_correspondence
-    from .pictures import DEMO_TRAINING_FLAGS
 
     def scores(model) -> dict:
         return {name: {key: value for key, value in evaluate_correspondence(model, sampler, batches=eval_batches)[0]

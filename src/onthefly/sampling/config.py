@@ -118,9 +118,9 @@ class SamplerConfig:
         anatomy: an :class:`~onthefly.deformation.AnatomyVariation` (each crop deformed before fractures and
             rendering, drawn into ``params.anatomy``; the correspondence is that of the deformed crop), or
             ``None`` (the default). Not with ``compile=True``.
-        display: how line integrals become the views' ``[0, 1]`` images: ``"minmax"``
-            (per-view min-max, the default), ``"radiograph"`` (local contrast and a
-            percentile window, as a processed radiograph) or a
+        display: how line integrals become the views' ``[0, 1]`` images: ``"radiograph"``
+            (the default: local contrast and a percentile window, as a processed
+            radiograph), ``"minmax"`` (per-view min-max, the default of earlier versions) or a
             :class:`~onthefly.display.Display`; stored as a ``Display``.
         method: projector method, ``"trilinear"`` or ``"siddon"``.
         mu_water: attenuation of water (1/mm).
@@ -163,7 +163,7 @@ class SamplerConfig:
     return_volume: bool = False
     correspondence: bool = True
     fractures: FractureConfig | None = None
-    display: str | Display = field(default="minmax", metadata={OMIT_WHEN: Display()})
+    display: str | Display = field(default="radiograph", metadata={OMIT_WHEN: Display()})
     footprint: str = field(default="exact", metadata={OMIT_WHEN: "exact"})
     physics: Physics | None = field(default=None, metadata={OMIT_WHEN: None})
     anatomy: AnatomyVariation | None = field(default=None, metadata={OMIT_WHEN: None})

@@ -68,6 +68,8 @@ def _drr_fields(config) -> tuple[str, ...]:
         "fracture_patch": config.fractures is not None,
         "fracture_visibility": config.fractures is not None,
         "fracture_invisible": config.fractures is not None,
+        "fracture_kind": config.fractures is not None,
+        "fracture_severity": config.fractures is not None,
     }
     kept = [item.name for item in fields(DRRBatch) if optional.get(item.name, True)]
     return tuple(kept)
