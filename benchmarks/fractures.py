@@ -209,17 +209,23 @@ def severity_rows(run: dict) -> list[list[str]]:
     return rows
 
 
+PHANTOM_DISPLAY = "radiograph"
+"""The display of the phantom rows: the sampler's default."""
+
+
 def phantom_section(args, default) -> tuple[dict, str]:
     """Fracture kinds on phantoms: visibility per kind and severity, redraws, cost; and the Markdown section."""
     batches = 1 if args.quick else args.phantom_batches
     visibility = {
         "defaults": visibility_run(replace(default, probability=1.0), batches=batches, quick=args.quick,
-                                   phantoms=True),
+                                   phantoms=True, display=PHANTOM_DISPLAY),
         "no redraws (kind_min_visibility=0)": visibility_run(replace(default, probability=1.0, kind_min_visibility=0.0),
-                                                            batches=batches, quick=args.quick, phantoms=True),
+                                                            batches=batches, quick=args.quick, phantoms=True,
+                                                            display=PHANTOM_DISPLAY),
     }
     timing = timing_runs({"phantoms, defaults (probability 0.5)": default}, batches=2 if args.quick else
-                         args.timing_batches, quick=args.quick, phantoms=True, warmup=1 if args.quick else 8)
+                         args.timing_batches, quick=args.quick, phantoms=True, warmup=1 if args.quick else 8,
+                         display=PHANTOM_DISPLAY)
     first = visibility["no redraws (kind_min_visibility=0)"]
     kind_first = [r for r, k in zip(first["recorded"], first["kinds"]) if k != "generic"]
     below = sum(max(r) < default.kind_min_visibility for r in kind_first) / max(len(kind_first), 1)
@@ -245,7 +251,8 @@ def phantom_section(args, default) -> tuple[dict, str]:
         "",
         f"Command: `.venv/bin/python benchmarks/fractures.py` (this section alone: `--phantoms-only`). Phantoms "
         f"of the forearm, wrist and hand, seeds 0-{PHANTOM_SEEDS - 1} of each, at {PHANTOM_SPACING_MM:g} mm, "
-        f"{PHANTOM_CROP_MM:g} mm crops, B = {BATCH}, V = {VIEWS}, {SIZE} x {SIZE}, min-max display, no augmentation, "
+        f"{PHANTOM_CROP_MM:g} mm crops, B = {BATCH}, V = {VIEWS}, {SIZE} x {SIZE}, {PHANTOM_DISPLAY} display (the "
+        "sampler's default), no augmentation, "
         f"default `FractureConfig` (kinds and severities of `onthefly.fractures.kinds`, `kind_min_visibility=0.1`, "
         f"4 redraws; `probability=1` for the visibility rows), seed {SEED}. Visibility: the largest change of the "
         "display image between the fractured batch and the intact crops rendered with the same cameras, best view "
