@@ -60,14 +60,49 @@ def worker(spec: dict) -> dict:
             "stages": {name: statistics.median(timing.get(name, 0.0) for timing in stages) for name in names}}
 
 
+def deformation_cost(batches: int = 5) -> list[dict]:
+    """``AnatomyVariation``'s stage time against the render stage's, one torch thread, in one process (so that other
+    processes' load falls on both alike): the demo's settings and the sampler's defaults, minimum over batches."""
+    import torch
+
+    import onthefly as otf
+
+    torch.set_num_threads(1)
+    rows = []
+    for size, crop, spacing in ((128, 120.0, 2.0), (256, 200.0, 1.0)):
+        sampler = otf.DRRCorrespondenceSampler(volumes=[otf.example_volume()], views=2, image_size=size,
+                                               patch_size=16, crop_size=crop, spacing=spacing, batch_size=16, seed=0,
+                                               anatomy=otf.AnatomyVariation(), correspondence=False)
+        sampler.sample(0)
+        stages = []
+        for step in range(1, batches + 1):
+            timings: dict[str, float] = {}
+            sampler.sample(step, timings=timings)
+            stages.append(timings)
+        render, anatomy = min(t["render"] for t in stages), min(t["anatomy"] for t in stages)
+        rows.append({"image_size": size, "crop_mm": crop, "spacing_mm": spacing, "render_s": render,
+                     "anatomy_s": anatomy, "ratio": anatomy / render})
+        print(f"{size} x {size}, {crop:g} mm crops at {spacing:g} mm: render {render:.3f} s, anatomy {anatomy:.3f} s, "
+              f"{anatomy / render:.2f}x", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="64 x 64 views, 4 steps (a smoke test)")
+    parser.add_argument("--cost", action="store_true",
+                        help="only AnatomyVariation's cost against the render (one thread, the demo's settings and "
+                             "the sampler's defaults); writes results/anatomy-cost.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--payload", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         emit_worker_result(worker(json.loads(args.payload)))
+        return
+    if args.cost:
+        output = RESULTS_DIR / "anatomy-cost.json"
+        output.write_text(json.dumps({"machine": machine_info(), "rows": deformation_cost()}, indent=1))
+        print(f"wrote {output}")
         return
     spec = {"size": 64, "steps": 4} if args.quick else {"size": 128, "steps": 8}
     rows = []
