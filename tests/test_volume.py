@@ -8,7 +8,8 @@ import pytest
 import torch
 import torchio as tio
 
-from onthefly import MU_WATER_PER_MM, Volume, VolumeBatch, attenuation_to_hu, hu_to_attenuation
+from onthefly import MU_WATER_PER_MM, Volume, VolumeBatch, hu_to_attenuation
+from onthefly.volume import attenuation_to_hu
 
 F64 = torch.float64
 
