@@ -43,7 +43,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_int, check_real
+from ._checks import check_int, check_real, is_int
 from .checkpoint import (
     RESUME_OVERRIDES,
     TRAINING_KEYS,
@@ -364,7 +364,7 @@ class Curriculum:
                 raise ValueError(f"{name}: expected a visibility in [0, 1), got {value!r}")
         if self.end > self.start:
             raise ValueError(f"end: expected a threshold at most start ({self.start}) (obvious first), got {self.end}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+        if not is_int(self.steps) or self.steps < 1:
             raise ValueError(f"steps: expected a positive int, got {self.steps!r}")
 
     def threshold(self, step: int) -> float:
@@ -925,7 +925,7 @@ def finetune_classifier_on_studies(model: FractureClassifier, dataset, *, steps:
     """
     from .datasets import collate_studies
 
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if not is_int(steps) or steps < 1:
         raise ValueError(f"steps: expected a positive int, got {steps!r}")
     model.train().to(device)
     if guidance_model is not None:
