@@ -397,7 +397,7 @@ def test_lean_nifti_reader_matches_torchio(tmp_path):
     import numpy as np
     import torchio as tio
 
-    from onthefly.volume import _example_paths
+    from onthefly.volume.example import _example_paths
 
     path, _, _ = _example_paths()
     lean = Volume.from_file(path)

@@ -30,6 +30,7 @@ from .common import (
     radians,
     writable_file,
 )
+from .training import DEMO_TRAINING_FLAGS, _add_train_options, train_from_args
 
 
 def _carm(args: argparse.Namespace, pixel_spacing: float) -> CArm:
@@ -156,15 +157,8 @@ def run_demo(args: argparse.Namespace, argv=None) -> int:
     return 0
 
 
-DEMO_TRAINING_FLAGS = ["--model", "small", "--image-size", "128", "--patch-size", "16", "--crop-size", "120",
-                       "--spacing", "2", "--batch-size", "8", "--lr", "1e-3", "--log-every", "10", "--device", "cpu"]
-"""The demo's training run, as flags of ``onthefly train correspondence`` (plus --steps and the periods)."""
-
-
 def _demo_training(folder: Path, steps: int, *, quiet: bool = False, eval_batches: int = 4) -> dict:
     """Train the small correspondence model on the bundled CT and report loss and held-out AP."""
-    from .training import _add_train_options, train_from_args
-
     parser = argparse.ArgumentParser()
     _add_train_options(parser)
     parser.set_defaults(task="correspondence")

@@ -22,6 +22,10 @@ from ..sampling.phantom_store import PHANTOM_PREFIX, PhantomSource, parse_phanto
 from ..volume import Volume, example_volume
 from .common import HelpFormatter, UsageError, check_device
 
+DEMO_TRAINING_FLAGS = ["--model", "small", "--image-size", "128", "--patch-size", "16", "--crop-size", "120",
+                       "--spacing", "2", "--batch-size", "8", "--lr", "1e-3", "--log-every", "10", "--device", "cpu"]
+"""The demo's training run, as flags of ``onthefly train correspondence`` (plus --steps and the periods)."""
+
 RUN_CONTROL_FLAGS = ("output", "resume", "stop_at", "device", "resume_override", "quiet")
 """Train flags a resume never restores: where the run lives and how this process drives it."""
 FREE_ON_RESUME_FLAGS = ("steps", "checkpoint_every", "eval_every", "eval_batches", "log_every", "compile",
@@ -482,7 +486,7 @@ def compare_correspondence_runs(runs: dict[str, list[str]], evaluation: dict, *,
 
     Args:
         runs: ``{name: flags}``: extra flags of ``onthefly train correspondence`` after the demo's
-            (:data:`~onthefly.cli.pictures.DEMO_TRAINING_FLAGS`); each run writes ``output/<name>/``.
+            (:data:`DEMO_TRAINING_FLAGS`); each run writes ``output/<name>/``.
         evaluation: ``{name: sampler}``, the held-out streams every model is scored on.
         steps, eval_batches: training steps of each run; held-out batches per evaluation set.
 
@@ -492,7 +496,6 @@ def compare_correspondence_runs(runs: dict[str, list[str]], evaluation: dict, *,
     from ..checkpoint import load_checkpoint
     from ..models import CorrespondenceConfig, CorrespondenceModel
     from ..train import evaluate_correspondence
-    from .pictures import DEMO_TRAINING_FLAGS
 
     def scores(model) -> dict:
         return {name: {key: value for key, value in evaluate_correspondence(model, sampler, batches=eval_batches)[0]
