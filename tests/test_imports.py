@@ -73,5 +73,19 @@ def test_no_import_circle_even_through_imports_inside_functions():
     assert not _circles(graph), f"import circles: {_circles(graph)}"
 
 
+def test_every_relative_import_names_a_module_of_the_package():
+    """Imports inside functions run late: one that names no module would fail only when called."""
+    modules = _modules()
+    missing = []
+    for name, (path, package) in modules.items():
+        here = name.split(".") if package else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = ".".join(here[: len(here) - node.level + 1] + ([node.module] if node.module else []))
+                if base not in modules:
+                    missing.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {base}")
+    assert not missing, f"relative imports of no module: {missing}"
+
+
 def test_the_circle_finder_finds_a_circle():
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
