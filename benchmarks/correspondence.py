@@ -59,6 +59,7 @@ from _common import (  # noqa: E402
 )
 
 import onthefly as otf  # noqa: E402
+from onthefly.correspondence import WeightIntegral  # noqa: E402
 
 BATCH, DETECTOR, PIXEL_SPACING, PATCH, SDD, CROP_MM, SEED = 16, 256, 2.0, 16, 1020.0, 200.0, 0
 
@@ -99,7 +100,7 @@ def measure(scene: str, views: int, ct: otf.Volume, quick: bool) -> dict:
     budget = 2.0 if quick else 20.0
     corr_times, matrix = time_calls(lambda: otf.patch_correspondence(volumes, carm, patch_size=PATCH), budget_s=budget)
     memory = probe.report()
-    table_times, table = time_calls(lambda: otf.WeightIntegral(ct), warmup=0, min_repeats=1, max_repeats=1, budget_s=0.0)
+    table_times, table = time_calls(lambda: WeightIntegral(ct), warmup=0, min_repeats=1, max_repeats=1, budget_s=0.0)
     backprojected = (PATCH * carm.pixel_spacing * carm.sid / carm.sdd).amin(1).double()
     factor = torch.clamp(torch.round(backprojected[:, None] / ct.spacing), min=1).long()
     index = torch.zeros(batch, dtype=torch.long)
@@ -157,7 +158,7 @@ def accuracy(ct: otf.Volume, quick: bool) -> list[dict]:
     carm = otf.CArm(alpha=torch.rand(batch, 2, generator=generator) * 2 * math.pi,
                     beta=(torch.rand(batch, 2, generator=generator) - 0.5) * 0.5, sid=sid, sdd=sdd,
                     isocenter=_centres(volumes)[:, None, :], height=detector, pixel_spacing=pixel)
-    table = otf.WeightIntegral(ct)
+    table = WeightIntegral(ct)
     factor = torch.clamp(torch.round(PATCH * pixel * sid / sdd / ct.spacing), min=1).long().expand(batch, 3)
     pooled = table.pool(torch.zeros(batch, dtype=torch.long), boxes[:, 0], boxes[:, 1], factor)
 

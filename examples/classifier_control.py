@@ -29,7 +29,8 @@ import torch
 
 import onthefly as otf
 from onthefly.models import ClassifierConfig
-from onthefly.train import _ClassifierTask, split_volume
+from onthefly.train import split_volume
+from onthefly.train.classifier import _ClassifierTask
 
 
 def parse(argv: list[str] | None):

@@ -6,8 +6,8 @@ import kornia
 import pytest
 import torch
 
-from onthefly import Augmentation, AugmentationParams
-from onthefly.augment import _intensity, apply_geometric, apply_intensity
+from onthefly import Augmentation
+from onthefly.augment import AugmentationParams, _intensity, apply_geometric, apply_intensity
 
 
 def constant_params(batch: int, views: int, **values) -> AugmentationParams:

@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from onthefly import Volume, WeightIntegral, hu_to_attenuation, pool_weights
+from onthefly import Volume, hu_to_attenuation
+from onthefly.correspondence import WeightIntegral, pool_weights
 from onthefly.sampling.bank import VolumeBank, parse_bytes
 from onthefly.sampling.preparation import prepare, read_index
 

@@ -172,7 +172,7 @@ def fake_batch(*, fracture, patch, visibility, step=0, views=2, grid=(2, 2)):
 
 
 def test_patch_targets_losses_and_hits():
-    from onthefly.train import _balanced_loss, _patch_hits, _patch_loss, _patch_targets
+    from onthefly.train.classifier import _balanced_loss, _patch_hits, _patch_loss, _patch_targets
 
     logits = torch.zeros(2, 2, 4)  # a 2 x 2 grid of 16-pixel patches
     pixel = torch.tensor([[[23.5, 24.0], [float("nan"), float("nan")]], [[float("nan")] * 2] * 2])
@@ -201,7 +201,7 @@ def test_patch_targets_losses_and_hits():
 
 
 def test_the_curriculum_leaves_subtle_fractures_out_until_their_turn():
-    from onthefly.train import Curriculum, _ClassifierTask
+    from onthefly.train.classifier import Curriculum, _ClassifierTask
 
     curriculum = Curriculum(start=0.1, end=0.02, steps=100)
     assert curriculum.threshold(0) == 0.1 and curriculum.threshold(50) == 0.06 and curriculum.threshold(500) == 0.02
@@ -237,7 +237,8 @@ def test_the_classifier_fits_one_fixed_batch_of_simulated_fractures():
     import math
 
     import onthefly as otf
-    from onthefly.train import _ClassifierTask, split_volume
+    from onthefly.train import split_volume
+    from onthefly.train.classifier import _ClassifierTask
 
     torch.manual_seed(0)
     part, _ = split_volume(otf.example_volume(labels=True), fraction=0.6)
@@ -269,7 +270,7 @@ def test_patch_loss_keeps_patch_logits_calibrated(patches):
     """With targets drawn Bernoulli(p), the patch loss's expected value is smallest at logit = logit(p), for any
     p: positives weigh as all negatives without shifting the logits (an intact view's largest patch logit,
     the study logit of pooling="max", then stays below 0)."""
-    from onthefly.train import _patch_loss
+    from onthefly.train.classifier import _patch_loss
 
     for p in (0.01, 0.2, 0.7):
         logit = torch.full((1, 1, patches), math.log(p / (1 - p)), requires_grad=True)
@@ -286,7 +287,8 @@ def test_the_cnn_classifier_finds_a_faint_marker_on_anatomy_it_never_saw():
     CT and finds it on DRRs of the other part: the contrast the fractures reach in their best view
     (examples/classifier_control.py is the full-size version)."""
     import onthefly as otf
-    from onthefly.train import _ClassifierTask, split_volume
+    from onthefly.train import split_volume
+    from onthefly.train.classifier import _ClassifierTask
 
     torch.manual_seed(0)
     size, edge, batch_size = 64, 6, 16

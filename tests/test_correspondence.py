@@ -380,7 +380,7 @@ def test_pixel_ray_hits_the_pixel_with_the_pixel_centre_convention():
 
 
 def test_pool_weights_refuses_zero_batches_and_nan_thresholds():
-    from onthefly import pool_weights
+    from onthefly.correspondence import pool_weights
 
     with pytest.raises(ValueError, match="batch_size"):
         pool_weights(blob_volume(), 8.0, batch_size=0)
@@ -405,7 +405,7 @@ def test_memory_is_estimated_before_allocating():
 
 
 def test_pooled_weights_are_cached_until_the_volume_changes():
-    from onthefly import pool_weights
+    from onthefly.correspondence import pool_weights
 
     volume = blob_volume(size=12, seed=11)
     first = pool_weights(volume, 8.0)
@@ -432,7 +432,7 @@ def test_pooled_weights_are_cached_until_the_volume_changes():
     st.tuples(*[st.integers(1, 5)] * 3),
 )
 def test_weight_integral_pools_crops_like_pool_weights(seed, start, size, factor):
-    from onthefly import WeightIntegral, pool_weights
+    from onthefly.correspondence import WeightIntegral, pool_weights
 
     volume = blob_volume(size=18, spacing=2.0, seed=seed)
     table = WeightIntegral(volume)
@@ -461,7 +461,7 @@ def test_weight_integral_pools_crops_like_pool_weights(seed, start, size, factor
 
 
 def test_correspondence_from_pooled_weights_equals_from_volumes():
-    from onthefly import WeightIntegral
+    from onthefly.correspondence import WeightIntegral
 
     volumes = [blob_volume(size=20, spacing=2.0, seed=seed) for seed in range(2)]
     table = WeightIntegral(volumes)
@@ -479,7 +479,7 @@ def test_correspondence_from_pooled_weights_equals_from_volumes():
 
 
 def test_weight_integral_rejects_crops_outside_the_volume():
-    from onthefly import WeightIntegral
+    from onthefly.correspondence import WeightIntegral
 
     table = WeightIntegral(blob_volume(size=10, spacing=2.0))
     with pytest.raises(ValueError, match="start, stop"):

@@ -15,7 +15,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onthefly import CArm, project_points, rotation_matrix
+from onthefly import CArm, project_points
+from onthefly.geometry import rotation_matrix
 from onthefly.testing import strategies
 
 PROPERTY = settings(max_examples=30, deadline=None)

@@ -15,7 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from onthefly import Volume, voxel_weights
+from onthefly import Volume
+from onthefly.correspondence import voxel_weights
 from onthefly.cli import main
 from onthefly.sampling import cache_format, preparation
 from onthefly.sampling.preparation import (

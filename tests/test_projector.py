@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import onthefly
-from onthefly import CArm, Volume, VolumeBatch, beer_lambert, project_points, render, to_display
+from onthefly import CArm, Volume, VolumeBatch, project_points, render, to_display
+from onthefly.projector import beer_lambert
 
 F64 = torch.float64
 METHODS = ["trilinear", "siddon"]

@@ -15,17 +15,9 @@ import torch
 from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
 
-from onthefly import (
-    CArm,
-    Volume,
-    patch_correspondence,
-    patch_permutation,
-    permute_views_patches,
-    project_points,
-    render,
-    rotation_matrix,
-)
-from onthefly.correspondence import IMAGE_OPERATIONS
+from onthefly import CArm, Volume, patch_correspondence, project_points, render
+from onthefly.correspondence import IMAGE_OPERATIONS, patch_permutation, permute_views_patches
+from onthefly.geometry import rotation_matrix
 from onthefly.testing import (
     assert_correspondence_valid,
     assert_epipolar_consistent,

@@ -140,7 +140,7 @@ def test_a_planted_checkpoint_is_refused_on_resume(samplers, tmp_path):
 
 
 def test_summary_json_is_strict_when_a_metric_is_nan(samplers, tmp_path, monkeypatch):
-    import onthefly.train as train_module
+    import onthefly.train.correspondence as train_module
 
     nan_metrics = dict(mse=float("nan"), precision=float("nan"), recall=0.0, ap=float("nan"))
     monkeypatch.setattr(train_module, "correspondence_metrics", lambda predicted, target: dict(nan_metrics))

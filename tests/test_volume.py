@@ -8,7 +8,8 @@ import pytest
 import torch
 import torchio as tio
 
-from onthefly import MU_WATER_PER_MM, Volume, VolumeBatch, attenuation_to_hu, hu_to_attenuation
+from onthefly import MU_WATER_PER_MM, Volume, VolumeBatch, hu_to_attenuation
+from onthefly.volume import attenuation_to_hu
 
 F64 = torch.float64
 
@@ -396,7 +397,7 @@ def test_lean_nifti_reader_matches_torchio(tmp_path):
     import numpy as np
     import torchio as tio
 
-    from onthefly.volume import _example_paths
+    from onthefly.volume.example import _example_paths
 
     path, _, _ = _example_paths()
     lean = Volume.from_file(path)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings
 
-from onthefly import pool_weights, project_points
+from onthefly import project_points
+from onthefly.correspondence import pool_weights
 from onthefly.geometry import patch_index
 from onthefly.testing import assert_correspondence_valid, assert_epipolar_consistent, assert_views_permute_blocks
 from onthefly.testing.strategies import scenes

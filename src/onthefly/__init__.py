@@ -2,123 +2,97 @@
 
 Data flow: volume -> geometry -> projector (-> display) -> correspondence -> (augment, fractures) ->
 sampling (config -> store -> draw -> make -> stream) -> models -> training.
+
+The top level holds what a user composes with: the sampler and its configuration, the task samplers and
+the pieces they are built from, volumes, the C-arm, rendering and the correspondence matrix, phantoms,
+physics, anatomical variation, fractures, augmentation, displays, the models' configurations and the
+training configuration. Everything else stays importable from its module
+(``from onthefly.correspondence import pool_weights``, ``from onthefly.fractures import draw_fractures``).
 """
 
-from .augment import Augmentation, AugmentationParams
-from .correspondence import (
-    CoarseWeights,
-    WeightIntegral,
-    correspondence_map,
-    epipolar_line,
-    patch_correspondence,
-    patch_permutation,
-    permute_views_patches,
-    pixel_ray,
-    pool_weights,
-    voxel_weights,
-)
-from .distributions import CardinalAngles, PerView, Uniform
-from .fractures import (
-    FractureConfig,
-    FractureParams,
-    FractureResult,
-    apply_fractures,
-    bone_label_lookup,
-    bone_weight_table,
-    bone_weights,
-    draw_fractures,
-    fracture_visibility,
-)
+from .augment import Augmentation
+from .correspondence import correspondence_map, patch_correspondence
 from .deformation import AnatomyVariation
 from .display import DISPLAYS, Display
-from .geometry import CArm, camera_to_world, patch_index, project_points, relative_camera_pose, rotation_matrix
+from .distributions import CardinalAngles, Distribution, PerView, Uniform
+from .fractures import FractureConfig
+from .geometry import CArm, project_points
 from .losses import ProjectionLoss
+from .models import ClassifierConfig, CorrespondenceConfig, CorrespondenceModel, FractureClassifier
 from .phantoms import phantom
 from .physics import Physics
-from .preview import save_batch_preview, save_correspondence_preview, save_views
-from .projector import beer_lambert, render, to_display
+from .preview import save_batch_preview, save_views
+from .projector import render, to_display
 from .sampling import (
     DRRBatch,
-    PhantomSource,
     DRRCorrespondenceSampler,
+    PhantomSource,
     Prefetcher,
     SampleParams,
     SamplerConfig,
+    TargetBuilder,
+    ViewLayout,
     VolumeBank,
     make_batch,
     prepare,
 )
 from .tasks import AngularSequenceSampler, BiplanarSampler, NovelViewSampler
-from .volume import (
-    MU_WATER_PER_MM,
-    Volume,
-    VolumeBatch,
-    attenuation_to_hu,
-    example_volume,
-    hu_to_attenuation,
-)
+from .train import TrainConfig
+from .volume import MU_WATER_PER_MM, Volume, VolumeBatch, example_volume, hu_to_attenuation
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Augmentation",
-    "AugmentationParams",
-    "CArm",
-    "CardinalAngles",
-    "DRRBatch",
+    # the sampler, its configuration, its parameters and batches, and where its CTs come from
     "DRRCorrespondenceSampler",
-    "PhantomSource",
-    "AnatomyVariation",
-    "phantom",
-    "Physics",
+    "SamplerConfig",
+    "SampleParams",
+    "DRRBatch",
+    "make_batch",
     "Prefetcher",
     "VolumeBank",
     "prepare",
-    "SampleParams",
-    "SamplerConfig",
-    "make_batch",
-    "camera_to_world",
-    "patch_index",
-    "relative_camera_pose",
-    "AngularSequenceSampler",
+    "PhantomSource",
+    "phantom",
+    # task samplers and the pieces they are composed of
     "BiplanarSampler",
+    "AngularSequenceSampler",
     "NovelViewSampler",
-    "ProjectionLoss",
-    "PerView",
-    "FractureConfig",
-    "FractureParams",
-    "FractureResult",
+    "ViewLayout",
+    "TargetBuilder",
+    # parameter ranges
+    "Distribution",
     "Uniform",
-    "CoarseWeights",
-    "WeightIntegral",
-    "MU_WATER_PER_MM",
+    "PerView",
+    "CardinalAngles",
+    # volumes
     "Volume",
     "VolumeBatch",
-    "attenuation_to_hu",
-    "apply_fractures",
-    "bone_label_lookup",
-    "bone_weight_table",
-    "bone_weights",
-    "draw_fractures",
-    "fracture_visibility",
-    "beer_lambert",
-    "correspondence_map",
-    "epipolar_line",
-    "patch_correspondence",
-    "patch_permutation",
-    "permute_views_patches",
-    "pixel_ray",
-    "pool_weights",
-    "voxel_weights",
     "example_volume",
     "hu_to_attenuation",
+    "MU_WATER_PER_MM",
+    # the C-arm, rendering, displays and the correspondence matrix
+    "CArm",
     "project_points",
     "render",
-    "save_batch_preview",
-    "save_correspondence_preview",
-    "save_views",
-    "rotation_matrix",
     "to_display",
     "Display",
     "DISPLAYS",
+    "patch_correspondence",
+    "correspondence_map",
+    # what acts on a sample: physics, anatomical variation, fractures, augmentation
+    "Physics",
+    "AnatomyVariation",
+    "FractureConfig",
+    "Augmentation",
+    # models, losses and training
+    "CorrespondenceConfig",
+    "CorrespondenceModel",
+    "ClassifierConfig",
+    "FractureClassifier",
+    "ProjectionLoss",
+    "TrainConfig",
+    # pictures
+    "save_batch_preview",
+    "save_views",
 ]

@@ -19,6 +19,7 @@ import numbers
 import operator
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -114,6 +115,11 @@ def check_ndim(name: str, tensor: Tensor, ndims: Sequence[int], layout: str) -> 
         raise ValueError(f"{name}: expected shape {layout}, got {tuple(tensor.shape)}")
 
 
+def is_real(value) -> bool:
+    """Whether ``value`` is a real number (Python or numpy) and not a ``bool``."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def is_int(value) -> bool:
     """Whether ``value`` is a Python ``int`` and not a ``bool`` (the test behind the checks that keep their own
     message; :func:`check_int` also takes numpy integers and 0-d integer tensors)."""
@@ -160,6 +166,33 @@ def check_real(name: str, value, *, low: float | None = None, high: float | None
         bounds = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]" if low is not None else f"<= {high:g}"
         raise ValueError(f"{name}: expected a number {bounds}{suffix}, got {number:g}")
     return number
+
+
+def check_one_or_three(name: str, value, *, what: str = "positive numbers",
+                       bounds: tuple[float, float] | None = None) -> tuple[float, float, float]:
+    """One length or three (mm), as a 3-tuple of floats: one number repeats on the three axes.
+
+    ``value`` is a real number, a list or tuple of them, or an array or tensor of one or three real values
+    (not booleans). Values must be finite and greater than 0, or, where ``bounds = (low, high)`` is given, in
+    ``[low, high]``. ``ValueError`` names ``name`` and says "one or three ``what`` (mm)" (a wrong count or
+    type, or without ``bounds`` a value that is not finite and positive) or "values in [low, high] mm".
+
+    Example:
+        >>> check_one_or_three("spacing", 2)
+        (2.0, 2.0, 2.0)
+    """
+    if isinstance(value, (Tensor, np.ndarray)):
+        items = value.reshape(-1).tolist()
+    else:
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(items) not in (1, 3) or not all(is_real(item) for item in items):
+        raise ValueError(f"{name}: expected one or three {what} (mm), got {value!r}")
+    if bounds is None:
+        if not all(math.isfinite(item) and item > 0 for item in items):
+            raise ValueError(f"{name}: expected one or three {what} (mm), got {value!r}")
+    elif not all(math.isfinite(item) and bounds[0] <= item <= bounds[1] for item in items):
+        raise ValueError(f"{name}: expected values in [{bounds[0]:g}, {bounds[1]:g}] mm, got {value!r}")
+    return tuple(float(item) for item in items * (3 // len(items)))
 
 
 def check_choice(name: str, value, choices: Sequence[str]) -> str:

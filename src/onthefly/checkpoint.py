@@ -39,6 +39,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ._checks import is_int
+
 __all__ = [
     "CheckpointError",
     "ConfigurationMismatchError",
@@ -103,7 +105,7 @@ def check_plain(value, where: str = "payload") -> None:
         return
     if isinstance(value, dict):
         for key, item in value.items():
-            if not isinstance(key, (str, int)) or isinstance(key, bool):
+            if not (isinstance(key, str) or is_int(key)):
                 raise TypeError(f"{where}: checkpoint keys must be strings or ints, got {type(key).__name__} {key!r}")
             check_plain(item, f"{where}.{key}")
         return

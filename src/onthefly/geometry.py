@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._checks import as_tensor, check_int, check_length, check_position, check_range, check_tensor_kind
+from ._checks import as_tensor, check_int, check_length, check_position, check_range, check_tensor_kind, is_int
 
 __all__ = ["CArm", "rotation_matrix", "project_points", "patch_index", "camera_to_world", "relative_camera_pose"]
 
@@ -386,7 +386,7 @@ def relative_camera_pose(carm: CArm, *, source: int = 0) -> Tensor:
     ``T_rel[b, v] @ p`` in view ``v``'s camera frame (mm; the identity for ``v = source``).
     """
     views = carm.batch_shape[1]
-    if isinstance(source, bool) or not isinstance(source, int) or not 0 <= source < views:
+    if not is_int(source) or not 0 <= source < views:
         raise ValueError(f"source: expected a view index in [0, {views}), got {source!r}")
     transforms = camera_to_world(carm)
     return _rigid_inverse(transforms) @ transforms[:, source : source + 1]

@@ -30,6 +30,7 @@ from .common import (
     radians,
     writable_file,
 )
+from .training import DEMO_TRAINING_FLAGS, _add_train_options, train_from_args
 
 
 def _carm(args: argparse.Namespace, pixel_spacing: float) -> CArm:
@@ -158,8 +159,6 @@ def run_demo(args: argparse.Namespace, argv=None) -> int:
 
 def _demo_training(folder: Path, steps: int, *, quiet: bool = False, eval_batches: int = 4) -> dict:
     """Train the small correspondence model on the bundled CT and report loss and held-out AP."""
-    from .training import DEMO_TRAINING_FLAGS, _add_train_options, train_from_args
-
     parser = argparse.ArgumentParser()
     _add_train_options(parser)
     parser.set_defaults(task="correspondence")

@@ -22,6 +22,10 @@ from ..sampling.phantom_store import PHANTOM_PREFIX, PhantomSource, parse_phanto
 from ..volume import Volume, example_volume
 from .common import HelpFormatter, UsageError, check_device
 
+DEMO_TRAINING_FLAGS = ["--model", "small", "--image-size", "128", "--patch-size", "16", "--crop-size", "120",
+                       "--spacing", "2", "--batch-size", "8", "--lr", "1e-3", "--log-every", "10", "--device", "cpu"]
+"""The demo's training run, as flags of ``onthefly train correspondence`` (plus --steps and the periods)."""
+
 RUN_CONTROL_FLAGS = ("output", "resume", "stop_at", "device", "resume_override", "quiet")
 """Train flags a resume never restores: where the run lives and how this process drives it."""
 FREE_ON_RESUME_FLAGS = ("steps", "checkpoint_every", "eval_every", "eval_batches", "log_every", "compile",
@@ -29,9 +33,6 @@ FREE_ON_RESUME_FLAGS = ("steps", "checkpoint_every", "eval_every", "eval_batches
 """Train flags a resume restores when not given and that may be given anew (``--steps`` extends the run)."""
 TRUNK_FLAGS = ("backbone", "patch_size", "d_model", "heads", "layers")
 """Classifier flags that describe the trunk, read from the ``--init-from`` checkpoint when not given."""
-DEMO_TRAINING_FLAGS = ["--model", "small", "--image-size", "128", "--patch-size", "16", "--crop-size", "120",
-                       "--spacing", "2", "--batch-size", "8", "--lr", "1e-3", "--log-every", "10", "--device", "cpu"]
-"""The demo's training run, as flags of ``onthefly train correspondence`` (plus --steps and the periods)."""
 PHANTOM_SPLIT = (0.9, 0.1)
 """Shares of the phantom seeds for training and evaluation (``--volumes phantom:...``)."""
 PHANTOM_MIN_TISSUE_FRACTION = 0.05

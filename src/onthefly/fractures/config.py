@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .._checks import OMIT_WHEN
+from .._checks import OMIT_WHEN, check_one_or_three, is_int
 from ..distributions import Uniform, as_distribution
 from ..volume import attenuation_of_hu
 from .kinds import DEFAULT_KIND_WEIGHTS, DEFAULT_SEVERITY_SHARES, FRACTURE_KINDS, SEVERITIES, FractureKind
@@ -72,10 +72,10 @@ def _bone_weights(value) -> tuple[tuple[str | int, float], ...] | None:
     """``None``, names/ids (weight 1 each) or ``{name or id: weight}`` as ``((key, weight), ...)``."""
     if value is None:
         return None
-    if isinstance(value, (str, int)) and not isinstance(value, bool):
+    if isinstance(value, str) or is_int(value):
         value = (value,)
     items = tuple(value.items()) if isinstance(value, Mapping) else tuple((key, 1.0) for key in value)
-    good_key = lambda key: (isinstance(key, str) and key) or (isinstance(key, int) and not isinstance(key, bool) and key >= 0)
+    good_key = lambda key: (isinstance(key, str) and key) or (is_int(key) and key >= 0)
     if not items or not all(good_key(key) and _is_number(weight) and math.isfinite(weight) and weight >= 0
                             for key, weight in items):
         raise ValueError("bones: expected label names or ids, or {name or id: weight >= 0}, at least one, "
@@ -239,8 +239,7 @@ class FractureConfig:
         if self.min_visibility >= 1.0:
             raise ValueError(f"min_visibility: expected a value in [0, 1) (the display spans [0, 1], no fracture "
                              f"can change it by more), got {self.min_visibility!r}")
-        if (isinstance(self.max_redraws, bool) or not isinstance(self.max_redraws, int)
-                or not 0 <= self.max_redraws <= MAX_FRACTURE_REDRAWS):
+        if not is_int(self.max_redraws) or not 0 <= self.max_redraws <= MAX_FRACTURE_REDRAWS:
             raise ValueError(f"max_redraws: expected an int from 0 to {MAX_FRACTURE_REDRAWS} (each redraw renders "
                              f"the batch's views once more), got {self.max_redraws!r}")
         set_("bones", _bone_weights(self.bones))
@@ -312,7 +311,5 @@ def fracture_window(config: FractureConfig, spacing: Sequence[float] | Tensor) -
         >>> fracture_window(FractureConfig(reach=10.0), (1.0, 1.0, 2.5))
         (21, 21, 9)
     """
-    values = torch.as_tensor(spacing, dtype=torch.float64).reshape(-1)
-    if values.numel() not in (1, 3) or not bool(torch.isfinite(values).all() and (values > 0).all()):
-        raise ValueError(f"spacing: expected one or three positive voxel edges (mm), got {spacing!r}")
-    return tuple(2 * math.ceil(config.reach / float(s) - 1e-9) + 1 for s in values.expand(3).tolist())
+    edges = check_one_or_three("spacing", spacing, what="positive voxel edges")
+    return tuple(2 * math.ceil(config.reach / edge - 1e-9) + 1 for edge in edges)

@@ -363,6 +363,7 @@ def apply_fractures(
         >>> crops = torch.full((2, 40, 40, 40), 0.02); crops[:, :, 16:24, 16:24] = 0.04  # a bone rod along D
         >>> affine = torch.eye(4, dtype=torch.float64).repeat(2, 1, 1)
         >>> config = FractureConfig(probability=1.0, reach=12.0)
+        >>> from onthefly.fractures import draw_fractures
         >>> params = draw_fractures(config, 2, torch.Generator().manual_seed(0))
         >>> result = apply_fractures(crops, affine, params, config=config)
         >>> result.attenuation.shape, result.fractured.tolist(), result.box_change.shape

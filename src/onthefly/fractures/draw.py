@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+from .._checks import is_int
 from .config import FractureConfig
 from .kinds import SLOTS
 
@@ -130,7 +131,7 @@ def draw_fractures(config: FractureConfig, batch_size: int, generator: torch.Gen
     """
     if not isinstance(config, FractureConfig):
         raise TypeError(f"config: expected a FractureConfig, got {type(config).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._checks import is_int
 from ..display import Display
 from ..geometry import CArm, project_points
 from ..projector import render
@@ -121,7 +122,7 @@ def visibility_probe(config: FractureConfig, *, spacing: float | Sequence[float]
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(f"{name}: expected a finite number >= 0 (mm), got {value!r}")
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+    if not is_int(stride) or stride < 1:
         raise ValueError(f"stride: expected a positive int, got {stride!r}")
     step = float(torch.as_tensor(spacing, dtype=torch.float64).min())
     if not math.isfinite(step) or step <= 0:
@@ -271,7 +272,7 @@ def view_ranges(attenuation: Tensor, affine: Tensor, carm: CArm, *, factor: int 
             width of its window (:meth:`~onthefly.display.Display.width`) instead of the range.
         pixel_spacing: the full detector's pixel edge (mm), needed with such a ``display``.
     """
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+    if not is_int(factor) or factor < 1:
         raise ValueError(f"factor: expected a positive int, got {factor!r}")
     if display is not None and display.is_minmax:
         display = None

@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .._checks import check_choice, check_positive_int
+from .._checks import check_choice, check_positive_int, is_int
 from .correspondence import CorrespondenceConfig, CorrespondenceModel
 
 __all__ = ["FUSIONS", "POOLINGS", "ClassifierConfig", "ClassifierOutput", "FractureClassifier"]
@@ -84,7 +84,7 @@ class ClassifierConfig:
     def __post_init__(self) -> None:
         check_choice("fusion", self.fusion, FUSIONS)
         check_choice("pooling", self.pooling, POOLINGS)
-        if isinstance(self.layers, int) and not isinstance(self.layers, bool) and self.layers == 0:
+        if is_int(self.layers) and self.layers == 0:
             if self.attention_guidance:
                 raise ValueError("attention_guidance: needs attention layers (layers >= 1), got layers=0")
         else:

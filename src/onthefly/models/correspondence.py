@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_positive_int
+from .._checks import check_choice, check_positive_int, is_int
 from .attention import (
     LoFTRLayer,
     SuperGlueLayer,
@@ -98,7 +98,7 @@ class CorrespondenceConfig:
         check_positive_int("d_model", self.d_model)
         check_positive_int("heads", self.heads)
         check_positive_int("mlp", self.mlp)
-        if isinstance(self.layers, bool) or not isinstance(self.layers, int) or self.layers < 0:
+        if not is_int(self.layers) or self.layers < 0:
             raise ValueError(f"layers: expected an int >= 0, got {self.layers!r}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")

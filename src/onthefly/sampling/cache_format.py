@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_choice, is_int
+from .._checks import check_choice, check_one_or_three, is_int
 from ..correspondence import WEIGHTINGS
 from .grids import RESAMPLE_RTOL, TISSUE_BLOCK_MM, WEIGHT_SCALE, tissue_block_voxels
 
@@ -81,10 +81,7 @@ class PreparationSettings:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        spacing = tuple(float(s) for s in self.spacing)
-        if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-            raise ValueError(f"spacing: expected one or three positive numbers (mm), got {self.spacing!r}")
-        object.__setattr__(self, "spacing", spacing)
+        object.__setattr__(self, "spacing", check_one_or_three("spacing", self.spacing))
         if not isinstance(self.air_threshold_hu, (int, float)) or not math.isfinite(self.air_threshold_hu):
             raise ValueError(f"air_threshold_hu: expected a finite number (HU), got {self.air_threshold_hu!r}")
         object.__setattr__(self, "air_threshold_hu", float(self.air_threshold_hu))
@@ -93,13 +90,8 @@ class PreparationSettings:
     @classmethod
     def create(cls, spacing, *, air_threshold_hu: float = -900.0, weighting: str = "soft") -> "PreparationSettings":
         """Settings from a spacing given as one number or three (mm)."""
-        try:
-            values = torch.as_tensor(spacing, dtype=torch.float64).reshape(-1)
-        except (TypeError, ValueError, RuntimeError):
-            values = None
-        if values is None or isinstance(spacing, (str, bool)) or values.numel() not in (1, 3):
-            raise ValueError(f"spacing: expected one or three positive numbers (mm), got {spacing!r}")
-        return cls(spacing=tuple(values.expand(3).tolist()), air_threshold_hu=air_threshold_hu, weighting=weighting)
+        return cls(spacing=check_one_or_three("spacing", spacing), air_threshold_hu=air_threshold_hu,
+                   weighting=weighting)
 
     def to_json(self) -> dict:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}

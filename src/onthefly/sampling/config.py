@@ -12,11 +12,10 @@ import dataclasses
 import hashlib
 import json
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .._checks import OMIT_WHEN, check_choice, check_positive_int, is_int
+from .._checks import OMIT_WHEN, check_choice, check_one_or_three, check_positive_int, is_int, is_real
 from ..augment import Augmentation
 from ..correspondence import WEIGHTINGS
 from ..display import Display, as_display
@@ -36,30 +35,16 @@ MAX_REDRAWS = 100
 """Upper bound of ``max_redraws``: each round costs host-side checks, so an always-degenerate CT cannot stall a run."""
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def _number(name: str, value, *, low: float = -math.inf, high: float = math.inf, unit: str = "") -> float:
-    if not _is_number(value) or not math.isfinite(value):
+    if not is_real(value) or not math.isfinite(value):
         raise ValueError(f"{name}: expected a finite number{unit}, got {value!r}")
     if not low <= value <= high:
         raise ValueError(f"{name}: expected a value in [{low:g}, {high:g}]{unit}, got {value!r}")
     return float(value)
 
 
-def _triple(name: str, value, *, low: float, high: float) -> tuple[float, float, float]:
-    """One length or three (mm) within ``[low, high]``, as a 3-tuple of floats."""
-    items = list(value) if isinstance(value, (list, tuple)) else [value]
-    if len(items) not in (1, 3) or not all(_is_number(item) for item in items):
-        raise ValueError(f"{name}: expected one or three numbers (mm), got {value!r}")
-    if not all(math.isfinite(item) and low <= item <= high for item in items):
-        raise ValueError(f"{name}: expected values in [{low:g}, {high:g}] mm, got {value!r}")
-    return tuple(float(item) for item in items * (3 // len(items)))
-
-
 def _image_size(value) -> tuple[int, int]:
-    size = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    size = (value, value) if is_int(value) else value
     if not isinstance(size, (tuple, list)) or len(size) != 2:
         raise ValueError(f"image_size: expected H or (H, W) pixels, got {value!r}")
     return (check_positive_int("image_size", size[0]), check_positive_int("image_size", size[1]))
@@ -182,8 +167,8 @@ class SamplerConfig:
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(f"patch_size: expected a divisor of image_size {height} x {width}, got {self.patch_size}")
         check_positive_int("batch_size", self.batch_size)
-        set_(self, "crop_size", _triple("crop_size", self.crop_size, low=1e-3, high=1e5))
-        set_(self, "spacing", _triple("spacing", self.spacing, low=1e-3, high=1e3))
+        set_(self, "crop_size", check_one_or_three("crop_size", self.crop_size, what="numbers", bounds=(1e-3, 1e5)))
+        set_(self, "spacing", check_one_or_three("spacing", self.spacing, what="numbers", bounds=(1e-3, 1e3)))
         self._set_distributions()
         set_(self, "isocenter_jitter", _number("isocenter_jitter", self.isocenter_jitter, low=0.0, high=1e4, unit=" mm"))
         self._set_options()
@@ -279,7 +264,7 @@ class SamplerConfig:
         except TypeError:
             raise ValueError(f"structures: expected label names or ids, got {self.structures!r}") from None
         if not items or not all(
-            (isinstance(item, str) and item) or (isinstance(item, int) and not isinstance(item, bool) and item >= 0)
+            (isinstance(item, str) and item) or (is_int(item) and item >= 0)
             for item in items
         ):
             raise ValueError(f"structures: expected a non-empty sequence of label names or ids >= 0, got {self.structures!r}")

@@ -37,6 +37,7 @@ from ..geometry import CArm, patch_index
 from ..physics import mass_attenuation, radiograph, render_materials
 from ..projector import render
 from ..volume import VolumeBatch, attenuation_to_hu
+from ..volume import crop_affine as crop_affines
 from . import seeds
 from .batch import DRRBatch
 from .config import SamplerConfig
@@ -110,7 +111,7 @@ class BatchMaker:
         with stage("draw"):
             carm_host = params.carm(height=config.height, width=config.width, pixel_spacing=config.pixel_spacing)
             carm = carm_host.to(device=device, dtype=torch.float32)
-            crop_affine = _crop_affines(self.store.affines[params.volume_index], params.crop_start)
+            crop_affine = crop_affines(self.store.affines[params.volume_index], params.crop_start)
         with torch.no_grad():
             with stage("render"):
                 crops, labels = self.store.crops(params.volume_index, params.crop_start, config.crop_voxels(),
@@ -256,13 +257,6 @@ class BatchMaker:
             if projected is not None:
                 projected, _ = _geometric(projected, drawn.operation, None, None, self.pixel_maps, None)
         return images, correspondence, projected
-
-
-def _crop_affines(affines: Tensor, start: Tensor) -> Tensor:
-    """``(B, 4, 4)`` crop voxel-to-world matrices: the CTs' affines moved to each crop's first voxel."""
-    to_crop = torch.eye(4, dtype=torch.float64).repeat(start.shape[0], 1, 1)
-    to_crop[:, :3, 3] = start.double()
-    return affines @ to_crop
 
 
 def _structure_ids(config: SamplerConfig, store: VolumeStore) -> tuple[tuple[str, ...], Tensor]:

@@ -31,7 +31,7 @@ from .._checks import check_int
 from ..correspondence import CoarseWeights, pool_crop_weights
 from ..phantoms import LABELS, REGIONS, phantom
 from ..volume import Volume, hu_to_attenuation
-from .grids import TISSUE_BLOCK_MM, tissue_grid
+from .grids import needs_resampling, tissue_block_voxels, tissue_grid
 from .store import VolumeStore
 
 __all__ = ["PhantomSource", "PhantomStore", "parse_phantom_source"]
@@ -167,7 +167,7 @@ class PhantomStore(VolumeStore):
         self.spacing = torch.tensor(list(spacing), dtype=torch.float64)
         self.device = torch.device(device)
         self.mu_water, self.air_threshold_hu, self.weighting = float(mu_water), float(air_threshold_hu), weighting
-        self.tissue_block = torch.clamp(torch.round(TISSUE_BLOCK_MM / self.spacing), min=1).long()
+        self.tissue_block = tissue_block_voxels(self.spacing)
         self.cache_bytes = int(cache_bytes)
         self._cache: OrderedDict[int, tuple[Tensor, Tensor, Tensor]] = OrderedDict()
         self._cached_bytes = 0
@@ -217,7 +217,8 @@ class PhantomStore(VolumeStore):
     def _generate(self, region: str, seed: int) -> Volume:
         finest = float(self.spacing.min())
         volume = phantom(region, seed, spacing=finest, device=self.device)
-        if not torch.allclose(self.spacing, torch.full((3,), finest, dtype=torch.float64), rtol=0.01, atol=0):
+        # the 1 % rule, its tolerance taken relative to the generated (finest) edge
+        if needs_resampling(self.spacing, torch.full((3,), finest, dtype=torch.float64)):
             volume = volume.resample(self.spacing.tolist())
         return volume
 

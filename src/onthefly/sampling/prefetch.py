@@ -17,6 +17,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from .._checks import is_int
+
 __all__ = ["Prefetcher"]
 
 _DONE = object()
@@ -56,13 +58,13 @@ class Prefetcher:
                 f"state_dict(), seek(step), steps, device), got a {type(sampler).__name__} without {', '.join(missing)}; "
                 "pass the sampler itself, not an iterator over its batches"
             )
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        if not is_int(depth) or depth < 1:
             raise ValueError(f"depth: expected an int >= 1 (batches made ahead), got {depth!r}")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        if threads is not None and (not is_int(threads) or threads < 1):
             raise ValueError(f"threads: expected an int >= 1 or None, got {threads!r}")
         self.threads = threads
         for name, value in (("start", start), ("stop", stop)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            if value is not None and (not is_int(value) or value < 0):
                 raise ValueError(f"{name}: expected an int >= 0 or None, got {value!r}")
         self.sampler = sampler
         self.depth = depth

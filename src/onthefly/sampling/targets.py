@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
+from .._checks import is_int
 from ..geometry import CArm, relative_camera_pose
 from ..projector import render
 from ..volume import resample_to_cube, window_attenuation
@@ -105,7 +106,7 @@ class VolumeTarget(TargetBuilder):
     needs_crops = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 2:
+        if not is_int(self.size) or self.size < 2:
             raise ValueError(f"volume_size: expected an int >= 2 (target voxels per axis), got {self.size!r}")
 
     def check(self, config) -> None:
@@ -172,9 +173,9 @@ class NovelViewTarget(TargetBuilder):
         size = self.size
         if size is None:
             return
-        size = (size, size) if isinstance(size, int) and not isinstance(size, bool) else size
+        size = (size, size) if is_int(size) else size
         if not isinstance(size, (tuple, list)) or len(size) != 2 or any(
-            isinstance(s, bool) or not isinstance(s, int) for s in size
+            not is_int(s) for s in size
         ):
             raise ValueError(f"target_size: expected H' or (H', W') ints, or None, got {self.size!r}")
         if min(size) < 1 or max(size) > MAX_TARGET_SIZE:

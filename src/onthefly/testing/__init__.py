@@ -38,6 +38,7 @@ from torch import Tensor
 
 from collections.abc import Callable
 
+from .._checks import is_int
 from ..correspondence import IMAGE_OPERATIONS, patch_permutation, permute_views_patches, pool_weights, voxel_weights
 from ..geometry import CArm, patch_index, project_points
 from ..volume import Volume
@@ -138,7 +139,7 @@ def tissue_points(volume: Volume, count: int, *, seed: int = 0, air_threshold_hu
     Raises:
         ValueError: if ``count`` is not positive or the volume has no voxel above the threshold.
     """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+    if not is_int(count) or count < 1:
         raise ValueError(f"count: expected a positive int, got {count!r}")
     tissue = (volume.hu[0] > air_threshold_hu).nonzero()
     if tissue.shape[0] == 0:
@@ -161,7 +162,7 @@ def finer_volume(volume: Volume, factor: int) -> Volume:
         >>> fine.shape, fine.spacing.tolist()
         ((16, 16, 16), [2.0, 2.0, 2.0])
     """
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+    if not is_int(factor) or factor < 1:
         raise ValueError(f"factor: expected a positive int, got {factor!r}")
 
     def split(values: Tensor) -> Tensor:

@@ -37,6 +37,7 @@ except ImportError as error:  # pragma: no cover - exercised without the extra
 import torch
 from torch import Tensor
 
+from .._checks import is_int
 from ..correspondence import patch_correspondence
 from ..geometry import CArm, rotation_matrix
 from ..volume import Volume
@@ -79,7 +80,7 @@ def _pair(name: str, value, *, low: float = -math.inf, high: float = math.inf, u
 
 
 def _count(name: str, value, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
     return value
 
@@ -256,7 +257,7 @@ def carms(*, extent: float | None = 48.0, max_batch: int = 2, min_views: int = 2
         grid_strategy = grids
     else:
         grids = [tuple(grid) for grid in grids]
-        if not grids or any(len(g) != 2 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in g)
+        if not grids or any(len(g) != 2 or any(not is_int(n) or n < 1 for n in g)
                             for g in grids):
             raise ValueError(f"grids: expected (rows, cols) pairs of positive ints, got {grids!r}")
         grid_strategy = st.sampled_from(grids)
