@@ -22,7 +22,7 @@ from .config import SamplerConfig
 from .params import POSE_NAMES, SampleParams
 from .store import VolumeStore
 
-__all__ = ["draw", "candidate_volumes", "DegenerateDrawWarning"]
+__all__ = ["draw", "candidate_volumes", "DegenerateDrawWarning", "paired_params", "tissue_checks"]
 
 
 class DegenerateDrawWarning(UserWarning):
@@ -90,11 +90,11 @@ def draw(config: SamplerConfig, store: VolumeStore, step: int, *, seed: int, ran
             config.batch_size, torch.Generator().manual_seed(seeds.stream_seed(seed, rank, step, seeds.ANATOMY)))
     params = replace(params, augmentation=augmentation, fracture=fracture, physics=physics, anatomy=anatomy)
     if config.fractures is not None and config.fractures.paired:
-        params = _paired(params)
+        params = paired_params(params)
     return params
 
 
-def _paired(params: SampleParams) -> SampleParams:
+def paired_params(params: SampleParams) -> SampleParams:
     """The first half of ``params`` twice: fractures as drawn, then the same samples without them."""
     half = params.batch_size // 2
     first = torch.arange(half)
@@ -130,12 +130,12 @@ def _draw_once(config: SamplerConfig, store: VolumeStore, pool: Tensor, generato
         projection_fraction=torch.zeros(batch, views, dtype=torch.float64),
         degenerate=torch.zeros(batch, dtype=torch.bool), layout=extras,
     )
-    tissue, coverage = _tissue_checks(config, store, params)
+    tissue, coverage = tissue_checks(config, store, params)
     degenerate = (tissue < config.min_tissue_fraction) | (coverage.amin(1) < config.min_projection_fraction)
     return replace(params, tissue_fraction=tissue, projection_fraction=coverage, degenerate=degenerate)
 
 
-def _tissue_checks(config: SamplerConfig, store: VolumeStore, params: SampleParams) -> tuple[Tensor, Tensor]:
+def tissue_checks(config: SamplerConfig, store: VolumeStore, params: SampleParams) -> tuple[Tensor, Tensor]:
     """Host estimates: each crop's non-air fraction ``(B,)`` and, per view, the share of patches tissue covers ``(B, V)``."""
     block = store.tissue_block
     crop = torch.tensor(config.crop_voxels())

@@ -461,7 +461,7 @@ def sample_params(sampler) -> SearchStrategy:
 
 @st.composite
 def _sample_params(draw, config, store):
-    from ..sampling.draw import _paired, _tissue_checks  # noqa: PLC0415 - the sampler's own checks, reused
+    from ..sampling.draw import paired_params, tissue_checks  # noqa: PLC0415 - the sampler's own checks, reused
     from ..sampling.layouts import IndependentViews  # noqa: PLC0415
     from ..sampling.params import POSE_NAMES, SampleParams  # noqa: PLC0415
 
@@ -501,7 +501,7 @@ def _sample_params(draw, config, store):
         projection_fraction=torch.zeros(batch, views, dtype=torch.float64),
         degenerate=torch.zeros(batch, dtype=torch.bool), layout=extras,
     )
-    tissue, coverage = _tissue_checks(config, store, params)
+    tissue, coverage = tissue_checks(config, store, params)
     degenerate = (tissue < config.min_tissue_fraction) | (coverage.amin(1) < config.min_projection_fraction)
     params = replace(params, tissue_fraction=tissue, projection_fraction=coverage, degenerate=degenerate)
 
@@ -520,5 +520,5 @@ def _sample_params(draw, config, store):
         anatomy = config.anatomy.draw(batch, generator())
     params = replace(params, augmentation=augmentation, fracture=fracture, physics=physics, anatomy=anatomy)
     if config.fractures is not None and config.fractures.paired:
-        params = _paired(params)
+        params = paired_params(params)
     return params
