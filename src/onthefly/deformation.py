@@ -138,6 +138,11 @@ def sampling_grid(params: AnatomyParams, shape: tuple[int, int, int], spacing: T
     separable contractions, the last of which (along D, two control slices per output slice) writes the grid in
     its final layout (one pass over the ``B * D * H * W * 3`` output). No host reads (compiles without breaks).
     """
+    return _blend_depth(_control_planes(params, shape, spacing), shape[0], (0, shape[0]) if depth is None else depth)
+
+
+def _control_planes(params: AnatomyParams, shape: tuple[int, int, int], spacing: Tensor) -> Tensor:
+    """``(B, c, H, W, 3)``: the map (linear part and displacement) at every voxel of the D-axis control planes."""
     device = params.displacement.device
     batch, points = params.batch_size, params.displacement.shape[-1]
     spacing = spacing.to(device=device, dtype=torch.float32).reshape(-1, 3).expand(batch, 3)
@@ -152,16 +157,21 @@ def sampling_grid(params: AnatomyParams, shape: tuple[int, int, int], spacing: T
         view = [1, 1, 1, 1, 1]
         view[axis + 1] = points
         control = control + steps.view(view) * columns[:, None, None, None, :, axis]
-    start, stop = (0, shape[0]) if depth is None else depth
     height, width = shape[1:]
-    grid = torch.einsum("bijkc,wk->bijwc", control, _tent_weights(width, points, device))
-    grid = torch.einsum("bijwc,hj->bihwc", grid, _tent_weights(height, points, device))
-    # along D, each output slice blends the two control slices around it (the same arithmetic in any chunk)
-    position = torch.arange(start, stop, device=device, dtype=torch.float32) * ((points - 1) / max(shape[0] - 1, 1))
+    planes = torch.einsum("bijkc,wk->bijwc", control, _tent_weights(width, points, device))
+    return torch.einsum("bijwc,hj->bihwc", planes, _tent_weights(height, points, device))
+
+
+def _blend_depth(planes: Tensor, depth: int, slices: tuple[int, int]) -> Tensor:
+    """Output slices ``[start, stop)`` of a crop ``depth`` deep from the control planes ``(B, c, H, W, 3)``: each
+    blends the two planes around it (the same arithmetic whichever chunk of slices is asked for)."""
+    points = planes.shape[1]
+    position = (torch.arange(*slices, device=planes.device, dtype=torch.float32)
+                * ((points - 1) / max(depth - 1, 1)))
     below = position.floor().clamp(0, points - 2)
     fraction = (position - below).view(1, -1, 1, 1, 1)
     below = below.long()
-    return grid[:, below] * (1.0 - fraction) + grid[:, below + 1] * fraction
+    return planes[:, below] * (1.0 - fraction) + planes[:, below + 1] * fraction
 
 
 def deform_crops(attenuation: Tensor, labels: Tensor | None, params: AnatomyParams,
@@ -186,9 +196,10 @@ def deform_crops(attenuation: Tensor, labels: Tensor | None, params: AnatomyPara
     shape = (depth, height, width)
     # output slices in chunks whose grid stays under GRID_BYTES (a 200^3 crop's whole grid would take 96 MB each)
     chunk = max(1, min(depth, GRID_BYTES // (12 * batch * height * width)))
+    planes = _control_planes(params, shape, spacing)  # once: each chunk only blends its slices from them
     deformed, deformed_labels = [], []
     for start in range(0, depth, chunk):
-        grid = sampling_grid(params, shape, spacing, (start, min(start + chunk, depth))).to(attenuation.dtype)
+        grid = _blend_depth(planes, depth, (start, min(start + chunk, depth))).to(attenuation.dtype)
         deformed.append(F.grid_sample(attenuation[:, None], grid, mode="bilinear", padding_mode="zeros",
                                       align_corners=True)[:, 0])
         if labels is not None:
